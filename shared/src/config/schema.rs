@@ -1,0 +1,282 @@
+//! The configuration schema: the oCIS `proxy.yaml` keys plus the documented Gatehouse additions.
+//!
+//! Every struct denies unknown fields so that a typo stops start-up instead of being ignored.
+//! Defaults here are the oCIS defaults (spec §2); `defaults.rs` holds the default route table.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::GoDuration;
+use crate::routing::{PolicyConfig, PolicySelectorConfig};
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: Http,
+    pub debug: Debug,
+    pub log: Log,
+    pub tracing: Tracing,
+    pub oidc: Oidc,
+    pub service_account: ServiceAccount,
+    pub role_assignment: RoleAssignment,
+    /// Replaces the default policies entirely when set.
+    pub policies: Vec<PolicyConfig>,
+    /// Merged into the defaults (routes appended to a policy of the same name) when `policies` is unset.
+    pub additional_policies: Vec<PolicyConfig>,
+    pub policy_selector: Option<PolicySelectorConfig>,
+    pub pre_signed_url: PreSignedUrl,
+    pub account_backend: String,
+    pub user_oidc_claim: String,
+    pub user_cs3_claim: String,
+    pub machine_auth_api_key: String,
+    pub auto_provision_accounts: bool,
+    pub auto_provision_claims: AutoProvisionClaims,
+    pub enable_basic_auth: bool,
+    pub insecure_backends: bool,
+    pub backend_https_cacert: String,
+    pub auth_middleware: AuthMiddleware,
+    pub policies_middleware: PoliciesMiddleware,
+    pub csp_config_file_location: String,
+    pub events: Events,
+    pub reva: Reva,
+    pub grpc_client_tls: GrpcClientTls,
+    /// Role id → quota in bytes.
+    pub role_quotas: BTreeMap<String, u64>,
+    pub claim_space_management: ClaimSpaceManagement,
+    pub mfa: Mfa,
+
+    // ---- Gatehouse additions (docs/configuration.md, "Gatehouse additions") ----
+    /// The public URL of the installation (`OCIS_URL`); the HTTPS redirect only targets this host.
+    pub ocis_url: String,
+    /// Service name → base URLs. Consulted before the NATS service registry.
+    pub services: BTreeMap<String, Vec<String>>,
+    pub service_registry: ServiceRegistry,
+    /// Cluster-wide state shared by all nodes (group-sync marks, provisioning leases, …).
+    pub state_store: StoreConfig,
+    pub upstream: Upstream,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub addr: String,
+    pub root: String,
+    pub tls: bool,
+    pub tls_cert: String,
+    pub tls_key: String,
+    pub force_strict_transport_security: bool,
+    // Gatehouse additions: limits against slow or abusive clients, drain.
+    /// Time allowed for a client to send the complete request head.
+    pub header_read_timeout: GoDuration,
+    /// Largest request head (request line + headers) accepted, in bytes.
+    pub max_header_bytes: usize,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout: GoDuration,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub drain_timeout: GoDuration,
+    /// Peers (CIDRs or addresses) whose X-Forwarded-* headers are believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Debug {
+    pub addr: String,
+    pub token: String,
+    pub pprof: bool,
+    pub zpages: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub level: String,
+    pub pretty: bool,
+    pub color: bool,
+    pub file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tracing {
+    pub enabled: bool,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub endpoint: String,
+    pub collector: String,
+}
+
+/// A store definition in the oCIS shape (`store`, `addresses`/nodes, `database`, `table`, `ttl`, …)
+/// plus the JetStream settings Gatehouse adds.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `memory` (also `mem`, empty), `noop`, `nats-js-kv`.
+    pub store: String,
+    pub addresses: Vec<String>,
+    pub database: String,
+    pub table: String,
+    pub ttl: GoDuration,
+    pub disable_persistence: bool,
+    pub username: String,
+    pub password: String,
+    // Gatehouse additions
+    /// JetStream replicas of the bucket (1, 3 or 5).
+    pub replicas: usize,
+    /// Deadline of one store operation on the request path.
+    pub op_timeout: GoDuration,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Oidc {
+    pub issuer: String,
+    pub insecure: bool,
+    pub access_token_verify_method: String,
+    pub access_token_verify_aud: Vec<String>,
+    pub skip_user_info: bool,
+    pub rewrite_well_known: bool,
+    pub user_info_cache: StoreConfig,
+    pub jwks: Jwks,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Jwks {
+    /// Minutes.
+    pub refresh_interval: u64,
+    /// Seconds.
+    pub refresh_timeout: u64,
+    /// Seconds.
+    pub refresh_limit: u64,
+    pub refresh_unknown_kid: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceAccount {
+    pub service_account_id: String,
+    pub service_account_secret: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleAssignment {
+    pub driver: String,
+    pub oidc_role_mapper: OidcRoleMapper,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OidcRoleMapper {
+    pub role_claim: String,
+    pub role_mapping: Vec<RoleMapping>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleMapping {
+    pub role_name: String,
+    pub claim_value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreSignedUrl {
+    pub enabled: bool,
+    pub allowed_http_methods: Vec<String>,
+    pub signing_keys: StoreConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoProvisionClaims {
+    pub username: String,
+    pub email: String,
+    pub display_name: String,
+    pub groups: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthMiddleware {
+    pub credentials_by_user_agent: BTreeMap<String, String>,
+    pub allow_app_auth: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesMiddleware {
+    pub query: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Events {
+    pub endpoint: String,
+    pub cluster: String,
+    pub tls_insecure: bool,
+    pub tls_root_ca_certificate: String,
+    pub enable_tls: bool,
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reva {
+    pub address: String,
+    pub tls: GrpcClientTls,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcClientTls {
+    pub mode: String,
+    pub cacert: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClaimSpaceManagement {
+    pub enabled: bool,
+    pub claim: String,
+    pub regexp: String,
+    pub mapping: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mfa {
+    pub enabled: bool,
+    pub auth_level_name: Vec<String>,
+}
+
+/// Resolution of `service` names through the oCIS NATS registry (bucket `service-registry`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceRegistry {
+    pub enabled: bool,
+    pub addresses: Vec<String>,
+    pub bucket: String,
+}
+
+/// How the reverse proxy talks to upstreams.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    pub connect_timeout: GoDuration,
+    pub response_header_timeout: GoDuration,
+    /// Idle pooled connections to upstreams are closed after this long.
+    pub pool_idle_timeout: GoDuration,
+    /// A base URL that refused a connection is skipped for this long.
+    pub unhealthy_backoff: GoDuration,
+}
+
+impl GoDuration {
+    pub const fn secs(s: u64) -> Self {
+        GoDuration(Duration::from_secs(s))
+    }
+}

@@ -1,0 +1,8 @@
+//! Pure logic of the Gatehouse gateway. Nothing here opens a socket: configuration, routing,
+//! security headers and the state-store abstraction (with its in-process implementations) live
+//! here so that they can be unit-tested without a network.
+
+pub mod config;
+pub mod routing;
+pub mod security;
+pub mod store;

@@ -1,0 +1,3 @@
+//! STUB
+pub struct NearCache;
+pub struct NearCacheStats;
