@@ -1,1 +1,2 @@
+//! STUB (owned by the observability helper): the `gatehouse` command line.
 fn main() {}

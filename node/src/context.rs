@@ -1,0 +1,42 @@
+//! Facts about a connection and a request that several layers need, carried in request extensions.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response the pipeline produces (upstream bodies are boxed into it).
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Set by the server on every request it reads from a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The TCP peer (a load balancer, or the client itself).
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The connection is TLS (this node terminated TLS).
+    pub tls: bool,
+}
+
+/// The request id (from `X-Request-Id` or generated), set by the request-id layer.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// Filled in while the request travels down the pipeline, read by the access log on the way back.
+#[derive(Debug, Default)]
+pub struct RequestTrace {
+    /// `policy/endpoint` of the matched route.
+    pub route: OnceLock<String>,
+    /// The upstream base URL the proxy chose.
+    pub upstream: OnceLock<String>,
+}
+
+/// Shared handle to a request's [`RequestTrace`], inserted by the access-log layer.
+pub type SharedTrace = Arc<RequestTrace>;
+
+/// The client address as the gateway believes it (after trusted-proxy evaluation).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);

@@ -1,0 +1,2 @@
+//! One tower layer per pipeline concern. The pipeline (`crate::pipeline`) composes them.
+//! request_id, access_log, metrics: observability helper; security, redirect, route: proxy helper.

@@ -1,0 +1,22 @@
+//! The Gatehouse node: one stateless gateway process. `main.rs` is only the command line; everything
+//! it runs lives in these modules.
+//!
+//! - [`server`] accepts connections (TCP/TLS, HTTP/1.1 and HTTP/2), enforces client limits, drains.
+//! - [`pipeline`] builds the request pipeline in one place, in the order it runs.
+//! - [`layers`] holds one tower layer per concern of that pipeline.
+//! - [`proxy`] forwards a routed request to its upstream and streams the answer back.
+//! - [`upstream`] turns a route target (backend URL or service name) into a base URL.
+//! - [`error`] is the single place where a failure becomes an HTTP response.
+//! - [`telemetry`] logging and metrics; [`debug`] the debug server; [`health`] liveness/readiness state.
+//! - [`context`] the per-connection and per-request facts the layers share.
+
+pub mod context;
+pub mod debug;
+pub mod error;
+pub mod health;
+pub mod layers;
+pub mod pipeline;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
