@@ -1,6 +1,6 @@
 //! Go-style durations (`10s`, `1h30m`, `500ms`). STUB.
-use std::time::Duration;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(transparent)]

@@ -20,7 +20,11 @@ pub fn encode_key(_table: &str, _key: &str) -> String {
 pub fn decode_key(_table: &str, _encoded: &str) -> Option<String> {
     unimplemented!()
 }
-pub fn encode_value(_plain_key: &str, _value: &[u8], _expires_at: Option<std::time::SystemTime>) -> Bytes {
+pub fn encode_value(
+    _plain_key: &str,
+    _value: &[u8],
+    _expires_at: Option<std::time::SystemTime>,
+) -> Bytes {
     unimplemented!()
 }
 /// Returns the value bytes and the expiry carried in the envelope.

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use codec::{decode_key, decode_value, encode_key, encode_value, Envelope};
+pub use codec::{Envelope, decode_key, decode_value, encode_key, encode_value};
 pub use memory::MemoryStore;
 pub use near_cache::{NearCache, NearCacheStats};
 pub use noop::NoopStore;
@@ -40,8 +40,14 @@ impl Entry {
 /// One change observed on the store, delivered to every subscriber (including the writer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Put { key: String, entry: Entry },
-    Delete { key: String, revision: u64 },
+    Put {
+        key: String,
+        entry: Entry,
+    },
+    Delete {
+        key: String,
+        revision: u64,
+    },
     /// The feed lost events (reconnect, lag): everything cached from this store is suspect.
     Reset,
 }
@@ -74,7 +80,10 @@ pub enum StoreError {
 impl StoreError {
     /// Whether trying again later may succeed (Pingora-style retry classification).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Timeout { .. } | StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Timeout { .. } | StoreError::Unavailable(_)
+        )
     }
 }
 
@@ -91,8 +100,13 @@ pub trait Store: Send + Sync + 'static {
     /// Writes only if no live entry exists; otherwise `Conflict`.
     async fn create(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64>;
     /// Writes only if the current revision is `expected`; otherwise `Conflict`.
-    async fn update(&self, key: &str, value: Bytes, ttl: Option<Duration>, expected: u64)
-        -> StoreResult<u64>;
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        expected: u64,
+    ) -> StoreResult<u64>;
     async fn delete(&self, key: &str) -> StoreResult<()>;
     /// A feed of changes made by any writer from now on.
     fn changes(&self) -> tokio::sync::broadcast::Receiver<Change>;

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Release-build benchmark: upstream direct vs nginx vs one gatehouse node (see docs/performance.md).
+# Usage: chaos/bench.sh [seconds] [connections]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null && [ -x /usr/sbin/nginx ] || {
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
+}
+cargo build --release --locked -p gatehouse-node -p gatehouse-chaos
+exec target/release/gatehouse-chaos bench "${1:-10}" "${2:-32}"

@@ -1,0 +1,157 @@
+//! nginx from Debian, as the load balancer in front of gateway nodes and as the baseline reverse
+//! proxy of the benchmarks. It runs with its own prefix in a temp directory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::ChildGuard;
+
+pub fn nginx_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GATEHOUSE_NGINX") {
+        return PathBuf::from(p);
+    }
+    for p in ["/usr/sbin/nginx", "/usr/local/sbin/nginx"] {
+        if std::path::Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("nginx not found: install it (`apt-get install nginx`, done by tests/run-all.sh)");
+}
+
+pub struct Nginx {
+    pub addr: SocketAddr,
+    proc: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+/// How nginx treats the upstream group.
+pub struct LbOptions {
+    pub workers: usize,
+    /// Keep idle connections to the upstreams (like a production LB does).
+    pub keepalive: usize,
+}
+
+impl Default for LbOptions {
+    fn default() -> Self {
+        LbOptions {
+            workers: 1,
+            keepalive: 64,
+        }
+    }
+}
+
+impl Nginx {
+    /// nginx balancing across `backends`, retrying a request on the next one when a backend
+    /// refuses or drops the connection (the usual production setting).
+    pub async fn balance(backends: &[SocketAddr]) -> Nginx {
+        Self::start(backends, LbOptions::default()).await
+    }
+
+    pub async fn start(backends: &[SocketAddr], opts: LbOptions) -> Nginx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = crate::free_port();
+        let d = dir.path().display();
+        let location = if backends.is_empty() {
+            "default_type text/plain; return 200 \"hello from upstream\\n\";"
+        } else {
+            "proxy_pass http://gw;"
+        };
+        let servers: String = backends
+            .iter()
+            .map(|b| format!("    server {b} max_fails=0;\n"))
+            .collect();
+        let user = if is_root() { "user root root;\n" } else { "" };
+        let conf = format!(
+            r#"{user}worker_processes {workers};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp_body; proxy_temp_path {d}/tmp_proxy;
+  fastcgi_temp_path {d}/tmp_fcgi; uwsgi_temp_path {d}/tmp_uwsgi; scgi_temp_path {d}/tmp_scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+{upstream}
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    client_max_body_size 0;
+    proxy_http_version 1.1;
+    proxy_request_buffering off;
+    proxy_buffering off;
+    proxy_set_header Host $http_host;
+    proxy_set_header Upgrade $http_upgrade;
+    proxy_set_header Connection $connection_upgrade;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_next_upstream error timeout;
+    proxy_next_upstream_tries 3;
+    location / {{ {location} }}
+  }}
+}}
+"#,
+            workers = opts.workers,
+            upstream = if backends.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "  upstream gw {{\n{servers}    keepalive {};\n  }}",
+                    opts.keepalive
+                )
+            },
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("write nginx.conf");
+        let mut cmd = Command::new(nginx_bin());
+        cmd.arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(dir.path().join("error.log"));
+        let mut proc = ChildGuard::spawn("nginx", cmd, &dir.path().join("nginx.out"));
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if let Some(s) = proc.try_status() {
+                let err = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+                panic!("nginx exited ({s}): {}\n{err}", proc.log_text());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nginx did not listen within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Nginx {
+            addr,
+            proc,
+            _dir: dir,
+        }
+    }
+
+    /// nginx answering every request itself with a small 200 (a fast upstream for benchmarks).
+    pub async fn static_ok() -> Nginx {
+        Self::start(&[], LbOptions::default()).await
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,1 @@
+//! Placeholder; the store helper provides the NATS cluster harness.

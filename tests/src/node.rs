@@ -1,0 +1,187 @@
+//! A `gatehouse` node started from the built binary, with its configuration in a temp directory
+//! and a clean environment (only what the test passes, so the host's PROXY_/OCIS_ variables and
+//! config files cannot leak in).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Output};
+use std::time::Duration;
+
+use crate::process::ChildGuard;
+
+/// The `gatehouse` binary next to the test executable (cargo puts both under target/<profile>/).
+/// `GATEHOUSE_BIN` overrides it.
+pub fn gatehouse_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GATEHOUSE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("gatehouse");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --bins`, done by tests/run-all.sh)",
+        bin.display()
+    );
+    bin
+}
+
+/// The environment every test node starts from.
+fn base_env(home: &std::path::Path) -> Vec<(String, String)> {
+    vec![
+        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+        ("HOME".into(), home.display().to_string()),
+        ("OCIS_BASE_DATA_PATH".into(), home.display().to_string()),
+        (
+            "OCIS_CONFIG_DIR".into(),
+            home.join("config").display().to_string(),
+        ),
+    ]
+}
+
+/// Runs a `gatehouse` subcommand to completion (for CLI tests).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(gatehouse_bin());
+    cmd.env_clear()
+        .envs(base_env(home.path()))
+        .envs(env.iter().copied())
+        .args(args);
+    cmd.output().expect("run gatehouse")
+}
+
+pub struct NodeOptions {
+    pub yaml: String,
+    pub env: Vec<(String, String)>,
+    /// Wait for `/readyz` (true) or only for `/healthz`.
+    pub wait_ready: bool,
+}
+
+impl NodeOptions {
+    pub fn new(yaml: &str) -> Self {
+        NodeOptions {
+            yaml: yaml.to_string(),
+            env: Vec::new(),
+            wait_ready: true,
+        }
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+}
+
+pub struct GatehouseNode {
+    pub http: SocketAddr,
+    pub debug: SocketAddr,
+    proc: ChildGuard,
+    dir: tempfile::TempDir,
+}
+
+impl GatehouseNode {
+    pub async fn start(yaml: &str) -> GatehouseNode {
+        Self::start_with(NodeOptions::new(yaml)).await
+    }
+
+    pub async fn start_with(opts: NodeOptions) -> GatehouseNode {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
+        let debug: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
+        let config = dir.path().join("proxy.yaml");
+        std::fs::write(&config, &opts.yaml).expect("write config");
+        let mut cmd = Command::new(gatehouse_bin());
+        cmd.env_clear()
+            .envs(base_env(dir.path()))
+            .env("PROXY_HTTP_ADDR", http.to_string())
+            .env("PROXY_DEBUG_ADDR", debug.to_string())
+            .env("PROXY_TLS", "false")
+            .env("PROXY_LOG_LEVEL", "info")
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .arg("--config")
+            .arg(&config)
+            .arg("server");
+        let mut proc = ChildGuard::spawn("gatehouse", cmd, &dir.path().join("gatehouse.log"));
+        let probe = if opts.wait_ready {
+            "/readyz"
+        } else {
+            "/healthz"
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = proc.try_status() {
+                panic!(
+                    "gatehouse exited during start-up ({status}):\n{}",
+                    proc.log_text()
+                );
+            }
+            if probe_ok(debug, probe).await {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("gatehouse not ready after 30 s:\n{}", proc.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        GatehouseNode {
+            http,
+            debug,
+            proc,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.http, path_and_query)
+    }
+
+    pub fn debug_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.debug, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        self.proc.rss_kib()
+    }
+
+    pub fn logs(&self) -> String {
+        self.proc.log_text()
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub fn sigterm(&self) {
+        self.proc.signal("TERM");
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.proc.wait_timeout(timeout)
+    }
+
+    /// JSON access-log lines written so far.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.to_string().contains("access-log"))
+            .collect()
+    }
+}
+
+async fn probe_ok(addr: SocketAddr, path: &str) -> bool {
+    let url = format!("http://{addr}{path}");
+    let req = http::Request::get(url)
+        .body(crate::client::empty())
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(2), crate::client::client().request(req)).await {
+        Ok(Ok(resp)) => resp.status() == http::StatusCode::OK,
+        _ => false,
+    }
+}

@@ -1,0 +1,210 @@
+//! Gateway nodes sharing state through a real 3-node NATS JetStream cluster: service names resolved
+//! through the oCIS registry bucket, registry and state-store changes seen by every node, NATS node
+//! loss, and readiness that follows NATS reachability.
+
+use std::time::{Duration, Instant};
+
+use gatehouse_tests::client::get;
+use gatehouse_tests::nats::NatsCluster;
+use gatehouse_tests::node::{GatehouseNode, NodeOptions};
+use gatehouse_tests::upstream::Upstream;
+
+async fn kv(cluster: &NatsCluster, bucket: &str) -> async_nats::jetstream::kv::Store {
+    let client = async_nats::ConnectOptions::new()
+        .connect(cluster.client_urls())
+        .await
+        .expect("connect to NATS");
+    let js = async_nats::jetstream::new(client);
+    match js.get_key_value(bucket).await {
+        Ok(kv) => kv,
+        Err(_) => js
+            .create_key_value(async_nats::jetstream::kv::Config {
+                bucket: bucket.to_string(),
+                history: 1,
+                num_replicas: 3,
+                storage: async_nats::jetstream::stream::StorageType::Memory,
+                ..Default::default()
+            })
+            .await
+            .expect("create bucket"),
+    }
+}
+
+/// Registers `service` at `addr` the way go-micro's NATS registry does (spec §1.3).
+async fn register(
+    kv: &async_nats::jetstream::kv::Store,
+    service: &str,
+    node_id: &str,
+    addr: std::net::SocketAddr,
+) {
+    let plain = format!("{service}@{node_id}@");
+    let svc = serde_json::json!({
+        "name": service, "version": "", "metadata": {}, "endpoints": [],
+        "nodes": [{ "id": node_id, "address": addr.to_string(), "metadata": { "protocol": "http" } }]
+    });
+    let key = gatehouse_shared::store::encode_key("service-registry", &plain);
+    let value = gatehouse_shared::store::encode_value(&plain, svc.to_string().as_bytes(), None);
+    kv.put(key, value).await.expect("register");
+}
+
+fn registry_yaml(cluster: &NatsCluster) -> String {
+    let addrs: Vec<String> = cluster
+        .client_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    format!(
+        "service_registry:\n  enabled: true\n  addresses: [{}]\n",
+        addrs.join(", ")
+    )
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_changes_reach_every_gateway_node() {
+    let cluster = NatsCluster::start(3).await;
+    let kv = kv(&cluster, "service-registry").await;
+    let one = Upstream::start("one").await;
+    let two = Upstream::start("two").await;
+    register(&kv, "com.owncloud.web.ocdav", "ocdav-1", one.addr()).await;
+
+    let yaml = registry_yaml(&cluster);
+    let a = GatehouseNode::start(&yaml).await;
+    let b = GatehouseNode::start(&yaml).await;
+    for n in [&a, &b] {
+        assert_eq!(get(&n.url("/status.php")).await.text(), "one");
+    }
+
+    let mut lags = Vec::new();
+    for i in 0..20 {
+        let (target, name) = if i % 2 == 0 {
+            (&two, "two")
+        } else {
+            (&one, "one")
+        };
+        register(&kv, "com.owncloud.web.ocdav", "ocdav-1", target.addr()).await;
+        let t0 = Instant::now();
+        for n in [&a, &b] {
+            let seen = gatehouse_tests::wait_until(Duration::from_secs(5), || async {
+                get(&n.url("/status.php")).await.text() == name
+            })
+            .await;
+            assert!(seen, "node did not follow the registry change {i}");
+        }
+        lags.push(t0.elapsed());
+    }
+    lags.sort();
+    let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
+    eprintln!("registry change visible on both gateway nodes: p50 {p50:?}, p99 {p99:?}");
+    assert!(p99 < Duration::from_millis(250), "p99 {p99:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_store_changes_are_seen_by_every_gateway_node() {
+    let cluster = NatsCluster::start(3).await;
+    let addrs: Vec<String> = cluster
+        .client_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    let yaml = format!(
+        "state_store:\n  store: nats-js-kv\n  addresses: [{}]\n  replicas: 3\n",
+        addrs.join(", ")
+    );
+    let a = GatehouseNode::start(&yaml).await;
+    let b = GatehouseNode::start(&yaml).await;
+    let kv = kv(&cluster, "gatehouse-state").await;
+
+    let mut lags = Vec::new();
+    for i in 0..40 {
+        let key = format!("probe-{}", i % 4);
+        let t0 = Instant::now();
+        let expect_present = i % 2 == 0;
+        let raw_key = gatehouse_shared::store::encode_key("", &key);
+        if expect_present {
+            let value =
+                gatehouse_shared::store::encode_value(&key, format!("v{i}").as_bytes(), None);
+            kv.put(raw_key, value).await.unwrap();
+        } else {
+            kv.delete(raw_key).await.unwrap();
+        }
+        for n in [&a, &b] {
+            let url = n.debug_url(&format!("/debug/state/{key}"));
+            let want = format!("v{i}");
+            let ok = gatehouse_tests::wait_until(Duration::from_secs(5), || async {
+                let r = get(&url).await;
+                if expect_present {
+                    r.status == 200 && r.text() == want
+                } else {
+                    r.status == 404
+                }
+            })
+            .await;
+            assert!(ok, "change {i} not seen by a node");
+        }
+        lags.push(t0.elapsed());
+    }
+    lags.sort();
+    let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
+    eprintln!("state change visible on both gateway nodes: p50 {p50:?}, p99 {p99:?}");
+    assert!(p99 < Duration::from_millis(250), "p99 {p99:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_loss_never_stalls_requests_and_readiness_follows_nats() {
+    let mut cluster = NatsCluster::start(3).await;
+    let up = Upstream::start("up").await;
+    let addrs: Vec<String> = cluster
+        .client_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    let yaml = format!(
+        "state_store:\n  store: nats-js-kv\n  addresses: [{}]\n  replicas: 3\npolicies:\n  - name: ocis\n    routes:\n      - endpoint: /up\n        backend: {}\n        unprotected: true\n",
+        addrs.join(", "),
+        up.url()
+    );
+    let node = GatehouseNode::start_with(NodeOptions::new(&yaml)).await;
+
+    // One NATS node killed: requests keep flowing without stalls and the node stays ready.
+    cluster.kill(0);
+    for _ in 0..50 {
+        let t0 = Instant::now();
+        assert_eq!(get(&node.url("/up/x")).await.status, 200);
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "request stalled {:?}",
+            t0.elapsed()
+        );
+    }
+    let ready = gatehouse_tests::wait_until(Duration::from_secs(15), || async {
+        get(&node.debug_url("/readyz")).await.status == 200
+    })
+    .await;
+    assert!(ready, "node ready with 2 of 3 NATS nodes");
+
+    // All of NATS gone: unready, but requests that don't need shared state are still served.
+    cluster.kill(1);
+    cluster.kill(2);
+    let unready = gatehouse_tests::wait_until(Duration::from_secs(15), || async {
+        get(&node.debug_url("/readyz")).await.status == 503
+    })
+    .await;
+    assert!(unready, "readiness must follow NATS reachability");
+    let t0 = Instant::now();
+    assert_eq!(get(&node.url("/up/x")).await.status, 200);
+    assert!(t0.elapsed() < Duration::from_secs(1));
+
+    // NATS back: ready again.
+    for i in 0..3 {
+        cluster.restart(i).await;
+    }
+    let ready = gatehouse_tests::wait_until(Duration::from_secs(30), || async {
+        get(&node.debug_url("/readyz")).await.status == 200
+    })
+    .await;
+    assert!(ready, "node ready again after NATS returned");
+}
