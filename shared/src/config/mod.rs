@@ -1,7 +1,26 @@
-//! Configuration: the oCIS `proxy.yaml` schema, the `PROXY_*`/`OCIS_*` environment overlay with oCIS
-//! precedence, defaults, validation and the generated reference (docs/configuration.md). STUB.
+//! Configuration: the oCIS `proxy.yaml` schema, the `PROXY_*`/`OCIS_*` environment overlay with
+//! oCIS precedence, defaults, validation, masking for dumps and the generated reference
+//! (docs/configuration.md).
+//!
+//! Entry point: [`load`] with a [`ConfigSource`] (usually [`ConfigSource::from_process`]).
+mod docs;
+mod dump;
 mod duration;
+mod env;
+mod error;
+mod load;
 mod schema;
+mod validate;
 
-pub use duration::GoDuration;
+#[cfg(test)]
+mod tests;
+
+pub use docs::reference_markdown;
+pub use dump::MASK;
+pub use duration::{DurationError, GoDuration};
+pub use env::{SECTIONS, Section, Setter, Setting, parse_go_bool, settings, split_list};
+pub use error::{ConfigErrors, ConfigProblem};
+pub use load::{
+    CONFIG_FILE_ENV, ConfigSource, Loaded, base_data_path, config_file_candidates, load, parse_yaml,
+};
 pub use schema::*;

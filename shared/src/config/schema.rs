@@ -1,17 +1,17 @@
 //! The configuration schema: the oCIS `proxy.yaml` keys plus the documented Gatehouse additions.
 //!
 //! Every struct denies unknown fields so that a typo stops start-up instead of being ignored.
-//! Defaults here are the oCIS defaults (spec §2); `defaults.rs` holds the default route table.
-
-use std::collections::BTreeMap;
-use std::time::Duration;
+//! The `Default` impls are the oCIS defaults (spec §2) plus the Gatehouse choices documented in
+//! docs/configuration.md. They are deterministic: values that depend on the machine (the TLS
+//! certificate paths under the oCIS base data path) are filled in by the loader.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use super::duration::GoDuration;
 use crate::routing::{PolicyConfig, PolicySelectorConfig};
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub http: Http,
@@ -58,7 +58,7 @@ pub struct Config {
     pub upstream: Upstream,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
     pub addr: String,
@@ -80,7 +80,7 @@ pub struct Http {
     pub trusted_proxies: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Debug {
     pub addr: String,
@@ -89,7 +89,7 @@ pub struct Debug {
     pub zpages: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Log {
     pub level: String,
@@ -110,7 +110,7 @@ pub struct Tracing {
 
 /// A store definition in the oCIS shape (`store`, `addresses`/nodes, `database`, `table`, `ttl`, …)
 /// plus the JetStream settings Gatehouse adds.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// `memory` (also `mem`, empty), `noop`, `nats-js-kv`.
@@ -129,7 +129,7 @@ pub struct StoreConfig {
     pub op_timeout: GoDuration,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Oidc {
     pub issuer: String,
@@ -142,7 +142,7 @@ pub struct Oidc {
     pub jwks: Jwks,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Jwks {
     /// Minutes.
@@ -161,14 +161,14 @@ pub struct ServiceAccount {
     pub service_account_secret: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoleAssignment {
     pub driver: String,
     pub oidc_role_mapper: OidcRoleMapper,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OidcRoleMapper {
     pub role_claim: String,
@@ -182,7 +182,7 @@ pub struct RoleMapping {
     pub claim_value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PreSignedUrl {
     pub enabled: bool,
@@ -190,7 +190,7 @@ pub struct PreSignedUrl {
     pub signing_keys: StoreConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AutoProvisionClaims {
     pub username: String,
@@ -212,7 +212,7 @@ pub struct PoliciesMiddleware {
     pub query: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Events {
     pub endpoint: String,
@@ -224,7 +224,7 @@ pub struct Events {
     pub password: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Reva {
     pub address: String,
@@ -247,7 +247,7 @@ pub struct ClaimSpaceManagement {
     pub mapping: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Mfa {
     pub enabled: bool,
@@ -255,7 +255,7 @@ pub struct Mfa {
 }
 
 /// Resolution of `service` names through the oCIS NATS registry (bucket `service-registry`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceRegistry {
     pub enabled: bool,
@@ -264,7 +264,7 @@ pub struct ServiceRegistry {
 }
 
 /// How the reverse proxy talks to upstreams.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upstream {
     pub connect_timeout: GoDuration,
@@ -275,8 +275,252 @@ pub struct Upstream {
     pub unhealthy_backoff: GoDuration,
 }
 
-impl GoDuration {
-    pub const fn secs(s: u64) -> Self {
-        GoDuration(Duration::from_secs(s))
+/// The NATS address every oCIS service uses by default (the embedded NATS of `ocis server`).
+pub const DEFAULT_NATS_ADDRESS: &str = "127.0.0.1:9233";
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: Http::default(),
+            debug: Debug::default(),
+            log: Log::default(),
+            tracing: Tracing::default(),
+            oidc: Oidc::default(),
+            service_account: ServiceAccount::default(),
+            role_assignment: RoleAssignment::default(),
+            policies: Vec::new(),
+            additional_policies: Vec::new(),
+            policy_selector: None,
+            pre_signed_url: PreSignedUrl::default(),
+            account_backend: "cs3".into(),
+            user_oidc_claim: "preferred_username".into(),
+            user_cs3_claim: "username".into(),
+            machine_auth_api_key: String::new(),
+            auto_provision_accounts: false,
+            auto_provision_claims: AutoProvisionClaims::default(),
+            enable_basic_auth: false,
+            insecure_backends: false,
+            backend_https_cacert: String::new(),
+            auth_middleware: AuthMiddleware::default(),
+            policies_middleware: PoliciesMiddleware::default(),
+            csp_config_file_location: String::new(),
+            events: Events::default(),
+            reva: Reva::default(),
+            grpc_client_tls: GrpcClientTls::default(),
+            role_quotas: BTreeMap::new(),
+            claim_space_management: ClaimSpaceManagement::default(),
+            mfa: Mfa::default(),
+            ocis_url: String::new(),
+            services: BTreeMap::new(),
+            service_registry: ServiceRegistry::default(),
+            state_store: StoreConfig {
+                database: "gatehouse-state".into(),
+                ttl: GoDuration::secs(24 * 3600),
+                ..StoreConfig::default()
+            },
+            upstream: Upstream::default(),
+        }
+    }
+}
+
+impl Default for Http {
+    /// `tls_cert`/`tls_key` stay empty here; the loader puts them under the oCIS base data path.
+    fn default() -> Self {
+        Http {
+            addr: "0.0.0.0:9200".into(),
+            root: "/".into(),
+            tls: true,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            force_strict_transport_security: false,
+            header_read_timeout: GoDuration::secs(10),
+            max_header_bytes: 64 * 1024,
+            idle_timeout: GoDuration::secs(120),
+            drain_timeout: GoDuration::secs(30),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl Default for Debug {
+    fn default() -> Self {
+        Debug {
+            addr: "127.0.0.1:9205".into(),
+            token: String::new(),
+            pprof: false,
+            zpages: false,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "error".into(),
+            pretty: false,
+            color: false,
+            file: String::new(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    /// An in-memory store; each use site (user-info cache, signing keys, state) overrides the
+    /// kind, database and TTL in its parent's `Default`.
+    fn default() -> Self {
+        StoreConfig {
+            store: "memory".into(),
+            addresses: strings(&[DEFAULT_NATS_ADDRESS]),
+            database: String::new(),
+            table: String::new(),
+            ttl: GoDuration::default(),
+            disable_persistence: false,
+            username: String::new(),
+            password: String::new(),
+            replicas: 1,
+            op_timeout: GoDuration::millis(200),
+        }
+    }
+}
+
+impl Default for Oidc {
+    fn default() -> Self {
+        Oidc {
+            issuer: "https://localhost:9200".into(),
+            insecure: false,
+            access_token_verify_method: "jwt".into(),
+            access_token_verify_aud: Vec::new(),
+            skip_user_info: false,
+            rewrite_well_known: false,
+            user_info_cache: StoreConfig {
+                database: "cache-userinfo".into(),
+                ttl: GoDuration::secs(10),
+                ..StoreConfig::default()
+            },
+            jwks: Jwks::default(),
+        }
+    }
+}
+
+impl Default for Jwks {
+    fn default() -> Self {
+        Jwks {
+            refresh_interval: 60,
+            refresh_timeout: 10,
+            refresh_limit: 60,
+            refresh_unknown_kid: true,
+        }
+    }
+}
+
+impl Default for RoleAssignment {
+    fn default() -> Self {
+        RoleAssignment {
+            driver: "default".into(),
+            oidc_role_mapper: OidcRoleMapper::default(),
+        }
+    }
+}
+
+impl Default for OidcRoleMapper {
+    fn default() -> Self {
+        let mapping = |role_name: &str, claim_value: &str| RoleMapping {
+            role_name: role_name.into(),
+            claim_value: claim_value.into(),
+        };
+        OidcRoleMapper {
+            role_claim: "roles".into(),
+            role_mapping: vec![
+                mapping("admin", "ocisAdmin"),
+                mapping("spaceadmin", "ocisSpaceAdmin"),
+                mapping("user", "ocisUser"),
+                mapping("user-light", "ocisGuest"),
+            ],
+        }
+    }
+}
+
+impl Default for PreSignedUrl {
+    fn default() -> Self {
+        PreSignedUrl {
+            enabled: true,
+            allowed_http_methods: strings(&["GET"]),
+            signing_keys: StoreConfig {
+                store: "nats-js-kv".into(),
+                database: "proxy".into(),
+                table: "signing-keys".into(),
+                ttl: GoDuration::secs(12 * 3600),
+                disable_persistence: true,
+                ..StoreConfig::default()
+            },
+        }
+    }
+}
+
+impl Default for AutoProvisionClaims {
+    fn default() -> Self {
+        AutoProvisionClaims {
+            username: "preferred_username".into(),
+            email: "email".into(),
+            display_name: "name".into(),
+            groups: "groups".into(),
+        }
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Events {
+            endpoint: DEFAULT_NATS_ADDRESS.into(),
+            cluster: "ocis-cluster".into(),
+            tls_insecure: false,
+            tls_root_ca_certificate: String::new(),
+            enable_tls: false,
+            username: String::new(),
+            password: String::new(),
+        }
+    }
+}
+
+impl Default for Reva {
+    fn default() -> Self {
+        Reva {
+            address: "com.owncloud.api.gateway".into(),
+            tls: GrpcClientTls::default(),
+        }
+    }
+}
+
+impl Default for Mfa {
+    fn default() -> Self {
+        Mfa {
+            enabled: false,
+            auth_level_name: strings(&["advanced"]),
+        }
+    }
+}
+
+impl Default for ServiceRegistry {
+    fn default() -> Self {
+        ServiceRegistry {
+            enabled: false,
+            addresses: strings(&[DEFAULT_NATS_ADDRESS]),
+            bucket: "service-registry".into(),
+        }
+    }
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            connect_timeout: GoDuration::secs(5),
+            response_header_timeout: GoDuration::secs(60),
+            pool_idle_timeout: GoDuration::secs(90),
+            unhealthy_backoff: GoDuration::secs(10),
+        }
     }
 }

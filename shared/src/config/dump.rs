@@ -1,0 +1,73 @@
+//! Showing the effective configuration (`gatehouse config dump`, the debug server's `/config`)
+//! without leaking secrets into terminals, logs or metrics scrapes.
+
+use super::schema::{Config, StoreConfig};
+
+/// What a non-empty secret is replaced with.
+pub const MASK: &str = "***";
+
+fn mask(secret: &mut String) {
+    if !secret.is_empty() {
+        *secret = MASK.to_owned();
+    }
+}
+
+fn mask_store(store: &mut StoreConfig) {
+    mask(&mut store.password);
+}
+
+/// Replaces the `user:password@` part of a URL, if any.
+fn mask_userinfo(url: &mut String) {
+    let Some(scheme_end) = url.find("://") else {
+        return;
+    };
+    let authority_start = scheme_end + 3;
+    let authority_end = url[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| authority_start + i);
+    if let Some(at) = url[authority_start..authority_end].rfind('@') {
+        url.replace_range(authority_start..authority_start + at, MASK);
+    }
+}
+
+impl Config {
+    /// A copy with every secret replaced by `***` (empty secrets stay empty, so a dump still
+    /// shows whether one is set): the debug token, the machine-auth key, the service-account
+    /// secret, every store and events password, and credentials embedded in service URLs.
+    pub fn masked(&self) -> Config {
+        let mut c = self.clone();
+        mask(&mut c.debug.token);
+        mask(&mut c.machine_auth_api_key);
+        mask(&mut c.service_account.service_account_secret);
+        mask(&mut c.events.password);
+        mask_store(&mut c.oidc.user_info_cache);
+        mask_store(&mut c.pre_signed_url.signing_keys);
+        mask_store(&mut c.state_store);
+        for urls in c.services.values_mut() {
+            urls.iter_mut().for_each(mask_userinfo);
+        }
+        c
+    }
+
+    /// The configuration as `proxy.yaml` text; it loads back to the same configuration.
+    /// Call [`Config::masked`] first when the output leaves the process.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self)
+            .unwrap_or_else(|e| format!("# the configuration could not be serialized: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_in_urls_is_masked() {
+        let mut u = "http://user:pw@host:1/p@x".to_owned();
+        mask_userinfo(&mut u);
+        assert_eq!(u, "http://***@host:1/p@x");
+        let mut u = "http://host/p@x".to_owned();
+        mask_userinfo(&mut u);
+        assert_eq!(u, "http://host/p@x");
+    }
+}

@@ -1,0 +1,407 @@
+//! Sanitising and validation after the environment overlay. Every check runs, so one start-up
+//! attempt reports every problem; values are normalised here (`http.root` without a trailing
+//! `/`, store kind `mem`/empty → `memory`, empty log level → `error`) so consumers see one
+//! spelling.
+//!
+//! Deliberately *not* checked (yet): `machine_auth_api_key` and the service account, which oCIS
+//! requires but which nothing in Gatehouse uses so far; the readability of certificate files,
+//! which the server checks when it opens them.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use super::error::ConfigProblem;
+use super::schema::{Config, StoreConfig};
+
+struct Problems<'a>(&'a mut Vec<ConfigProblem>);
+
+impl Problems<'_> {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem::new(key, message));
+    }
+}
+
+/// Store kinds oCIS knows but Gatehouse does not implement.
+const UNIMPLEMENTED_STORES: &[&str] = &[
+    "redis",
+    "redis-sentinel",
+    "etcd",
+    "ocmem",
+    "nats-js",
+    "ocisstoreservice",
+];
+const SUPPORTED_STORES: &str = "memory, noop, nats-js-kv";
+const LOG_LEVELS: &[&str] = &["panic", "fatal", "error", "warn", "info", "debug", "trace"];
+
+pub(crate) fn sanitize_and_validate(config: &mut Config, problems: &mut Vec<ConfigProblem>) {
+    let mut p = Problems(problems);
+    http(config, &mut p);
+    oidc(config, &mut p);
+    store(
+        "oidc.user_info_cache",
+        &mut config.oidc.user_info_cache,
+        &mut p,
+    );
+    store(
+        "pre_signed_url.signing_keys",
+        &mut config.pre_signed_url.signing_keys,
+        &mut p,
+    );
+    store("state_store", &mut config.state_store, &mut p);
+    accounts(config, &mut p);
+    services(config, &mut p);
+    misc(config, &mut p);
+}
+
+fn http(config: &mut Config, p: &mut Problems<'_>) {
+    let http = &mut config.http;
+    if let Err(e) = check_host_port(&http.addr, Allow::Listener) {
+        p.add("http.addr", e);
+    }
+    if !http.root.starts_with('/') {
+        p.add("http.root", format!("{:?} must start with /", http.root));
+    } else {
+        let trimmed = http.root.trim_end_matches('/');
+        http.root = if trimmed.is_empty() {
+            "/".to_owned()
+        } else {
+            trimmed.to_owned()
+        };
+    }
+    for (key, value) in [
+        ("http.header_read_timeout", http.header_read_timeout),
+        ("http.idle_timeout", http.idle_timeout),
+    ] {
+        if value.is_zero() {
+            p.add(key, "must be positive");
+        }
+    }
+    if http.max_header_bytes == 0 {
+        p.add("http.max_header_bytes", "must be positive");
+    }
+    for (i, entry) in http.trusted_proxies.iter().enumerate() {
+        if entry.parse::<IpNet>().is_err() && entry.parse::<IpAddr>().is_err() {
+            p.add(
+                format!("http.trusted_proxies[{i}]"),
+                format!("{entry:?} is neither an IP address nor a CIDR (e.g. 10.0.0.0/8)"),
+            );
+        }
+    }
+    if let Err(e) = check_host_port(&config.debug.addr, Allow::Listener) {
+        p.add("debug.addr", e);
+    }
+}
+
+fn oidc(config: &mut Config, p: &mut Problems<'_>) {
+    let oidc = &config.oidc;
+    match oidc.access_token_verify_method.as_str() {
+        "jwt" => {}
+        "none" if oidc.skip_user_info => p.add(
+            "oidc.access_token_verify_method",
+            "`none` cannot be combined with oidc.skip_user_info: nothing would verify the token",
+        ),
+        "none" => {}
+        other => p.add(
+            "oidc.access_token_verify_method",
+            format!("{other:?} is not one of jwt, none"),
+        ),
+    }
+}
+
+fn store(prefix: &str, store: &mut StoreConfig, p: &mut Problems<'_>) {
+    match store.store.as_str() {
+        "" | "mem" | "memory" => store.store = "memory".to_owned(),
+        "noop" => {}
+        "nats-js-kv" => {
+            if store.addresses.is_empty() {
+                p.add(format!("{prefix}.addresses"), "nats-js-kv needs at least one NATS address");
+            }
+            for (i, addr) in store.addresses.iter().enumerate() {
+                if let Err(e) = check_host_port(addr, Allow::NatsUrl) {
+                    p.add(format!("{prefix}.addresses[{i}]"), e);
+                }
+            }
+            if store.database.is_empty() {
+                p.add(format!("{prefix}.database"), "nats-js-kv needs a bucket name");
+            }
+        }
+        other if UNIMPLEMENTED_STORES.contains(&other) => p.add(
+            format!("{prefix}.store"),
+            format!("store kind {other:?} is not implemented by Gatehouse (supported: {SUPPORTED_STORES})"),
+        ),
+        other => p.add(
+            format!("{prefix}.store"),
+            format!("unknown store kind {other:?} (supported: {SUPPORTED_STORES})"),
+        ),
+    }
+    if !(1..=5).contains(&store.replicas) {
+        p.add(
+            format!("{prefix}.replicas"),
+            format!("{} is not between 1 and 5", store.replicas),
+        );
+    }
+    if store.op_timeout.is_zero() {
+        p.add(format!("{prefix}.op_timeout"), "must be positive");
+    }
+}
+
+fn accounts(config: &mut Config, p: &mut Problems<'_>) {
+    if !["cs3", "graph", "builtin"].contains(&config.account_backend.as_str()) {
+        p.add(
+            "account_backend",
+            format!(
+                "{:?} is not one of cs3, graph, builtin",
+                config.account_backend
+            ),
+        );
+    }
+    if !["username", "mail", "userid"].contains(&config.user_cs3_claim.as_str()) {
+        p.add(
+            "user_cs3_claim",
+            format!(
+                "{:?} is not one of username, mail, userid",
+                config.user_cs3_claim
+            ),
+        );
+    }
+    if !["default", "oidc"].contains(&config.role_assignment.driver.as_str()) {
+        p.add(
+            "role_assignment.driver",
+            format!(
+                "{:?} is not one of default, oidc",
+                config.role_assignment.driver
+            ),
+        );
+    }
+    let csm = &config.claim_space_management;
+    if csm.enabled {
+        if csm.claim.is_empty() {
+            p.add(
+                "claim_space_management.claim",
+                "required when claim_space_management.enabled is true",
+            );
+        }
+        match regex::Regex::new(&csm.regexp) {
+            Ok(re) if re.captures_len() == 3 => {}
+            Ok(re) => p.add(
+                "claim_space_management.regexp",
+                format!(
+                    "needs exactly two capture groups, has {}",
+                    re.captures_len() - 1
+                ),
+            ),
+            Err(e) => p.add(
+                "claim_space_management.regexp",
+                format!("invalid regular expression: {e}"),
+            ),
+        }
+        for (i, item) in csm.mapping.iter().enumerate() {
+            let ok = item
+                .split_once(':')
+                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty());
+            if !ok {
+                p.add(
+                    format!("claim_space_management.mapping[{i}]"),
+                    format!("{item:?} is not of the form oidcRole:ocisRole"),
+                );
+            }
+        }
+    }
+}
+
+fn services(config: &mut Config, p: &mut Problems<'_>) {
+    for (name, urls) in &config.services {
+        if name.is_empty() {
+            p.add("services", "a service name is empty");
+        }
+        if urls.is_empty() {
+            p.add(format!("services.{name}"), "needs at least one URL");
+        }
+        for (i, url) in urls.iter().enumerate() {
+            if let Err(e) = check_base_url(url) {
+                p.add(format!("services.{name}[{i}]"), e);
+            }
+        }
+    }
+    let registry = &config.service_registry;
+    if registry.enabled {
+        if registry.addresses.is_empty() {
+            p.add(
+                "service_registry.addresses",
+                "needs at least one NATS address when enabled",
+            );
+        }
+        for (i, addr) in registry.addresses.iter().enumerate() {
+            if let Err(e) = check_host_port(addr, Allow::NatsUrl) {
+                p.add(format!("service_registry.addresses[{i}]"), e);
+            }
+        }
+        if registry.bucket.is_empty() {
+            p.add("service_registry.bucket", "must not be empty when enabled");
+        }
+    }
+    let up = &config.upstream;
+    for (key, value) in [
+        ("upstream.connect_timeout", up.connect_timeout),
+        (
+            "upstream.response_header_timeout",
+            up.response_header_timeout,
+        ),
+        ("upstream.pool_idle_timeout", up.pool_idle_timeout),
+    ] {
+        if value.is_zero() {
+            p.add(key, "must be positive");
+        }
+    }
+}
+
+fn misc(config: &mut Config, p: &mut Problems<'_>) {
+    let level = config.log.level.to_ascii_lowercase();
+    if level.is_empty() {
+        config.log.level = "error".to_owned();
+    } else if LOG_LEVELS.contains(&level.as_str()) {
+        config.log.level = level;
+    } else {
+        p.add(
+            "log.level",
+            format!(
+                "{:?} is not one of {}",
+                config.log.level,
+                LOG_LEVELS.join(", ")
+            ),
+        );
+    }
+    if !config.events.endpoint.is_empty()
+        && let Err(e) = check_host_port(&config.events.endpoint, Allow::NatsUrl)
+    {
+        p.add("events.endpoint", e);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Allow {
+    /// `host:port`, `:port` (all interfaces), `[v6]:port`.
+    Listener,
+    /// `host:port`, optionally prefixed by `nats://` or `tls://`.
+    NatsUrl,
+}
+
+fn check_host_port(addr: &str, allow: Allow) -> Result<(), String> {
+    let mut rest = addr;
+    if allow == Allow::NatsUrl {
+        for scheme in ["nats://", "tls://"] {
+            if let Some(r) = rest.strip_prefix(scheme) {
+                rest = r;
+            }
+        }
+    }
+    let bad = |why: &str| Err(format!("{addr:?} is not a host:port address ({why})"));
+    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+        let Some((v6, port)) = r.split_once("]:") else {
+            return bad("bracketed IPv6 address needs a port");
+        };
+        if v6.parse::<Ipv6Addr>().is_err() {
+            return bad("invalid IPv6 address");
+        }
+        (None, port)
+    } else {
+        let Some((host, port)) = rest.rsplit_once(':') else {
+            return bad("missing port");
+        };
+        if host.contains(':') {
+            return bad("write IPv6 addresses in brackets");
+        }
+        (Some(host), port)
+    };
+    if port.parse::<u16>().is_err() {
+        return bad("invalid port");
+    }
+    match host {
+        Some("") if allow == Allow::Listener => Ok(()),
+        Some("") => bad("missing host"),
+        Some(h) if h.parse::<IpAddr>().is_ok() || is_hostname(h) => Ok(()),
+        Some(_) => bad("invalid host name"),
+        None => Ok(()),
+    }
+}
+
+fn is_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn check_base_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => {
+            return Err(format!(
+                "{url:?} must be an absolute http:// or https:// URL"
+            ));
+        }
+    }
+    let host = uri.host().unwrap_or("");
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{url:?} is a base URL and cannot carry a query"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        for ok in [
+            "0.0.0.0:9200",
+            ":9200",
+            "[::1]:9200",
+            "localhost:80",
+            "127.0.0.1:0",
+        ] {
+            assert!(check_host_port(ok, Allow::Listener).is_ok(), "{ok}");
+        }
+        for bad in [
+            "9200",
+            "0.0.0.0",
+            "::1:9200",
+            "host:99999",
+            "ho st:1",
+            "[::1]",
+        ] {
+            assert!(check_host_port(bad, Allow::Listener).is_err(), "{bad}");
+        }
+        assert!(check_host_port("nats://n1:4222", Allow::NatsUrl).is_ok());
+        assert!(check_host_port(":4222", Allow::NatsUrl).is_err());
+        assert!(check_host_port("nats://n1:4222", Allow::Listener).is_err());
+    }
+
+    #[test]
+    fn base_urls() {
+        for ok in [
+            "http://web:9100",
+            "https://10.0.0.1",
+            "http://h/prefix",
+            "http://[::1]:80",
+        ] {
+            assert!(check_base_url(ok).is_ok(), "{ok}");
+        }
+        for bad in ["web:9100", "ftp://h", "/path", "http://h/?q=1", "not a url"] {
+            assert!(check_base_url(bad).is_err(), "{bad}");
+        }
+    }
+}
