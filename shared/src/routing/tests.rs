@@ -927,3 +927,9 @@ regex:
         "unauthenticated"
     );
 }
+
+#[test]
+fn router_is_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>(_: &T) {}
+    assert_send_sync(&default_router());
+}
