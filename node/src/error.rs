@@ -172,15 +172,36 @@ mod tests {
     #[tokio::test]
     async fn statuses_and_bodies() {
         let cases = [
-            (GatewayError::BadRequest { path: "/a/../..".into() }, 400, false),
-            (GatewayError::NoRoute { path: "/".into(), reason: "x".into() }, 500, true),
             (
-                GatewayError::UpstreamUnavailable { route: "r".into(), upstream: "u".into(), reason: "refused".into() },
+                GatewayError::BadRequest {
+                    path: "/a/../..".into(),
+                },
+                400,
+                false,
+            ),
+            (
+                GatewayError::NoRoute {
+                    path: "/".into(),
+                    reason: "x".into(),
+                },
+                500,
+                true,
+            ),
+            (
+                GatewayError::UpstreamUnavailable {
+                    route: "r".into(),
+                    upstream: "u".into(),
+                    reason: "refused".into(),
+                },
                 502,
                 true,
             ),
             (
-                GatewayError::UpstreamTimeout { route: "r".into(), upstream: "u".into(), after_ms: 5 },
+                GatewayError::UpstreamTimeout {
+                    route: "r".into(),
+                    upstream: "u".into(),
+                    after_ms: 5,
+                },
                 504,
                 true,
             ),

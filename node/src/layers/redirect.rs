@@ -66,8 +66,7 @@ where
                 .headers()
                 .get(&X_FORWARDED_PROTO)
                 .and_then(|v| v.to_str().ok());
-            if let Some(location) =
-                https_redirect(url, proto, req.uri().path(), req.uri().query())
+            if let Some(location) = https_redirect(url, proto, req.uri().path(), req.uri().query())
                 && let Ok(location) = HeaderValue::try_from(location)
             {
                 let mut resp = Response::new(empty_body());

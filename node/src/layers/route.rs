@@ -19,7 +19,9 @@ use tower::{Layer, Service};
 use crate::context::{Body, SharedTrace};
 use crate::error::GatewayError;
 // TODO(merge): gatehouse_shared::routing
-use crate::proxy::shared_shim::routing::{RouteMatch, RouteRequest, Router, Target, normalize_path};
+use crate::proxy::shared_shim::routing::{
+    RouteMatch, RouteRequest, Router, Target, normalize_path,
+};
 
 /// What the router decided for a request. Cheap to clone (one `Arc`).
 #[derive(Debug, Clone)]
@@ -140,11 +142,12 @@ impl Shared {
                 None => path,
             };
             let mut parts = req.uri().clone().into_parts();
-            parts.path_and_query = Some(PathAndQuery::try_from(pq).map_err(|_| {
-                GatewayError::BadRequest {
-                    path: req.uri().path().to_owned(),
-                }
-            })?);
+            parts.path_and_query =
+                Some(
+                    PathAndQuery::try_from(pq).map_err(|_| GatewayError::BadRequest {
+                        path: req.uri().path().to_owned(),
+                    })?,
+                );
             *req.uri_mut() = Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest {
                 path: req.uri().path().to_owned(),
             })?;
@@ -174,13 +177,10 @@ impl Shared {
             claims: None,
             user: None,
         };
-        let m = self
-            .router
-            .route(&rr)
-            .map_err(|e| GatewayError::NoRoute {
-                path: req.uri().path().to_owned(),
-                reason: e.to_string(),
-            })?;
+        let m = self.router.route(&rr).map_err(|e| GatewayError::NoRoute {
+            path: req.uri().path().to_owned(),
+            reason: e.to_string(),
+        })?;
         Ok(self.routed(&m))
     }
 }

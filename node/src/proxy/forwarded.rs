@@ -229,7 +229,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -257,11 +260,19 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "gw.example");
-        for gone in ["forwarded", "x-real-ip", "true-client-ip", "x-forwarded-prefix"] {
+        for gone in [
+            "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "x-forwarded-prefix",
+        ] {
             assert!(!h.contains_key(gone), "{gone} kept");
         }
         assert_eq!(
-            t.client_addr(&headers(&[("x-forwarded-for", "1.2.3.4")]), "192.0.2.7".parse().unwrap()),
+            t.client_addr(
+                &headers(&[("x-forwarded-for", "1.2.3.4")]),
+                "192.0.2.7".parse().unwrap()
+            ),
             "192.0.2.7".parse::<IpAddr>().unwrap()
         );
     }
@@ -301,15 +312,30 @@ mod tests {
     fn client_addr_walks_right_to_left() {
         let t = trusted(&["10.0.0.0/8"]);
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        let h = headers(&[("x-forwarded-for", "6.6.6.6, 7.7.7.7"), ("x-forwarded-for", "10.1.1.1")]);
-        assert_eq!(t.client_addr(&h, peer), "7.7.7.7".parse::<IpAddr>().unwrap());
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6, 7.7.7.7"),
+            ("x-forwarded-for", "10.1.1.1"),
+        ]);
+        assert_eq!(
+            t.client_addr(&h, peer),
+            "7.7.7.7".parse::<IpAddr>().unwrap()
+        );
         let h = headers(&[("x-forwarded-for", "10.2.2.2")]);
-        assert_eq!(t.client_addr(&h, peer), "10.2.2.2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            t.client_addr(&h, peer),
+            "10.2.2.2".parse::<IpAddr>().unwrap()
+        );
         let h = headers(&[("x-forwarded-for", "garbage, 10.2.2.2")]);
-        assert_eq!(t.client_addr(&h, peer), "10.2.2.2".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            t.client_addr(&h, peer),
+            "10.2.2.2".parse::<IpAddr>().unwrap()
+        );
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         let h = headers(&[("x-forwarded-for", "[2001:db8::1]:443")]);
-        assert_eq!(t.client_addr(&h, mapped), "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            t.client_addr(&h, mapped),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -334,7 +360,11 @@ mod tests {
 
     #[test]
     fn upgrade_kept_when_upgrading() {
-        let mut h = headers(&[("connection", "Upgrade, x-a"), ("upgrade", "websocket"), ("x-a", "1")]);
+        let mut h = headers(&[
+            ("connection", "Upgrade, x-a"),
+            ("upgrade", "websocket"),
+            ("x-a", "1"),
+        ]);
         assert!(is_upgrade_request(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["connection"], "upgrade");

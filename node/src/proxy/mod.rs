@@ -115,14 +115,13 @@ impl Inner {
                 reason: "request reached the proxy without a route".to_owned(),
             });
         };
-        let chosen = self
-            .resolver
-            .resolve(&routed.target)
-            .map_err(|e| GatewayError::UpstreamUnavailable {
+        let chosen = self.resolver.resolve(&routed.target).map_err(|e| {
+            GatewayError::UpstreamUnavailable {
                 route: routed.label.clone(),
                 upstream: target_name(&routed),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         if let Some(trace) = req.extensions().get::<SharedTrace>() {
             let _ = trace.upstream.set(chosen.base.url.to_string());
         }

@@ -84,7 +84,12 @@ pub mod routing {
                 .iter()
                 .enumerate()
                 .find(|(_, r)| r.endpoint != "/" && req.path.starts_with(r.endpoint.as_str()))
-                .or_else(|| self.routes.iter().enumerate().find(|(_, r)| r.endpoint == "/"));
+                .or_else(|| {
+                    self.routes
+                        .iter()
+                        .enumerate()
+                        .find(|(_, r)| r.endpoint == "/")
+                });
             let (i, r) = found.ok_or(RoutingError::NoRoute)?;
             Ok(RouteMatch {
                 policy: "ocis",
@@ -133,7 +138,10 @@ pub mod routing {
         if out.is_empty() {
             out.push('/');
         }
-        let q = match (base_query.filter(|q| !q.is_empty()), query.filter(|q| !q.is_empty())) {
+        let q = match (
+            base_query.filter(|q| !q.is_empty()),
+            query.filter(|q| !q.is_empty()),
+        ) {
             (Some(a), Some(b)) => Some(Cow::Owned(format!("{a}&{b}"))),
             (Some(a), None) => Some(Cow::Borrowed(a)),
             (None, Some(b)) => Some(Cow::Borrowed(b)),
@@ -199,9 +207,13 @@ pub mod security {
         ) -> Result<Csp, CspError> {
             match path {
                 Some(p) => std::fs::read_to_string(p)
-                    .map(|_| Csp { value: "default-src 'none'".into() })
+                    .map(|_| Csp {
+                        value: "default-src 'none'".into(),
+                    })
                     .map_err(|e| CspError(format!("{}: {e}", p.display()))),
-                None => Ok(Csp { value: "default-src 'none'; frame-ancestors 'self'".into() }),
+                None => Ok(Csp {
+                    value: "default-src 'none'; frame-ancestors 'self'".into(),
+                }),
             }
         }
     }
@@ -224,7 +236,10 @@ pub mod security {
                     (http::header::X_CONTENT_TYPE_OPTIONS, s("nosniff")),
                     (http::header::X_FRAME_OPTIONS, s("SAMEORIGIN")),
                     (http::header::REFERRER_POLICY, s("no-referrer")),
-                    (HeaderName::from_static("x-permitted-cross-domain-policies"), s("none")),
+                    (
+                        HeaderName::from_static("x-permitted-cross-domain-policies"),
+                        s("none"),
+                    ),
                     (HeaderName::from_static("x-robots-tag"), s("none")),
                 ],
                 hsts: s("max-age=315360000; includeSubDomains; preload"),

@@ -69,7 +69,9 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.idle_since_ms.store(self.0.now_ms(), Ordering::Release);
+        self.0
+            .idle_since_ms
+            .store(self.0.now_ms(), Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -120,7 +122,10 @@ where
         let this = self.project();
         let resp = ready!(this.inner.poll(cx))?;
         let guard = this.guard.take();
-        Poll::Ready(Ok(resp.map(|body| TrackedBody { body, _guard: guard })))
+        Poll::Ready(Ok(resp.map(|body| TrackedBody {
+            body,
+            _guard: guard,
+        })))
     }
 }
 

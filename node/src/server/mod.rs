@@ -283,7 +283,9 @@ where
                 };
                 match stream {
                     Ok(s) => self.serve(TokioIo::new(s)).await,
-                    Err(e) => tracing::debug!(peer = %self.info.peer, error = %e, "TLS handshake failed"),
+                    Err(e) => {
+                        tracing::debug!(peer = %self.info.peer, error = %e, "TLS handshake failed")
+                    }
                 }
             }
         }

@@ -65,12 +65,11 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     }
     let certs = load_certs(cert)?;
     let key_der = load_key(key)?;
-    let mut config = ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, key_der)?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key_der)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -113,15 +112,19 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 fn generate(cert: &Path, key: &Path) -> Result<(), TlsError> {
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if let Ok(host) = gethostname::gethostname().into_string()
         && !host.is_empty()
         && host != "localhost"
     {
         names.push(host);
     }
-    let pair = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let pair =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     write_file(cert, pair.cert.pem().as_bytes(), false)?;
     write_file(key, pair.signing_key.serialize_pem().as_bytes(), true)?;
     tracing::warn!(cert = %cert.display(), key = %key.display(), "generated a self-signed TLS certificate; replace it for production");
@@ -163,7 +166,11 @@ mod tests {
         let first = fs::read(&cert).unwrap();
         assert!(String::from_utf8_lossy(&first).contains("BEGIN CERTIFICATE"));
         acceptor(&cert, &key).unwrap();
-        assert_eq!(fs::read(&cert).unwrap(), first, "existing pair must be reused");
+        assert_eq!(
+            fs::read(&cert).unwrap(),
+            first,
+            "existing pair must be reused"
+        );
     }
 
     #[test]
@@ -172,7 +179,10 @@ mod tests {
         let cert = dir.path().join("c.crt");
         let key = dir.path().join("c.key");
         fs::write(&cert, "not pem").unwrap();
-        assert!(matches!(acceptor(&cert, &key), Err(TlsError::HalfPresent { .. })));
+        assert!(matches!(
+            acceptor(&cert, &key),
+            Err(TlsError::HalfPresent { .. })
+        ));
         fs::write(&key, "not pem").unwrap();
         let err = acceptor(&cert, &key).err().unwrap();
         assert!(matches!(err, TlsError::Invalid { .. }), "{err}");

@@ -120,7 +120,9 @@ mod tests {
         let b = balancer(&["http://a", "http://b", "http://c"]);
         assert_eq!(
             urls(&b, 6),
-            ["http://a", "http://b", "http://c", "http://a", "http://b", "http://c"]
+            [
+                "http://a", "http://b", "http://c", "http://a", "http://b", "http://c"
+            ]
         );
     }
 

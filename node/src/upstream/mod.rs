@@ -8,8 +8,8 @@
 mod balancer;
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -178,7 +178,11 @@ impl Resolver {
 
     /// Static backends are parsed once: the cache is keyed by the address of the route table's
     /// target and verified by value, so a rebuilt route table can never alias a stale entry.
-    fn backend_base(&self, target: &Target, b: &Backend) -> Result<Arc<UpstreamBase>, ResolveError> {
+    fn backend_base(
+        &self,
+        target: &Target,
+        b: &Backend,
+    ) -> Result<Arc<UpstreamBase>, ResolveError> {
         let key = target as *const Target as usize;
         {
             let cache = self.backend_cache.read().unwrap_or_else(|e| e.into_inner());
@@ -193,7 +197,10 @@ impl Resolver {
         base.base_path = b.base_path.clone();
         base.base_query = b.base_query.clone();
         let base = Arc::new(base);
-        let mut cache = self.backend_cache.write().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self
+            .backend_cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if cache.len() < BACKEND_CACHE_MAX {
             cache.insert(key, (b.clone(), base.clone()));
         }
