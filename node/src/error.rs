@@ -1,1 +1,216 @@
-//! STUB (owned by the proxy helper).
+//! The failures a request can meet inside the gateway, and the one place where they become HTTP
+//! responses. Layers return a [`GatewayError`] instead of writing a response themselves, so status
+//! codes, bodies and the single log line per failure are decided here and nowhere else.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full};
+use tower::{Layer, Service};
+
+use crate::context::Body;
+
+/// Why the gateway could not produce the upstream's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request path cannot be normalised (encoded separators, `..` above the root, …). Not retryable.
+    #[error("bad request path {path:?}")]
+    BadRequest { path: String },
+    /// The policy selector or the router found nothing for the request (oCIS answers 500).
+    #[error("no route for {path:?}: {reason}")]
+    NoRoute { path: String, reason: String },
+    /// No upstream could be resolved, or connecting/sending to it failed. Retryable.
+    #[error("upstream {upstream:?} of route {route} unavailable: {reason}")]
+    UpstreamUnavailable {
+        route: String,
+        upstream: String,
+        reason: String,
+    },
+    /// The upstream did not send its response head in time. Retryable.
+    #[error("upstream {upstream:?} of route {route} timed out after {after_ms} ms")]
+    UpstreamTimeout {
+        route: String,
+        upstream: String,
+        after_ms: u128,
+    },
+}
+
+impl GatewayError {
+    /// Whether the same request may succeed when tried again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamTimeout { .. }
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::NoRoute { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Logs the failure once and turns it into the response the client gets.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        match &self {
+            GatewayError::BadRequest { path } => {
+                tracing::warn!(status = status.as_u16(), path = %path, "rejected request path");
+            }
+            GatewayError::NoRoute { path, reason } => {
+                tracing::warn!(status = status.as_u16(), path = %path, reason = %reason, "routing failed");
+            }
+            GatewayError::UpstreamUnavailable {
+                route,
+                upstream,
+                reason,
+            } => {
+                tracing::warn!(status = status.as_u16(), route = %route, upstream = %upstream, reason = %reason, "upstream unavailable");
+            }
+            GatewayError::UpstreamTimeout {
+                route,
+                upstream,
+                after_ms,
+            } => {
+                tracing::warn!(status = status.as_u16(), route = %route, upstream = %upstream, after_ms = *after_ms, "upstream response timeout");
+            }
+        }
+        let mut resp = match self {
+            GatewayError::BadRequest { .. } => {
+                let mut r = Response::new(
+                    Full::new(Bytes::from_static(b"400 bad request: invalid path\n"))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                );
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                r
+            }
+            _ => Response::new(empty_body()),
+        };
+        *resp.status_mut() = status;
+        resp
+    }
+}
+
+pub fn empty_body() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// The boundary below which services fail with [`GatewayError`] and above which every outcome is a
+/// response: it calls [`GatewayError::into_response`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ErrorResponseLayer;
+
+impl<S> Layer<S> for ErrorResponseLayer {
+    type Service = ErrorResponse<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ErrorResponse { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ErrorResponse<S> {
+    inner: S,
+}
+
+impl<S, Req> Service<Req> for ErrorResponse<S>
+where
+    S: Service<Req, Response = Response<Body>, Error = GatewayError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ErrorResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The gateway's services are always ready; a not-ready error is reported per request.
+        match ready!(self.inner.poll_ready(cx)) {
+            Ok(()) | Err(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        ErrorResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct ErrorResponseFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> Future for ErrorResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, GatewayError>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(match ready!(self.project().inner.poll(cx)) {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn statuses_and_bodies() {
+        let cases = [
+            (
+                GatewayError::BadRequest {
+                    path: "/a/../..".into(),
+                },
+                400,
+                false,
+            ),
+            (
+                GatewayError::NoRoute {
+                    path: "/".into(),
+                    reason: "x".into(),
+                },
+                500,
+                true,
+            ),
+            (
+                GatewayError::UpstreamUnavailable {
+                    route: "r".into(),
+                    upstream: "u".into(),
+                    reason: "refused".into(),
+                },
+                502,
+                true,
+            ),
+            (
+                GatewayError::UpstreamTimeout {
+                    route: "r".into(),
+                    upstream: "u".into(),
+                    after_ms: 5,
+                },
+                504,
+                true,
+            ),
+        ];
+        for (err, status, empty) in cases {
+            let resp = err.into_response();
+            assert_eq!(resp.status().as_u16(), status);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.is_empty(), empty, "status {status}");
+        }
+    }
+}

@@ -1,1 +1,97 @@
-//! STUB (owned by the proxy helper).
+//! The request pipeline, assembled in one place and read top to bottom in the order a request
+//! travels through it. Everything above the error boundary sees only responses; everything below
+//! it reports failures as [`GatewayError`], which the boundary turns into the response.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::{Service, ServiceBuilder};
+
+use gatehouse_shared::config::Config;
+
+use crate::context::Body;
+use crate::error::ErrorResponseLayer;
+use crate::layers::redirect::RedirectLayer;
+use crate::layers::route::RouteLayer;
+use crate::layers::security::SecurityLayer;
+use crate::proxy::forwarded::{TrustedProxies, TrustedProxyError};
+// TODO(merge): gatehouse_shared::{routing, security}
+use crate::proxy::shared_shim::routing::{Router, RoutingError, effective_policies};
+use crate::proxy::shared_shim::security::{Csp, CspError, SecurityHeaders};
+use crate::proxy::{Proxy, ProxyOptions};
+use crate::upstream::{Resolver, ServiceNodes, UpstreamUrlError};
+
+/// The pieces of the pipeline that are built from configuration once at start-up.
+pub struct PipelineParts {
+    pub router: Arc<Router>,
+    pub resolver: Arc<Resolver>,
+    pub security: SecurityHeaders,
+    pub trusted: Arc<TrustedProxies>,
+    pub proxy: ProxyOptions,
+    /// `ocis_url`, the only host the HTTPS redirect targets; empty disables it.
+    pub public_url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("invalid route table: {0}")]
+    Routing(#[from] RoutingError),
+    #[error("invalid content security policy: {0}")]
+    Csp(#[from] CspError),
+    #[error("invalid `services` entry: {0}")]
+    Upstream(#[from] UpstreamUrlError),
+    #[error(transparent)]
+    TrustedProxies(#[from] TrustedProxyError),
+}
+
+impl PipelineParts {
+    pub fn from_config(
+        config: &Config,
+        registry: Option<Arc<dyn ServiceNodes>>,
+    ) -> Result<Self, PipelineError> {
+        let policies = effective_policies(&config.policies, &config.additional_policies);
+        let router = Router::new(&policies, config.policy_selector.as_ref())?;
+        let csp_path = (!config.csp_config_file_location.is_empty())
+            .then(|| Path::new(&config.csp_config_file_location));
+        let csp = Csp::load(csp_path, &|name| std::env::var(name).ok())?;
+        Ok(Self {
+            router: Arc::new(router),
+            resolver: Arc::new(Resolver::new(
+                &config.services,
+                registry,
+                config.upstream.unhealthy_backoff.0,
+            )?),
+            security: SecurityHeaders::new(&csp, config.http.force_strict_transport_security),
+            trusted: Arc::new(TrustedProxies::parse(&config.http.trusted_proxies)?),
+            proxy: ProxyOptions::from_config(&config.upstream),
+            public_url: config.ocis_url.clone(),
+        })
+    }
+}
+
+/// The whole request service, outermost layer first.
+pub fn build(
+    parts: PipelineParts,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ Sync
++ 'static {
+    ServiceBuilder::new()
+        // TODO(merge): .layer(crate::layers::request_id::RequestIdLayer::new(..))
+        // TODO(merge): .layer(crate::layers::access_log::AccessLogLayer::new(..))
+        // TODO(merge): .layer(crate::layers::metrics::MetricsLayer::new(metrics))
+        .layer(SecurityLayer::new(parts.security))
+        .layer(ErrorResponseLayer)
+        .layer(RedirectLayer::new(&parts.public_url))
+        .layer(RouteLayer::new(parts.router))
+        // authentication (next issue) goes here: it reads `Routed::unprotected`.
+        .service(Proxy::new(parts.resolver, parts.trusted, &parts.proxy))
+}

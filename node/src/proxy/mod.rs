@@ -1,1 +1,277 @@
-//! STUB (owned by the proxy helper).
+//! The reverse proxy: forwards a routed request to its upstream and streams the answer back.
+//!
+//! Bodies are passed through as they arrive in both directions (no buffering, no size limit), so
+//! large uploads, downloads and server-sent events flow at the pace of the slower side. Upstream
+//! connections are pooled (HTTP/1.1 keep-alive). Dropping the request future — which hyper does
+//! when the client goes away — drops the upstream exchange and closes that upstream connection.
+//! Protocol upgrades (WebSocket) are bridged by copying bytes between the two upgraded
+//! connections.
+
+pub mod forwarded;
+pub mod shared_shim;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tower::Service;
+
+use self::forwarded::{TrustedProxies, is_upgrade_request, rewrite_forwarded, strip_hop_by_hop};
+// TODO(merge): gatehouse_shared::routing::upstream_path_and_query
+use self::shared_shim::routing::upstream_path_and_query;
+use crate::context::{Body, ConnInfo, SharedTrace};
+use crate::error::GatewayError;
+use crate::layers::route::Routed;
+use crate::upstream::{Chosen, Resolver};
+
+/// How the proxy talks to upstreams (from the `upstream` configuration section).
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// `None`: the operating system's connect timeout.
+    pub connect_timeout: Option<Duration>,
+    /// `None`: wait for the response head as long as the upstream takes.
+    pub response_header_timeout: Option<Duration>,
+    pub pool_idle_timeout: Option<Duration>,
+}
+
+impl ProxyOptions {
+    /// Zero durations mean "no limit" (or the library default for the pool).
+    pub fn from_config(up: &gatehouse_shared::config::Upstream) -> Self {
+        let nz = |d: Duration| (!d.is_zero()).then_some(d);
+        Self {
+            connect_timeout: nz(up.connect_timeout.0),
+            response_header_timeout: nz(up.response_header_timeout.0),
+            pool_idle_timeout: nz(up.pool_idle_timeout.0),
+        }
+    }
+}
+
+/// The innermost service of the pipeline. Cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client<HttpConnector, Incoming>,
+    resolver: Arc<Resolver>,
+    trusted: Arc<TrustedProxies>,
+    response_header_timeout: Option<Duration>,
+}
+
+impl Proxy {
+    pub fn new(resolver: Arc<Resolver>, trusted: Arc<TrustedProxies>, opts: &ProxyOptions) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(opts.connect_timeout);
+        http.set_nodelay(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_timer(TokioTimer::new());
+        if let Some(idle) = opts.pool_idle_timeout {
+            builder.pool_idle_timeout(idle);
+        }
+        Self {
+            inner: Arc::new(Inner {
+                client: builder.build(http),
+                resolver,
+                trusted,
+                response_header_timeout: opts.response_header_timeout,
+            }),
+        }
+    }
+}
+
+type ProxyFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
+
+impl Service<Request<Incoming>> for Proxy {
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ProxyFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> ProxyFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.forward(req).await })
+    }
+}
+
+impl Inner {
+    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+        let Some(routed) = req.extensions_mut().remove::<Routed>() else {
+            return Err(GatewayError::NoRoute {
+                path: req.uri().path().to_owned(),
+                reason: "request reached the proxy without a route".to_owned(),
+            });
+        };
+        let chosen = self.resolver.resolve(&routed.target).map_err(|e| {
+            GatewayError::UpstreamUnavailable {
+                route: routed.label.clone(),
+                upstream: target_name(&routed),
+                reason: e.to_string(),
+            }
+        })?;
+        if let Some(trace) = req.extensions().get::<SharedTrace>() {
+            let _ = trace.upstream.set(chosen.base.url.to_string());
+        }
+        if chosen.base.scheme == http::uri::Scheme::HTTPS {
+            return Err(unavailable(
+                &routed,
+                &chosen,
+                "https upstreams are not supported yet".to_owned(),
+            ));
+        }
+
+        let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let out = self.rewrite(req, &routed, &chosen, upgrade)?;
+
+        let sent = self.client.request(out);
+        let result = match self.response_header_timeout {
+            Some(t) => match tokio::time::timeout(t, sent).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(GatewayError::UpstreamTimeout {
+                        route: routed.label.clone(),
+                        upstream: chosen.base.url.to_string(),
+                        after_ms: t.as_millis(),
+                    });
+                }
+            },
+            None => sent.await,
+        };
+        let mut resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if e.is_connect() {
+                    chosen.report_refused();
+                }
+                return Err(unavailable(&routed, &chosen, error_chain(&e)));
+            }
+        };
+
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            match client_upgrade {
+                Some(client_upgrade) => {
+                    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                    tokio::spawn(bridge(client_upgrade, upstream_upgrade));
+                }
+                None => {
+                    return Err(unavailable(
+                        &routed,
+                        &chosen,
+                        "upstream switched protocols without being asked".to_owned(),
+                    ));
+                }
+            }
+        }
+        strip_hop_by_hop(resp.headers_mut(), switching);
+        Ok(resp.map(|b| b.map_err(Into::into).boxed_unsync()))
+    }
+
+    fn rewrite(
+        &self,
+        req: Request<Incoming>,
+        routed: &Routed,
+        chosen: &Chosen,
+        upgrade: bool,
+    ) -> Result<Request<Incoming>, GatewayError> {
+        let (mut parts, body) = req.into_parts();
+        let base = &chosen.base;
+        let pq = upstream_path_and_query(
+            &base.base_path,
+            base.base_query.as_deref(),
+            parts.uri.path(),
+            parts.uri.query(),
+        );
+        let pq = PathAndQuery::try_from(pq)
+            .map_err(|e| unavailable(routed, chosen, format!("upstream path: {e}")))?;
+        let client_host = match parts.headers.get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(base.scheme.clone());
+        uri.authority = Some(base.authority.clone());
+        uri.path_and_query = Some(pq);
+        parts.uri = Uri::from_parts(uri)
+            .map_err(|e| unavailable(routed, chosen, format!("upstream URI: {e}")))?;
+        parts.version = Version::HTTP_11;
+
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers, upgrade);
+        let conn = parts.extensions.get::<ConnInfo>().copied();
+        if let Some(conn) = conn {
+            rewrite_forwarded(headers, &self.trusted, &conn, client_host.as_ref());
+        }
+        if routed.apache_vhost {
+            if let Ok(h) = HeaderValue::from_str(base.authority.as_str()) {
+                headers.insert(header::HOST, h);
+            }
+        } else if let Some(h) = client_host {
+            headers.insert(header::HOST, h);
+        }
+        if !headers.contains_key(header::USER_AGENT) {
+            headers.insert(header::USER_AGENT, HeaderValue::from_static(""));
+        }
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+fn target_name(routed: &Routed) -> String {
+    match &routed.target {
+        shared_shim::routing::Target::Service(s) => s.clone(),
+        shared_shim::routing::Target::Backend(b) => format!("{}://{}", b.scheme, b.authority),
+    }
+}
+
+fn unavailable(routed: &Routed, chosen: &Chosen, reason: String) -> GatewayError {
+    GatewayError::UpstreamUnavailable {
+        route: routed.label.clone(),
+        upstream: chosen.base.url.to_string(),
+        reason,
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+/// Copies bytes between the client's and the upstream's upgraded connections until either side
+/// closes.
+async fn bridge(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(error = %e, "protocol upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+}

@@ -1,1 +1,371 @@
-//! STUB (owned by the proxy helper).
+//! The client-facing listener: TCP or TLS, HTTP/1.1 and HTTP/2 (ALPN over TLS, prior knowledge
+//! in clear text), limits against slow or abusive clients, and a graceful drain.
+//!
+//! Limits (all from `http.*`; a zero duration disables a timeout):
+//! - `header_read_timeout`: time to send a complete request head (HTTP/1.1) and to finish the TLS
+//!   handshake. hyper starts this timer whenever an HTTP/1.1 connection waits for a request head,
+//!   so it also bounds how long an idle HTTP/1.1 keep-alive connection lives.
+//! - `max_header_bytes`: largest request head. HTTP/1.1 heads above it get 431 and the connection
+//!   is closed (hyper's read buffer cannot be smaller than 8192, so smaller values act as 8192);
+//!   HTTP/2 uses it as `SETTINGS_MAX_HEADER_LIST_SIZE`. Zero keeps hyper's defaults.
+//! - `idle_timeout`: a connection (HTTP/1.1 or HTTP/2) with no request in flight for this long is
+//!   closed gracefully.
+//!
+//! Drain: on SIGTERM/SIGINT or the shutdown token, readiness turns false at once, the listener is
+//! closed (new connections are refused), every connection is told to finish (HTTP/1.1: close after
+//! the current response; HTTP/2: GOAWAY), and in-flight requests get `drain_timeout` to complete.
+
+mod conn;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+use gatehouse_shared::config::{Config, Http};
+
+use self::conn::{Activity, ConnService};
+use crate::context::{Body, ConnInfo};
+use crate::health::Health;
+use crate::pipeline::{self, PipelineError, PipelineParts};
+use crate::proxy::forwarded::{TrustedProxies, TrustedProxyError};
+use crate::upstream::ServiceNodes;
+
+/// What `main` builds and hands to the server.
+pub struct ServerDeps {
+    // TODO(merge): pub metrics: Arc<crate::telemetry::Metrics>, passed on to pipeline::build.
+    pub health: Arc<Health>,
+    /// The oCIS service registry, when `service_registry.enabled`.
+    pub registry: Option<Arc<dyn ServiceNodes>>,
+    /// Cancelled to start the drain (signals do the same).
+    pub shutdown: CancellationToken,
+}
+
+/// Why the node could not start serving. None of these is retryable without a change of
+/// configuration or environment.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("http.addr {addr:?} is not a valid socket address (host:port)")]
+    InvalidAddr { addr: String },
+    #[error("cannot listen on {addr}: address already in use (another process is bound to it)")]
+    AddrInUse { addr: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("TLS is enabled but http.tls_cert or http.tls_key is empty")]
+    TlsPathsMissing,
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error(transparent)]
+    TrustedProxies(#[from] TrustedProxyError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Client-facing limits, see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Option<Duration>,
+    pub max_header_bytes: usize,
+    pub idle_timeout: Option<Duration>,
+    pub drain_timeout: Duration,
+}
+
+impl Limits {
+    pub fn from_config(http: &Http) -> Self {
+        let nz = |d: Duration| (!d.is_zero()).then_some(d);
+        Self {
+            header_read_timeout: nz(http.header_read_timeout.0),
+            max_header_bytes: http.max_header_bytes,
+            idle_timeout: nz(http.idle_timeout.0),
+            drain_timeout: http.drain_timeout.0,
+        }
+    }
+}
+
+/// Smallest read buffer hyper accepts (it panics below this).
+const HYPER_MIN_BUF: usize = 8192;
+
+/// A bound listener, ready to serve.
+pub struct Server {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    trusted: Arc<TrustedProxies>,
+    health: Arc<Health>,
+}
+
+impl Server {
+    /// Binds `http.addr` and prepares TLS (generating a self-signed pair if needed).
+    pub async fn bind(
+        http: &Http,
+        trusted: Arc<TrustedProxies>,
+        health: Arc<Health>,
+    ) -> Result<Self, StartupError> {
+        let addr: SocketAddr = http.addr.parse().map_err(|_| StartupError::InvalidAddr {
+            addr: http.addr.clone(),
+        })?;
+        let tls = if http.tls {
+            if http.tls_cert.is_empty() || http.tls_key.is_empty() {
+                return Err(StartupError::TlsPathsMissing);
+            }
+            Some(tls::acceptor(
+                &PathBuf::from(&http.tls_cert),
+                &PathBuf::from(&http.tls_key),
+            )?)
+        } else {
+            None
+        };
+        let listener = TcpListener::bind(addr).await.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AddrInUse {
+                StartupError::AddrInUse {
+                    addr: http.addr.clone(),
+                }
+            } else {
+                StartupError::Bind {
+                    addr: http.addr.clone(),
+                    source,
+                }
+            }
+        })?;
+        Ok(Self {
+            listener,
+            tls,
+            limits: Limits::from_config(http),
+            trusted,
+            health,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    fn builder(&self) -> Builder<TokioExecutor> {
+        let mut b = Builder::new(TokioExecutor::new());
+        {
+            let mut h1 = b.http1();
+            h1.timer(TokioTimer::new())
+                .header_read_timeout(self.limits.header_read_timeout);
+            if self.limits.max_header_bytes > 0 {
+                h1.max_buf_size(self.limits.max_header_bytes.max(HYPER_MIN_BUF));
+            }
+        }
+        {
+            let mut h2 = b.http2();
+            h2.timer(TokioTimer::new());
+            if self.limits.max_header_bytes > 0 {
+                h2.max_header_list_size(
+                    u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX),
+                );
+            }
+        }
+        b
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then drains (see module docs).
+    pub async fn serve<S>(self, service: S, shutdown: CancellationToken) -> Result<(), StartupError>
+    where
+        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let builder = Arc::new(self.builder());
+        let local = self.local_addr().map_err(|source| StartupError::Bind {
+            addr: "listener".to_owned(),
+            source,
+        })?;
+        tracing::info!(addr = %local, tls = self.tls.is_some(), "listening");
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = self.listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and similar: back off briefly instead of spinning.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let info = ConnInfo { peer, local, tls: self.tls.is_some() };
+                    let handler = Handler {
+                        builder: builder.clone(),
+                        service: service.clone(),
+                        trusted: self.trusted.clone(),
+                        info,
+                        idle_timeout: self.limits.idle_timeout,
+                        shutdown: shutdown.clone(),
+                    };
+                    let tls = self.tls.clone();
+                    let handshake_timeout = self.limits.header_read_timeout;
+                    conns.spawn(async move { handler.run(tcp, tls, handshake_timeout).await });
+                }
+            }
+        }
+
+        self.health.start_draining();
+        drop(self.listener);
+        let in_progress = conns.len();
+        tracing::info!(connections = in_progress, timeout = ?self.limits.drain_timeout, "draining");
+        let drained = tokio::time::timeout(self.limits.drain_timeout, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                connections = conns.len(),
+                "drain timeout reached, closing remaining connections"
+            );
+            conns.abort_all();
+            while conns.join_next().await.is_some() {}
+        }
+        tracing::info!("drained");
+        Ok(())
+    }
+}
+
+struct Handler<S> {
+    builder: Arc<Builder<TokioExecutor>>,
+    service: S,
+    trusted: Arc<TrustedProxies>,
+    info: ConnInfo,
+    idle_timeout: Option<Duration>,
+    shutdown: CancellationToken,
+}
+
+impl<S> Handler<S>
+where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>, handshake: Option<Duration>) {
+        match tls {
+            None => self.serve(TokioIo::new(tcp)).await,
+            Some(acceptor) => {
+                let accept = acceptor.accept(tcp);
+                let stream = match handshake {
+                    Some(t) => match tokio::time::timeout(t, accept).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::debug!(peer = %self.info.peer, "TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    None => accept.await,
+                };
+                match stream {
+                    Ok(s) => self.serve(TokioIo::new(s)).await,
+                    Err(e) => {
+                        tracing::debug!(peer = %self.info.peer, error = %e, "TLS handshake failed")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve<I>(self, io: I)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let activity = Activity::new();
+        let svc = ConnService {
+            inner: self.service,
+            info: self.info,
+            trusted: self.trusted,
+            activity: activity.clone(),
+        };
+        let conn = self.builder.serve_connection_with_upgrades(io, svc);
+        tokio::pin!(conn);
+        let mut closing = false;
+        let idle = async {
+            match self.idle_timeout {
+                Some(t) => activity.idle_for(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(idle);
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(peer = %self.info.peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                () = &mut idle, if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Builds everything from configuration, serves until SIGTERM/SIGINT or `deps.shutdown`, drains,
+/// and returns `Ok(())`.
+pub async fn run(config: Arc<Config>, deps: ServerDeps) -> Result<(), StartupError> {
+    tls::install_crypto_provider();
+    let parts = PipelineParts::from_config(&config, deps.registry.clone())?;
+    let trusted = parts.trusted.clone();
+    let service = pipeline::build(parts);
+    let server = Server::bind(&config.http, trusted, deps.health.clone()).await?;
+    spawn_signal_watch(deps.shutdown.clone())?;
+    server.serve(service, deps.shutdown).await
+}
+
+fn spawn_signal_watch(shutdown: CancellationToken) -> Result<(), StartupError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(StartupError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(StartupError::Signals)?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+                () = shutdown.cancelled() => return,
+            }
+            shutdown.cancel();
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => shutdown.cancel(),
+            () = shutdown.cancelled() => {}
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Path normalisation and routing: the policy selector picks a policy, the router a route, and
+//! the route its target. The result travels as the [`Routed`] extension to the authentication
+//! layer (which needs `unprotected`) and the proxy (which needs the target).
+//!
+//! The path is normalised before routing and the request is forwarded with the same normalised
+//! path, so a prefix decision cannot be bypassed with `..`, `//` or encoded separators (spec
+//! anchors D.3); a path that cannot be normalised is a 400.
+
+use std::collections::HashMap;
+use std::future::{Ready, ready};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use futures::future::Either;
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, header};
+use tower::{Layer, Service};
+
+use crate::context::{Body, SharedTrace};
+use crate::error::GatewayError;
+// TODO(merge): gatehouse_shared::routing
+use crate::proxy::shared_shim::routing::{
+    RouteMatch, RouteRequest, Router, Target, normalize_path,
+};
+
+/// What the router decided for a request. Cheap to clone (one `Arc`).
+#[derive(Debug, Clone)]
+pub struct Routed(Arc<RouteInfo>);
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub policy: String,
+    pub endpoint: String,
+    pub target: Target,
+    /// Authentication is skipped for this route.
+    pub unprotected: bool,
+    /// The upstream gets the backend's authority as `Host`.
+    pub apache_vhost: bool,
+    /// `policy/endpoint`, for logs and the access log.
+    pub label: String,
+}
+
+impl std::ops::Deref for Routed {
+    type Target = RouteInfo;
+    fn deref(&self) -> &RouteInfo {
+        &self.0
+    }
+}
+
+impl Routed {
+    pub fn new(info: RouteInfo) -> Self {
+        Self(Arc::new(info))
+    }
+}
+
+#[derive(Clone)]
+pub struct RouteLayer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    router: Arc<Router>,
+    /// One [`Routed`] per route of the table, made on first use, so routing allocates nothing.
+    /// Keyed by the address of the route's target in the (immutable) router and checked by value.
+    cache: RwLock<HashMap<usize, Routed>>,
+}
+
+impl RouteLayer {
+    pub fn new(router: Arc<Router>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                router,
+                cache: RwLock::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Route<S>;
+    fn layer(&self, inner: S) -> Route<S> {
+        Route {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Route<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl Shared {
+    fn routed(&self, m: &RouteMatch<'_>) -> Routed {
+        let key = m.target as *const Target as usize;
+        let same = |r: &Routed| {
+            r.policy == m.policy
+                && r.endpoint == m.endpoint
+                && r.target == *m.target
+                && r.unprotected == m.unprotected
+                && r.apache_vhost == m.apache_vhost
+        };
+        if let Some(r) = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .filter(|r| same(r))
+        {
+            return r.clone();
+        }
+        let routed = Routed::new(RouteInfo {
+            policy: m.policy.to_owned(),
+            endpoint: m.endpoint.to_owned(),
+            target: m.target.clone(),
+            unprotected: m.unprotected,
+            apache_vhost: m.apache_vhost,
+            label: format!("{}/{}", m.policy, m.endpoint),
+        });
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if cache.len() < 4096 {
+            cache.insert(key, routed.clone());
+        }
+        routed
+    }
+
+    fn route<B>(&self, req: &mut Request<B>) -> Result<Routed, GatewayError> {
+        let normalized = match normalize_path(req.uri().path()) {
+            Ok(std::borrow::Cow::Borrowed(_)) => None,
+            Ok(std::borrow::Cow::Owned(p)) => Some(p),
+            Err(_) => {
+                return Err(GatewayError::BadRequest {
+                    path: req.uri().path().to_owned(),
+                });
+            }
+        };
+        if let Some(path) = normalized {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let mut parts = req.uri().clone().into_parts();
+            parts.path_and_query =
+                Some(
+                    PathAndQuery::try_from(pq).map_err(|_| GatewayError::BadRequest {
+                        path: req.uri().path().to_owned(),
+                    })?,
+                );
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| GatewayError::BadRequest {
+                path: req.uri().path().to_owned(),
+            })?;
+        }
+
+        let cookies = req.headers().get_all(header::COOKIE);
+        let joined;
+        let mut iter = cookies.iter();
+        let cookie_header = match (iter.next(), iter.next()) {
+            (None, _) => None,
+            (Some(one), None) => one.to_str().ok(),
+            // HTTP/2 clients may split cookies over several fields (RFC 9113 §8.2.3).
+            (Some(_), Some(_)) => {
+                joined = cookies
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Some(joined.as_str())
+            }
+        };
+        let rr = RouteRequest {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            cookie_header,
+            claims: None,
+            user: None,
+        };
+        let m = self.router.route(&rr).map_err(|e| GatewayError::NoRoute {
+            path: req.uri().path().to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(self.routed(&m))
+    }
+}
+
+impl<S, B> Service<Request<B>> for Route<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = Either<Ready<Result<Response<Body>, GatewayError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match self.shared.route(&mut req) {
+            Ok(routed) => {
+                if let Some(trace) = req.extensions().get::<SharedTrace>() {
+                    let _ = trace.route.set(routed.label.clone());
+                }
+                req.extensions_mut().insert(routed);
+                Either::Right(self.inner.call(req))
+            }
+            Err(e) => Either::Left(ready(Err(e))),
+        }
+    }
+}

@@ -1,0 +1,778 @@
+//! The server, pipeline and reverse proxy over real sockets on 127.0.0.1, against small hyper
+//! upstreams started by each test.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse_node::health::Health;
+use gatehouse_node::pipeline::{self, PipelineParts};
+use gatehouse_node::proxy::ProxyOptions;
+use gatehouse_node::proxy::forwarded::TrustedProxies;
+// TODO(merge): build routes with gatehouse_shared::routing::{PolicyConfig, Router::new}.
+use gatehouse_node::proxy::shared_shim::routing::{Backend, Router, ShimRoute, Target};
+use gatehouse_node::proxy::shared_shim::security::{Csp, SecurityHeaders};
+use gatehouse_node::server::{Server, StartupError};
+use gatehouse_node::upstream::Resolver;
+use gatehouse_shared::config::{GoDuration, Http};
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+type UpBody = BoxBody<Bytes, Infallible>;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn full(s: impl Into<Bytes>) -> UpBody {
+    Full::new(s.into()).boxed()
+}
+
+/// Starts an HTTP/1.1 upstream (with upgrade support) answering with `handler`.
+async fn spawn_upstream<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let h = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let h = h.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that answers with the request line and headers it received.
+async fn echo_upstream() -> SocketAddr {
+    spawn_upstream(|req: Request<Incoming>| async move {
+        let mut s = format!("{} {}\n", req.method(), req.uri());
+        for (k, v) in req.headers() {
+            s.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+        }
+        Response::builder()
+            .header("connection", "x-hop")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("x-end", "kept")
+            .body(full(s))
+            .unwrap()
+    })
+    .await
+}
+
+fn backend_route(prefix: &str, url: &str) -> ShimRoute {
+    let uri: http::Uri = url.parse().unwrap();
+    let pq = uri.path_and_query();
+    ShimRoute {
+        endpoint: prefix.to_owned(),
+        target: Target::Backend(Backend {
+            scheme: uri.scheme_str().unwrap().to_owned(),
+            authority: uri.authority().unwrap().to_string(),
+            base_path: pq
+                .map(|p| p.path())
+                .filter(|p| *p != "/")
+                .unwrap_or("")
+                .to_owned(),
+            base_query: pq.and_then(|p| p.query()).map(str::to_owned),
+        }),
+        unprotected: false,
+        apache_vhost: false,
+    }
+}
+
+struct Opts {
+    routes: Vec<ShimRoute>,
+    services: BTreeMap<String, Vec<String>>,
+    trusted: Vec<String>,
+    http: Http,
+    proxy: ProxyOptions,
+    public_url: String,
+}
+
+impl Opts {
+    fn new(routes: Vec<ShimRoute>) -> Self {
+        Self {
+            routes,
+            services: BTreeMap::new(),
+            trusted: vec![],
+            http: Http {
+                addr: "127.0.0.1:0".into(),
+                drain_timeout: GoDuration::secs(5),
+                header_read_timeout: GoDuration::secs(10),
+                ..Http::default()
+            },
+            proxy: ProxyOptions {
+                connect_timeout: Some(Duration::from_secs(2)),
+                response_header_timeout: Some(Duration::from_secs(5)),
+                pool_idle_timeout: None,
+            },
+            public_url: String::new(),
+        }
+    }
+}
+
+struct Gateway {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    health: Arc<Health>,
+    task: JoinHandle<Result<(), StartupError>>,
+}
+
+async fn gateway(o: Opts) -> Gateway {
+    let trusted = Arc::new(TrustedProxies::parse(&o.trusted).unwrap());
+    let parts = PipelineParts {
+        router: Arc::new(Router::from_routes(o.routes)),
+        resolver: Arc::new(Resolver::new(&o.services, None, Duration::from_secs(30)).unwrap()),
+        security: SecurityHeaders::new(&Csp::load(None, &|_| None).unwrap(), false),
+        trusted: trusted.clone(),
+        proxy: o.proxy,
+        public_url: o.public_url,
+    };
+    let health = Health::new();
+    let server = Server::bind(&o.http, trusted, health.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.serve(pipeline::build(parts), shutdown.clone()));
+    Gateway {
+        addr,
+        shutdown,
+        health,
+        task,
+    }
+}
+
+/// Sends raw bytes, returns everything the gateway answers until it closes the connection.
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out))
+        .await
+        .expect("gateway did not close the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::get(path).header("host", "gw.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = send
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+#[tokio::test]
+async fn prefix_route_joins_path_and_query_and_sets_host() {
+    let up = echo_upstream().await;
+    let gw = gateway(Opts::new(vec![backend_route(
+        "/api",
+        &format!("http://{up}/base?b=1"),
+    )]))
+    .await;
+    let (status, headers, body) = get(gw.addr, "/api/x?y=2", &[]).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("GET /base/api/x?b=1&y=2\n"), "{body}");
+    assert!(body.contains("\nhost: gw.test\n"), "{body}");
+    assert!(body.contains("\nuser-agent: \n"), "{body}");
+    assert_eq!(headers["x-end"], "kept");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+}
+
+#[tokio::test]
+async fn apache_vhost_sends_backend_authority() {
+    let up = echo_upstream().await;
+    let mut route = backend_route("/", &format!("http://{up}"));
+    route.apache_vhost = true;
+    let gw = gateway(Opts::new(vec![route])).await;
+    let (_, _, body) = get(gw.addr, "/x", &[]).await;
+    assert!(body.contains(&format!("\nhost: {up}\n")), "{body}");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let up = echo_upstream().await;
+    let gw = gateway(Opts::new(vec![backend_route("/", &format!("http://{up}"))])).await;
+    let out = raw(
+        gw.addr,
+        b"GET /h HTTP/1.1\r\nHost: gw\r\nConnection: close, x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=1\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\nUpgrade: h2c\r\nX-Keep: yes\r\n\r\n",
+    )
+    .await;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let body = body.to_ascii_lowercase();
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "proxy-authorization",
+        "\nte:",
+        "upgrade",
+        "connection",
+    ] {
+        assert!(!body.contains(gone), "{gone} reached the upstream: {body}");
+    }
+    assert!(body.contains("x-keep: yes"));
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("x-hop"), "{head}");
+    assert!(!head.contains("keep-alive"), "{head}");
+    assert!(head.contains("x-end: kept"), "{head}");
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_untrusted_peer_are_rebuilt() {
+    let up = echo_upstream().await;
+    let gw = gateway(Opts::new(vec![backend_route("/", &format!("http://{up}"))])).await;
+    let (_, _, body) = get(
+        gw.addr,
+        "/",
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
+    assert!(body.contains("\nx-forwarded-for: 127.0.0.1\n"), "{body}");
+    assert!(body.contains("\nx-forwarded-proto: http\n"), "{body}");
+    assert!(body.contains("\nx-forwarded-host: gw.test\n"), "{body}");
+    assert!(!body.contains("x-real-ip"), "{body}");
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_trusted_peer_are_extended() {
+    let up = echo_upstream().await;
+    let mut o = Opts::new(vec![backend_route("/", &format!("http://{up}"))]);
+    o.trusted = vec!["127.0.0.0/8".into()];
+    let gw = gateway(o).await;
+    let (_, _, body) = get(
+        gw.addr,
+        "/",
+        &[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
+    assert!(
+        body.contains("\nx-forwarded-for: 203.0.113.9, 127.0.0.1\n"),
+        "{body}"
+    );
+    assert!(body.contains("\nx-forwarded-proto: https\n"), "{body}");
+}
+
+#[tokio::test]
+async fn refused_upstream_is_502_with_empty_body_and_security_headers() {
+    let dead = closed_port().await;
+    let gw = gateway(Opts::new(vec![backend_route(
+        "/",
+        &format!("http://{dead}"),
+    )]))
+    .await;
+    let (status, headers, body) = get(gw.addr, "/", &[]).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(body, "");
+    assert_eq!(headers["x-frame-options"], "SAMEORIGIN");
+}
+
+#[tokio::test]
+async fn service_with_one_refusing_node_fails_over() {
+    let up = echo_upstream().await;
+    let dead = closed_port().await;
+    let mut o = Opts::new(vec![ShimRoute {
+        endpoint: "/".into(),
+        target: Target::Service("com.example.svc".into()),
+        unprotected: true,
+        apache_vhost: false,
+    }]);
+    o.services.insert(
+        "com.example.svc".into(),
+        vec![format!("http://{dead}"), format!("http://{up}")],
+    );
+    let gw = gateway(o).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get(gw.addr, "/", &[]).await.0.as_u16());
+    }
+    // The first request hits the refusing node; afterwards it is skipped for the backoff.
+    assert_eq!(statuses, [502, 200, 200, 200]);
+}
+
+#[tokio::test]
+async fn unknown_service_is_502_and_no_route_is_500() {
+    let gw = gateway(Opts::new(vec![ShimRoute {
+        endpoint: "/svc".into(),
+        target: Target::Service("nobody".into()),
+        unprotected: false,
+        apache_vhost: false,
+    }]))
+    .await;
+    assert_eq!(get(gw.addr, "/svc", &[]).await.0, StatusCode::BAD_GATEWAY);
+    let (status, _, body) = get(gw.addr, "/elsewhere", &[]).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body, "");
+}
+
+#[tokio::test]
+async fn bad_path_is_400_and_dot_segments_are_normalised() {
+    let up = echo_upstream().await;
+    let gw = gateway(Opts::new(vec![backend_route("/", &format!("http://{up}"))])).await;
+    let out = raw(
+        gw.addr,
+        b"GET /a/../../etc HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    let out = raw(
+        gw.addr,
+        b"GET /a/./b/../c?q=1 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.contains("\r\n\r\nGET /a/c?q=1\n"), "{out}");
+}
+
+#[tokio::test]
+async fn https_redirect_targets_public_url() {
+    let up = echo_upstream().await;
+    let mut o = Opts::new(vec![backend_route("/", &format!("http://{up}"))]);
+    o.public_url = "https://trusted.example".into();
+    let gw = gateway(o).await;
+    let (status, headers, _) = get(gw.addr, "/foo?bar=1", &[("x-forwarded-proto", "http")]).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(headers["location"], "https://trusted.example/foo?bar=1");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let up = spawn_upstream(|_req| async {
+        std::future::pending::<()>().await;
+        Response::new(full(""))
+    })
+    .await;
+    let mut o = Opts::new(vec![backend_route("/", &format!("http://{up}"))]);
+    o.proxy.response_header_timeout = Some(Duration::from_millis(200));
+    let gw = gateway(o).await;
+    let (status, _, body) = get(gw.addr, "/", &[]).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body, "");
+}
+
+#[tokio::test]
+async fn upgrade_is_bridged() {
+    let up = spawn_upstream(|mut req: Request<Incoming>| async move {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(on.await.unwrap());
+            let mut buf = [0u8; 64];
+            loop {
+                let n = io.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                io.write_all(&buf[..n]).await.unwrap();
+            }
+        });
+        Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(full(""))
+            .unwrap()
+    })
+    .await;
+    let gw = gateway(Opts::new(vec![backend_route("/", &format!("http://{up}"))])).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for msg in [&b"ping"[..], b"second message"] {
+        tcp.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(DEADLINE, tcp.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+}
+
+#[tokio::test]
+async fn sse_events_arrive_one_by_one() {
+    let (release_tx, release_rx) = mpsc::channel::<()>(1);
+    let release_rx = Arc::new(tokio::sync::Mutex::new(release_rx));
+    let up = spawn_upstream(move |_req| {
+        let release_rx = release_rx.clone();
+        async move {
+            let (tx, rx) = mpsc::channel::<Bytes>(1);
+            tokio::spawn(async move {
+                tx.send(Bytes::from_static(b"data: one\n\n")).await.unwrap();
+                release_rx.lock().await.recv().await;
+                tx.send(Bytes::from_static(b"data: two\n\n")).await.unwrap();
+            });
+            let stream = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv()
+                    .await
+                    .map(|b| (Ok::<_, Infallible>(hyper::body::Frame::data(b)), rx))
+            });
+            let body = http_body_util::StreamBody::new(stream);
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body.boxed())
+                .unwrap()
+        }
+    })
+    .await;
+    let gw = gateway(Opts::new(vec![backend_route("/", &format!("http://{up}"))])).await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::get("/sse")
+                .header("host", "gw")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    assert_eq!(next_data(&mut body).await, "data: one\n\n");
+    release_tx.send(()).await.unwrap();
+    assert_eq!(next_data(&mut body).await, "data: two\n\n");
+}
+
+async fn next_data(body: &mut Incoming) -> Bytes {
+    let frame = tokio::time::timeout(DEADLINE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    frame.into_data().unwrap()
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_upstream_request() {
+    let (arrived_tx, mut arrived_rx) = mpsc::channel::<()>(1);
+    let (dropped_tx, mut dropped_rx) = mpsc::channel::<()>(1);
+    struct OnDrop(mpsc::Sender<()>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.try_send(());
+        }
+    }
+    let up = spawn_upstream(move |_req| {
+        let (arrived, dropped) = (arrived_tx.clone(), dropped_tx.clone());
+        async move {
+            let _guard = OnDrop(dropped);
+            arrived.send(()).await.unwrap();
+            std::future::pending::<()>().await;
+            Response::new(full(""))
+        }
+    })
+    .await;
+    let mut o = Opts::new(vec![backend_route("/", &format!("http://{up}"))]);
+    o.proxy.response_header_timeout = None;
+    let gw = gateway(o).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET /hold HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, arrived_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(tcp);
+    // The upstream's handler future is dropped only when hyper sees its connection close.
+    tokio::time::timeout(DEADLINE, dropped_rx.recv())
+        .await
+        .expect("upstream connection was not closed after the client left")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_request_and_refuses_new_connections() {
+    let (arrived_tx, mut arrived_rx) = mpsc::channel::<()>(1);
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release_rx = Arc::new(tokio::sync::Mutex::new(Some(release_rx)));
+    let up = spawn_upstream(move |_req| {
+        let arrived = arrived_tx.clone();
+        let release = release_rx.clone();
+        async move {
+            arrived.send(()).await.unwrap();
+            let rx = release.lock().await.take();
+            if let Some(rx) = rx {
+                let _ = rx.await;
+            }
+            Response::new(full("finished"))
+        }
+    })
+    .await;
+    let gw = gateway(Opts::new(vec![backend_route("/", &format!("http://{up}"))])).await;
+    let addr = gw.addr;
+    let in_flight = tokio::spawn(async move { get(addr, "/slow", &[]).await });
+    tokio::time::timeout(DEADLINE, arrived_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    gw.shutdown.cancel();
+    let refused = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if TcpStream::connect(addr).await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "listener still accepting after shutdown");
+    assert!(gw.health.is_draining());
+    assert!(!gw.task.is_finished());
+
+    release_tx.send(()).unwrap();
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, "finished"));
+    let result = tokio::time::timeout(DEADLINE, gw.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok());
+}
+
+#[tokio::test]
+async fn drain_timeout_bounds_the_wait() {
+    let (arrived_tx, mut arrived_rx) = mpsc::channel::<()>(1);
+    let up = spawn_upstream(move |_req| {
+        let arrived = arrived_tx.clone();
+        async move {
+            arrived.send(()).await.unwrap();
+            std::future::pending::<()>().await;
+            Response::new(full(""))
+        }
+    })
+    .await;
+    let mut o = Opts::new(vec![backend_route("/", &format!("http://{up}"))]);
+    o.proxy.response_header_timeout = None;
+    o.http.drain_timeout = GoDuration(Duration::from_millis(300));
+    let gw = gateway(o).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, arrived_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    gw.shutdown.cancel();
+    let result = tokio::time::timeout(DEADLINE, gw.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok());
+    assert!(started.elapsed() < DEADLINE);
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        n.is_err() || buf.is_empty(),
+        "got a response: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+}
+
+#[tokio::test]
+async fn slowloris_head_is_cut_off() {
+    let mut o = Opts::new(vec![]);
+    o.http.header_read_timeout = GoDuration(Duration::from_millis(300));
+    let gw = gateway(o).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open");
+    // hyper answers a head timeout by closing the connection, optionally after a 408.
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_head_is_431() {
+    let mut o = Opts::new(vec![]);
+    o.http.max_header_bytes = 8192;
+    let gw = gateway(o).await;
+    let big = "a".repeat(20_000);
+    let req = format!("GET / HTTP/1.1\r\nHost: gw\r\nX-Big: {big}\r\n\r\n");
+    let out = raw(gw.addr, req.as_bytes()).await;
+    assert!(
+        out.starts_with("HTTP/1.1 431"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connection_is_closed() {
+    let up = echo_upstream().await;
+    let mut o = Opts::new(vec![backend_route("/", &format!("http://{up}"))]);
+    o.http.header_read_timeout = GoDuration::default();
+    o.http.idle_timeout = GoDuration(Duration::from_millis(300));
+    let gw = gateway(o).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut buf))
+        .await
+        .expect("idle connection not closed")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn bind_conflict_names_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let http = Http {
+        addr: addr.clone(),
+        ..Http::default()
+    };
+    let err = Server::bind(&http, Arc::default(), Health::new())
+        .await
+        .err()
+        .expect("bind must fail");
+    assert!(matches!(err, StartupError::AddrInUse { .. }), "{err}");
+    assert!(err.to_string().contains(&addr), "{err}");
+}
+
+#[tokio::test]
+async fn tls_with_generated_certificate_negotiates_h2() {
+    let up = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("proxy/server.crt");
+    let key = dir.path().join("proxy/server.key");
+    let mut o = Opts::new(vec![backend_route("/", &format!("http://{up}"))]);
+    o.http.tls = true;
+    o.http.tls_cert = cert.to_string_lossy().into_owned();
+    o.http.tls_key = key.to_string_lossy().into_owned();
+    let gw = gateway(o).await;
+
+    let pem = std::fs::read(&cert).expect("certificate written at start-up");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            Request::get("https://gw.example/tls?x=1")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("strict-transport-security"));
+    let body = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(body.starts_with("GET /tls?x=1\n"), "{body}");
+    // HTTP/2 has no Host header: it is synthesised from :authority.
+    assert!(body.contains("\nhost: gw.example\n"), "{body}");
+    assert!(body.contains("\nx-forwarded-proto: https\n"), "{body}");
+}
