@@ -18,11 +18,10 @@ use crate::layers::redirect::RedirectLayer;
 use crate::layers::route::RouteLayer;
 use crate::layers::security::SecurityLayer;
 use crate::proxy::forwarded::{TrustedProxies, TrustedProxyError};
-// TODO(merge): gatehouse_shared::{routing, security}
-use crate::proxy::shared_shim::routing::{Router, RoutingError, effective_policies};
-use crate::proxy::shared_shim::security::{Csp, CspError, SecurityHeaders};
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::upstream::{Resolver, ServiceNodes, UpstreamUrlError};
+use gatehouse_shared::routing::{Router, RoutingError, effective_policies};
+use gatehouse_shared::security::{Csp, CspError, SecurityHeaders};
 
 /// The pieces of the pipeline that are built from configuration once at start-up.
 pub struct PipelineParts {

@@ -13,12 +13,11 @@ use gatehouse_node::health::Health;
 use gatehouse_node::pipeline::{self, PipelineParts};
 use gatehouse_node::proxy::ProxyOptions;
 use gatehouse_node::proxy::forwarded::TrustedProxies;
-// TODO(merge): build routes with gatehouse_shared::routing::{PolicyConfig, Router::new}.
-use gatehouse_node::proxy::shared_shim::routing::{Backend, Router, ShimRoute, Target};
-use gatehouse_node::proxy::shared_shim::security::{Csp, SecurityHeaders};
 use gatehouse_node::server::{Server, StartupError};
 use gatehouse_node::upstream::Resolver;
 use gatehouse_shared::config::{GoDuration, Http};
+use gatehouse_shared::routing::{PolicyConfig, RouteConfig, Router};
+use gatehouse_shared::security::{Csp, SecurityHeaders};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -85,28 +84,16 @@ async fn echo_upstream() -> SocketAddr {
     .await
 }
 
-fn backend_route(prefix: &str, url: &str) -> ShimRoute {
-    let uri: http::Uri = url.parse().unwrap();
-    let pq = uri.path_and_query();
-    ShimRoute {
+fn backend_route(prefix: &str, url: &str) -> RouteConfig {
+    RouteConfig {
         endpoint: prefix.to_owned(),
-        target: Target::Backend(Backend {
-            scheme: uri.scheme_str().unwrap().to_owned(),
-            authority: uri.authority().unwrap().to_string(),
-            base_path: pq
-                .map(|p| p.path())
-                .filter(|p| *p != "/")
-                .unwrap_or("")
-                .to_owned(),
-            base_query: pq.and_then(|p| p.query()).map(str::to_owned),
-        }),
-        unprotected: false,
-        apache_vhost: false,
+        backend: url.to_owned(),
+        ..RouteConfig::default()
     }
 }
 
 struct Opts {
-    routes: Vec<ShimRoute>,
+    routes: Vec<RouteConfig>,
     services: BTreeMap<String, Vec<String>>,
     trusted: Vec<String>,
     http: Http,
@@ -115,13 +102,14 @@ struct Opts {
 }
 
 impl Opts {
-    fn new(routes: Vec<ShimRoute>) -> Self {
+    fn new(routes: Vec<RouteConfig>) -> Self {
         Self {
             routes,
             services: BTreeMap::new(),
             trusted: vec![],
             http: Http {
                 addr: "127.0.0.1:0".into(),
+                tls: false,
                 drain_timeout: GoDuration::secs(5),
                 header_read_timeout: GoDuration::secs(10),
                 ..Http::default()
@@ -146,7 +134,16 @@ struct Gateway {
 async fn gateway(o: Opts) -> Gateway {
     let trusted = Arc::new(TrustedProxies::parse(&o.trusted).unwrap());
     let parts = PipelineParts {
-        router: Arc::new(Router::from_routes(o.routes)),
+        router: Arc::new(
+            Router::new(
+                &[PolicyConfig {
+                    name: "ocis".into(),
+                    routes: o.routes,
+                }],
+                None,
+            )
+            .unwrap(),
+        ),
         resolver: Arc::new(Resolver::new(&o.services, None, Duration::from_secs(30)).unwrap()),
         security: SecurityHeaders::new(&Csp::load(None, &|_| None).unwrap(), false),
         trusted: trusted.clone(),
@@ -329,11 +326,11 @@ async fn refused_upstream_is_502_with_empty_body_and_security_headers() {
 async fn service_with_one_refusing_node_fails_over() {
     let up = echo_upstream().await;
     let dead = closed_port().await;
-    let mut o = Opts::new(vec![ShimRoute {
+    let mut o = Opts::new(vec![RouteConfig {
         endpoint: "/".into(),
-        target: Target::Service("com.example.svc".into()),
+        service: "com.example.svc".into(),
         unprotected: true,
-        apache_vhost: false,
+        ..RouteConfig::default()
     }]);
     o.services.insert(
         "com.example.svc".into(),
@@ -350,11 +347,10 @@ async fn service_with_one_refusing_node_fails_over() {
 
 #[tokio::test]
 async fn unknown_service_is_502_and_no_route_is_500() {
-    let gw = gateway(Opts::new(vec![ShimRoute {
+    let gw = gateway(Opts::new(vec![RouteConfig {
         endpoint: "/svc".into(),
-        target: Target::Service("nobody".into()),
-        unprotected: false,
-        apache_vhost: false,
+        service: "nobody".into(),
+        ..RouteConfig::default()
     }]))
     .await;
     assert_eq!(get(gw.addr, "/svc", &[]).await.0, StatusCode::BAD_GATEWAY);
@@ -704,6 +700,7 @@ async fn bind_conflict_names_the_address() {
     let addr = taken.local_addr().unwrap().to_string();
     let http = Http {
         addr: addr.clone(),
+        tls: false,
         ..Http::default()
     };
     let err = Server::bind(&http, Arc::default(), Health::new())

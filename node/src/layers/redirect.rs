@@ -15,8 +15,7 @@ use tower::{Layer, Service};
 use crate::context::Body;
 use crate::error::empty_body;
 use crate::proxy::forwarded::X_FORWARDED_PROTO;
-// TODO(merge): gatehouse_shared::security::https_redirect
-use crate::proxy::shared_shim::security::https_redirect;
+use gatehouse_shared::security::https_redirect;
 
 #[derive(Clone)]
 pub struct RedirectLayer {

@@ -18,10 +18,7 @@ use tower::{Layer, Service};
 
 use crate::context::{Body, SharedTrace};
 use crate::error::GatewayError;
-// TODO(merge): gatehouse_shared::routing
-use crate::proxy::shared_shim::routing::{
-    RouteMatch, RouteRequest, Router, Target, normalize_path,
-};
+use gatehouse_shared::routing::{RouteMatch, RouteRequest, Router, Target, normalize_path};
 
 /// What the router decided for a request. Cheap to clone (one `Arc`).
 #[derive(Debug, Clone)]

@@ -11,8 +11,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::context::ConnInfo;
-// TODO(merge): gatehouse_shared::security::SecurityHeaders
-use crate::proxy::shared_shim::security::SecurityHeaders;
+use gatehouse_shared::security::SecurityHeaders;
 
 #[derive(Clone)]
 pub struct SecurityLayer {

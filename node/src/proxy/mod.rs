@@ -8,7 +8,6 @@
 //! connections.
 
 pub mod forwarded;
-pub mod shared_shim;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,12 +26,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::Service;
 
 use self::forwarded::{TrustedProxies, is_upgrade_request, rewrite_forwarded, strip_hop_by_hop};
-// TODO(merge): gatehouse_shared::routing::upstream_path_and_query
-use self::shared_shim::routing::upstream_path_and_query;
 use crate::context::{Body, ConnInfo, SharedTrace};
 use crate::error::GatewayError;
 use crate::layers::route::Routed;
 use crate::upstream::{Chosen, Resolver};
+use gatehouse_shared::routing::upstream_path_and_query;
 
 /// How the proxy talks to upstreams (from the `upstream` configuration section).
 #[derive(Debug, Clone)]
@@ -235,8 +233,8 @@ impl Inner {
 
 fn target_name(routed: &Routed) -> String {
     match &routed.target {
-        shared_shim::routing::Target::Service(s) => s.clone(),
-        shared_shim::routing::Target::Backend(b) => format!("{}://{}", b.scheme, b.authority),
+        gatehouse_shared::routing::Target::Service(s) => s.clone(),
+        gatehouse_shared::routing::Target::Backend(b) => format!("{}://{}", b.scheme, b.authority),
     }
 }
 

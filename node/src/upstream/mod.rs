@@ -15,8 +15,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 
 pub use balancer::{Balancer, Pick};
-
-use crate::proxy::shared_shim::routing::{Backend, Target}; // TODO(merge): gatehouse_shared::routing
+use gatehouse_shared::routing::{Backend, Target};
 
 /// Where service names are looked up when the `services` map does not know them. Implemented for
 /// the NATS service registry; tests use a fixed map.
