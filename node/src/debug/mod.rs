@@ -1,1 +1,1 @@
-//! STUB (owned by the observability helper).
+//! The debug server. Placeholder until the next commit.
