@@ -3,8 +3,7 @@
 //! Configuration problems are operator errors, not crashes: they are printed one per line to
 //! stderr and the process exits with status 1, without a panic or a backtrace.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 // TODO(merge): `use gatehouse_shared::config::{Config, ConfigSource, Loaded, load};`,
 // `use gatehouse_shared::routing::{Router, effective_policies};`,
-// `use gatehouse_shared::security::Csp;`, `use gatehouse_node::server::{self, ServerDeps};`
+// `use gatehouse_shared::security::Csp;`, `use gatehouse_nats::ServiceRegistry;`,
+// `use gatehouse_node::server::{self, ServerDeps};`, `use gatehouse_node::upstream::ServiceNodes;`
 // and `serde_json::to_string(&config.masked())` instead of `masked_json`.
 use crate::shim::config::{Config, ConfigExt as _, ConfigSource, Loaded, load, masked_json};
+use crate::shim::nats::ServiceRegistry;
 use crate::shim::routing::{Router, effective_policies};
 use crate::shim::security::Csp;
-use crate::shim::server::{self, ServerDeps};
+use crate::shim::server::{self, ServerDeps, ServiceNodes};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const COMMIT: Option<&str> = option_env!("GATEHOUSE_GIT_COMMIT");
@@ -148,8 +149,10 @@ fn deep_check(config: &Config) -> Vec<String> {
     if let Err(err) = Router::new(&policies, config.policy_selector.as_ref()) {
         problems.extend(err.to_string().lines().map(str::to_owned));
     }
-    let env: HashMap<String, String> = std::env::vars().collect();
-    if let Err(err) = Csp::load(&config.csp_config_file_location, &env) {
+    let csp_file = Some(config.csp_config_file_location.as_str())
+        .filter(|p| !p.is_empty())
+        .map(Path::new);
+    if let Err(err) = Csp::load(csp_file, &|name| std::env::var(name).ok()) {
         problems.extend(
             err.to_string()
                 .lines()
@@ -208,6 +211,30 @@ async fn health(config: Config) -> ExitCode {
     }
 }
 
+/// The oCIS service registry mirror, when `service_registry.enabled`; readiness then depends on
+/// its NATS connection.
+async fn connect_registry(
+    config: &Config,
+    health: &Health,
+) -> Result<Option<Arc<dyn ServiceNodes>>, String> {
+    let settings = &config.service_registry;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let registry = ServiceRegistry::connect(settings.addresses.clone(), &settings.bucket)
+        .await
+        .map_err(|err| {
+            format!(
+                "service_registry: cannot connect to {}: {err}",
+                settings.addresses.join(",")
+            )
+        })?;
+    let registry = Arc::new(registry);
+    let probe = Arc::clone(&registry);
+    health.require("service registry (NATS)", move || probe.is_connected());
+    Ok(Some(registry))
+}
+
 async fn serve(config: Config) -> ExitCode {
     let _log_guard = match logging::init(&config.log) {
         Ok(guard) => guard,
@@ -260,9 +287,21 @@ async fn serve(config: Config) -> ExitCode {
         )))
     };
 
+    let registry = match connect_registry(&config, &health).await {
+        Ok(registry) => registry,
+        Err(message) => {
+            eprintln!("gatehouse: {message}");
+            shutdown.cancel();
+            return ExitCode::FAILURE;
+        }
+    };
     let deps = ServerDeps {
         metrics,
         health: Arc::clone(&health),
+        registry,
+        // The server drains on its own signal handling; the debug server outlives the drain so
+        // that `/readyz` reports it.
+        shutdown: CancellationToken::new(),
     };
     let result = server::run(Arc::new(config), deps).await;
     shutdown.cancel();

@@ -27,7 +27,11 @@ impl Health {
     }
 
     /// Registers a dependency the node cannot serve well without; `check` must not block.
-    pub fn require(&self, name: impl Into<String>, check: impl Fn() -> bool + Send + Sync + 'static) {
+    pub fn require(
+        &self,
+        name: impl Into<String>,
+        check: impl Fn() -> bool + Send + Sync + 'static,
+    ) {
         let mut deps = self.dependencies.write().unwrap_or_else(|e| e.into_inner());
         deps.push((name.into(), Arc::new(check)));
     }
@@ -35,7 +39,10 @@ impl Health {
     /// Names of required dependencies that are currently down.
     pub fn failing_dependencies(&self) -> Vec<String> {
         let deps = self.dependencies.read().unwrap_or_else(|e| e.into_inner());
-        deps.iter().filter(|(_, ok)| !ok()).map(|(n, _)| n.clone()).collect()
+        deps.iter()
+            .filter(|(_, ok)| !ok())
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -133,8 +133,8 @@ pub mod routing {
 }
 
 pub mod security {
-    use std::collections::HashMap;
     use std::fmt;
+    use std::path::Path;
 
     pub struct Csp;
     pub struct CspError;
@@ -146,8 +146,35 @@ pub mod security {
     }
 
     impl Csp {
-        pub fn load(_path: &str, _env: &HashMap<String, String>) -> Result<Csp, CspError> {
+        pub fn load(
+            _file: Option<&Path>,
+            _env: &dyn Fn(&str) -> Option<String>,
+        ) -> Result<Csp, CspError> {
             Ok(Csp)
+        }
+    }
+}
+
+/// Stand-in for `gatehouse_nats::ServiceRegistry`.
+pub mod nats {
+    pub struct ServiceRegistry;
+
+    impl ServiceRegistry {
+        pub async fn connect(
+            _servers: Vec<String>,
+            _bucket: &str,
+        ) -> Result<ServiceRegistry, String> {
+            Err("the NATS service registry is not available before the store merge".into())
+        }
+
+        pub fn is_connected(&self) -> bool {
+            false
+        }
+    }
+
+    impl super::server::ServiceNodes for ServiceRegistry {
+        fn nodes(&self, _service: &str) -> Vec<String> {
+            Vec::new()
         }
     }
 }
@@ -159,9 +186,20 @@ pub mod server {
     use gatehouse_node::telemetry::Metrics;
     use gatehouse_shared::config::Config;
 
+    use tokio_util::sync::CancellationToken;
+
+    /// Stand-in for `gatehouse_node::upstream::ServiceNodes`.
+    #[expect(dead_code, reason = "only the real server calls it")]
+    pub trait ServiceNodes: Send + Sync {
+        fn nodes(&self, service: &str) -> Vec<String>;
+    }
+
+    /// The proxy branch's `ServerDeps`, plus the `metrics` field its TODO(merge) announces.
     pub struct ServerDeps {
         pub metrics: Arc<Metrics>,
         pub health: Arc<Health>,
+        pub registry: Option<Arc<dyn ServiceNodes>>,
+        pub shutdown: CancellationToken,
     }
 
     #[derive(Debug, thiserror::Error)]
@@ -174,10 +212,15 @@ pub mod server {
     }
 
     /// Binds `http.addr` (accepting and closing connections, so `/healthz` has something to
-    /// probe), then waits for SIGTERM/SIGINT and reports draining.
+    /// probe), then waits for SIGTERM/SIGINT or `shutdown` and reports draining.
     pub async fn run(config: Arc<Config>, deps: ServerDeps) -> Result<(), StartupError> {
-        let ServerDeps { metrics, health } = deps;
-        drop(metrics);
+        let ServerDeps {
+            metrics,
+            health,
+            registry,
+            shutdown,
+        } = deps;
+        drop((metrics, registry));
         let listener = tokio::net::TcpListener::bind(&config.http.addr)
             .await
             .map_err(|source| StartupError::Bind {
@@ -192,6 +235,7 @@ pub mod server {
         loop {
             tokio::select! {
                 _ = term.recv() => break,
+                () = shutdown.cancelled() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 accepted = listener.accept() => drop(accepted),
             }

@@ -279,18 +279,6 @@ impl Metrics {
     }
 }
 
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::LocalHit => "local_hit",
-            Outcome::RemoteHit => "remote_hit",
-            Outcome::Miss => "miss",
-            Outcome::Ok => "ok",
-            Outcome::Error => "error",
-        }
-    }
-}
-
 impl StoreObserver for Metrics {
     fn observe(&self, store: &'static str, op: &'static str, outcome: Outcome, elapsed: Duration) {
         self.store_ops
@@ -427,12 +415,19 @@ mod tests {
             Outcome::Error,
             Duration::from_millis(60),
         );
+        m.observe(
+            "nats-js-kv",
+            "create",
+            Outcome::Conflict,
+            Duration::from_millis(2),
+        );
         let text = m.encode();
         for (outcome, op) in [
             ("local_hit", "get"),
             ("remote_hit", "get"),
             ("miss", "get"),
             ("error", "put"),
+            ("conflict", "create"),
         ] {
             let series = format!(
                 r#"gatehouse_store_operations_total{{op="{op}",outcome="{outcome}",store="nats-js-kv"}}"#

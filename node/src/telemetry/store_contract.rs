@@ -11,7 +11,21 @@ pub enum Outcome {
     RemoteHit,
     Miss,
     Ok,
+    Conflict,
     Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::LocalHit => "local_hit",
+            Outcome::RemoteHit => "remote_hit",
+            Outcome::Miss => "miss",
+            Outcome::Ok => "ok",
+            Outcome::Conflict => "conflict",
+            Outcome::Error => "error",
+        }
+    }
 }
 
 /// Receives one call per store operation; implementations must be cheap and must not block.
