@@ -224,7 +224,10 @@ mod tests {
 
     fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
         let capture = Capture::default();
-        let log = gatehouse_shared::config::Log::default();
+        let log = gatehouse_shared::config::Log {
+            level: "info".into(),
+            ..Default::default()
+        };
         let sub = logging::subscriber(&log, None, BoxMakeWriter::new(capture.clone())).unwrap();
         (capture, tracing::subscriber::set_default(sub))
     }
