@@ -1,2 +1,10 @@
-//! STUB (owned by the observability helper): the `gatehouse` command line.
-fn main() {}
+//! The `gatehouse` binary. Everything it runs lives in the `gatehouse_node` library; this file and
+//! `cli.rs` only parse the command line and wire the pieces together.
+
+mod cli;
+// TODO(merge): remove together with the file once the parallel contracts are merged.
+mod shim;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

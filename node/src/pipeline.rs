@@ -14,11 +14,15 @@ use gatehouse_shared::config::Config;
 
 use crate::context::Body;
 use crate::error::ErrorResponseLayer;
+use crate::layers::access_log::{AccessLogBody, AccessLogLayer};
+use crate::layers::metrics::MetricsLayer;
 use crate::layers::redirect::RedirectLayer;
+use crate::layers::request_id::RequestIdLayer;
 use crate::layers::route::RouteLayer;
 use crate::layers::security::SecurityLayer;
 use crate::proxy::forwarded::{TrustedProxies, TrustedProxyError};
 use crate::proxy::{Proxy, ProxyOptions};
+use crate::telemetry::Metrics;
 use crate::upstream::{Resolver, ServiceNodes, UpstreamUrlError};
 use gatehouse_shared::routing::{Router, RoutingError, effective_policies};
 use gatehouse_shared::security::{Csp, CspError, SecurityHeaders};
@@ -32,6 +36,7 @@ pub struct PipelineParts {
     pub proxy: ProxyOptions,
     /// `ocis_url`, the only host the HTTPS redirect targets; empty disables it.
     pub public_url: String,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,7 @@ impl PipelineParts {
     pub fn from_config(
         config: &Config,
         registry: Option<Arc<dyn ServiceNodes>>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, PipelineError> {
         let policies = effective_policies(&config.policies, &config.additional_policies);
         let router = Router::new(&policies, config.policy_selector.as_ref())?;
@@ -67,6 +73,7 @@ impl PipelineParts {
             trusted: Arc::new(TrustedProxies::parse(&config.http.trusted_proxies)?),
             proxy: ProxyOptions::from_config(&config.upstream),
             public_url: config.ocis_url.clone(),
+            metrics,
         })
     }
 }
@@ -84,9 +91,12 @@ pub fn build(
 + Sync
 + 'static {
     ServiceBuilder::new()
-        // TODO(merge): .layer(crate::layers::request_id::RequestIdLayer::new(..))
-        // TODO(merge): .layer(crate::layers::access_log::AccessLogLayer::new(..))
-        // TODO(merge): .layer(crate::layers::metrics::MetricsLayer::new(metrics))
+        .layer(RequestIdLayer::default())
+        .map_response(|r: Response<AccessLogBody<Body>>| {
+            r.map(http_body_util::BodyExt::boxed_unsync)
+        })
+        .layer(AccessLogLayer)
+        .layer(MetricsLayer::new(parts.metrics))
         .layer(SecurityLayer::new(parts.security))
         .layer(ErrorResponseLayer)
         .layer(RedirectLayer::new(&parts.public_url))

@@ -149,6 +149,7 @@ async fn gateway(o: Opts) -> Gateway {
         trusted: trusted.clone(),
         proxy: o.proxy,
         public_url: o.public_url,
+        metrics: gatehouse_node::telemetry::Metrics::new("test"),
     };
     let health = Health::new();
     let server = Server::bind(&o.http, trusted, health.clone())

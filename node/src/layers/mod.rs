@@ -1,6 +1,8 @@
-//! One tower layer per pipeline concern. The pipeline (`crate::pipeline`) composes them.
-//! request_id, access_log, metrics: observability helper; security, redirect, route: proxy helper.
+//! One tower layer per pipeline concern; `crate::pipeline` composes them in the order they run.
 
+pub mod access_log;
+pub mod metrics;
 pub mod redirect;
+pub mod request_id;
 pub mod route;
 pub mod security;

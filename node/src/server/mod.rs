@@ -45,7 +45,7 @@ use crate::upstream::ServiceNodes;
 
 /// What `main` builds and hands to the server.
 pub struct ServerDeps {
-    // TODO(merge): pub metrics: Arc<crate::telemetry::Metrics>, passed on to pipeline::build.
+    pub metrics: Arc<crate::telemetry::Metrics>,
     pub health: Arc<Health>,
     /// The oCIS service registry, when `service_registry.enabled`.
     pub registry: Option<Arc<dyn ServiceNodes>>,
@@ -337,7 +337,7 @@ where
 /// and returns `Ok(())`.
 pub async fn run(config: Arc<Config>, deps: ServerDeps) -> Result<(), StartupError> {
     tls::install_crypto_provider();
-    let parts = PipelineParts::from_config(&config, deps.registry.clone())?;
+    let parts = PipelineParts::from_config(&config, deps.registry.clone(), deps.metrics.clone())?;
     let trusted = parts.trusted.clone();
     let service = pipeline::build(parts);
     let server = Server::bind(&config.http, trusted, deps.health.clone()).await?;

@@ -1,1 +1,10 @@
-//! STUB (owned by the observability helper).
+//! Logging and metrics: how the node reports what it does. The layers that feed these live in
+//! `crate::layers`; the debug server exposes them.
+
+pub mod logging;
+pub mod metrics;
+mod store_contract;
+
+pub use metrics::{MethodLabel, MethodMetrics, Metrics};
+// TODO(merge): `pub use gatehouse_shared::store::{Outcome, StoreObserver};`
+pub use store_contract::{Outcome, StoreObserver};

@@ -1,0 +1,319 @@
+//! The command line: `gatehouse [--config FILE] <server|health|version|config check|config dump>`.
+//!
+//! Configuration problems are operator errors, not crashes: they are printed one per line to
+//! stderr and the process exits with status 1, without a panic or a backtrace.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use gatehouse_node::debug::{self, DebugState};
+use gatehouse_node::health::Health;
+use gatehouse_node::telemetry::{Metrics, logging};
+use tokio_util::sync::CancellationToken;
+
+use gatehouse_node::server::{self, ServerDeps};
+use gatehouse_node::upstream::ServiceNodes;
+use gatehouse_shared::config::{Config, ConfigSource, Loaded, load};
+use gatehouse_shared::routing::{Router, effective_policies};
+use gatehouse_shared::security::Csp;
+
+use crate::shim::nats::ServiceRegistry;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+const COMMIT: Option<&str> = option_env!("GATEHOUSE_GIT_COMMIT");
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "A clustered, oCIS-compatible API gateway"
+)]
+pub struct Cli {
+    /// Configuration file (oCIS `proxy.yaml` schema); environment variables override it.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "PROXY_CONFIG_FILE",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway until SIGTERM/SIGINT, then drain and exit.
+    Server,
+    /// Ask the debug server of a running node whether it is healthy (exit 0 if so).
+    Health,
+    /// Print the version and the git commit of the build.
+    Version,
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the configuration, including routes and the CSP file.
+    Check,
+    /// Print the effective configuration as YAML, secrets masked.
+    Dump,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("{}", version_line());
+            ExitCode::SUCCESS
+        }
+        Command::Config(ConfigCommand::Check) => config_check(cli.config),
+        Command::Config(ConfigCommand::Dump) => match load_config(cli.config) {
+            Ok(loaded) => {
+                print!("{}", loaded.config.masked().to_yaml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Server => {
+            let Ok(loaded) = load_config(cli.config) else {
+                return ExitCode::FAILURE;
+            };
+            with_runtime(serve(loaded.config))
+        }
+        Command::Health => {
+            let Ok(loaded) = load_config(cli.config) else {
+                return ExitCode::FAILURE;
+            };
+            with_runtime(health(loaded.config))
+        }
+    }
+}
+
+fn version_line() -> String {
+    match COMMIT {
+        Some(commit) => format!("gatehouse {VERSION} (commit {commit})"),
+        None => format!("gatehouse {VERSION}"),
+    }
+}
+
+fn with_runtime(fut: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(fut),
+        Err(err) => {
+            eprintln!("gatehouse: cannot start the async runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn source_name(file: Option<&PathBuf>) -> String {
+    match file {
+        Some(path) => format!("{} and the environment", path.display()),
+        None => "the environment and embedded defaults".into(),
+    }
+}
+
+/// Loads the configuration; on failure prints every problem and returns the exit code.
+fn load_config(file: Option<PathBuf>) -> Result<Loaded, ExitCode> {
+    let source = ConfigSource::from_process(file.clone());
+    load(&source).map_err(|errors| {
+        eprintln!(
+            "gatehouse: invalid configuration (from {}):",
+            source_name(file.as_ref())
+        );
+        for line in errors.to_string().lines() {
+            eprintln!("  {line}");
+        }
+        ExitCode::FAILURE
+    })
+}
+
+/// Problems `load` cannot see: route patterns, the policy selector and the CSP file.
+fn deep_check(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let policies = effective_policies(&config.policies, &config.additional_policies);
+    if let Err(err) = Router::new(&policies, config.policy_selector.as_ref()) {
+        problems.extend(err.to_string().lines().map(str::to_owned));
+    }
+    let csp_file = Some(config.csp_config_file_location.as_str())
+        .filter(|p| !p.is_empty())
+        .map(Path::new);
+    if let Err(err) = Csp::load(csp_file, &|name| std::env::var(name).ok()) {
+        problems.extend(
+            err.to_string()
+                .lines()
+                .map(|l| format!("csp_config_file_location: {l}")),
+        );
+    }
+    problems
+}
+
+fn config_check(file: Option<PathBuf>) -> ExitCode {
+    let Ok(loaded) = load_config(file) else {
+        return ExitCode::FAILURE;
+    };
+    let problems = deep_check(&loaded.config);
+    if !problems.is_empty() {
+        eprintln!(
+            "gatehouse: invalid configuration (from {}):",
+            source_name(loaded.file.as_ref())
+        );
+        for p in problems {
+            eprintln!("  {p}");
+        }
+        return ExitCode::FAILURE;
+    }
+    match &loaded.file {
+        Some(path) => println!("configuration OK ({})", path.display()),
+        None => println!("configuration OK (embedded defaults)"),
+    }
+    ExitCode::SUCCESS
+}
+
+async fn health(config: Config) -> ExitCode {
+    if config.debug.addr.is_empty() {
+        eprintln!("gatehouse health: debug.addr is empty, there is no debug server to ask");
+        return ExitCode::FAILURE;
+    }
+    let addr = debug::probe_address(&config.debug.addr);
+    match debug::fetch(&addr, "/healthz", None, HEALTH_TIMEOUT).await {
+        Ok(resp) if resp.status().is_success() && resp.body().as_ref() == b"OK" => {
+            println!("OK");
+            ExitCode::SUCCESS
+        }
+        Ok(resp) => {
+            let body = String::from_utf8_lossy(resp.body());
+            eprintln!(
+                "gatehouse health: unhealthy ({}): {}",
+                resp.status(),
+                body.trim()
+            );
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("gatehouse health: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The oCIS service registry mirror, when `service_registry.enabled`; readiness then depends on
+/// its NATS connection.
+async fn connect_registry(
+    config: &Config,
+    health: &Health,
+) -> Result<Option<Arc<dyn ServiceNodes>>, String> {
+    let settings = &config.service_registry;
+    if !settings.enabled {
+        return Ok(None);
+    }
+    let registry = ServiceRegistry::connect(settings.addresses.clone(), &settings.bucket)
+        .await
+        .map_err(|err| {
+            format!(
+                "service_registry: cannot connect to {}: {err}",
+                settings.addresses.join(",")
+            )
+        })?;
+    let registry = Arc::new(registry);
+    let probe = Arc::clone(&registry);
+    health.require("service registry (NATS)", move || probe.is_connected());
+    Ok(Some(registry))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let _log_guard = match logging::init(&config.log) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("gatehouse: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Fails only if a provider is already installed, which is what we want anyway.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let metrics = Metrics::new(VERSION);
+    let health = Health::new();
+    let shutdown = CancellationToken::new();
+
+    let debug_task = if config.debug.addr.is_empty() {
+        tracing::info!("debug.addr is empty: debug server disabled");
+        None
+    } else {
+        let listener = match tokio::net::TcpListener::bind(&config.debug.addr).await {
+            Ok(l) => l,
+            Err(err) => {
+                eprintln!(
+                    "gatehouse: debug.addr: cannot listen on {:?}: {err}",
+                    config.debug.addr
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let config_json = match serde_json::to_string(&config.masked()) {
+            Ok(json) => json,
+            Err(err) => {
+                eprintln!("gatehouse: cannot serialise the configuration: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let state = DebugState {
+            metrics: Arc::clone(&metrics),
+            health: Arc::clone(&health),
+            config_json: Arc::from(config_json),
+            token: config.debug.token.clone(),
+            version: VERSION.into(),
+            http_addr: config.http.addr.clone(),
+        };
+        tracing::info!(addr = %config.debug.addr, "debug server listening");
+        Some(tokio::spawn(debug::serve(
+            listener,
+            state,
+            shutdown.clone(),
+        )))
+    };
+
+    let registry = match connect_registry(&config, &health).await {
+        Ok(registry) => registry,
+        Err(message) => {
+            eprintln!("gatehouse: {message}");
+            shutdown.cancel();
+            return ExitCode::FAILURE;
+        }
+    };
+    let deps = ServerDeps {
+        metrics,
+        health: Arc::clone(&health),
+        registry,
+        // The server drains on its own signal handling; the debug server outlives the drain so
+        // that `/readyz` reports it.
+        shutdown: CancellationToken::new(),
+    };
+    let result = server::run(Arc::new(config), deps).await;
+    shutdown.cancel();
+    if let Some(task) = debug_task {
+        let _ = task.await;
+    }
+    match result {
+        Ok(()) => {
+            tracing::info!("shut down");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "start-up failed");
+            eprintln!("gatehouse: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
