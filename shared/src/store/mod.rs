@@ -6,6 +6,7 @@
 //! Expiry lives inside each [`Entry`] and is checked on every read by the caller-facing layer:
 //! no implementation may rely on the server to expire an entry.
 
+mod clock;
 mod codec;
 mod memory;
 mod near_cache;
@@ -16,9 +17,13 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use codec::{decode_key, decode_value, encode_key, encode_value, Envelope};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use codec::{
+    EXPIRES_AT_METADATA_KEY, Envelope, decode_envelope, decode_key, decode_value, encode_key,
+    encode_value,
+};
 pub use memory::MemoryStore;
-pub use near_cache::{NearCache, NearCacheStats};
+pub use near_cache::{NearCache, NearCacheOptions, NearCacheStats, Outcome, StoreObserver};
 pub use noop::NoopStore;
 
 /// A stored value with the moment it stops being valid and the revision that wrote it.
@@ -40,8 +45,14 @@ impl Entry {
 /// One change observed on the store, delivered to every subscriber (including the writer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Put { key: String, entry: Entry },
-    Delete { key: String, revision: u64 },
+    Put {
+        key: String,
+        entry: Entry,
+    },
+    Delete {
+        key: String,
+        revision: u64,
+    },
     /// The feed lost events (reconnect, lag): everything cached from this store is suspect.
     Reset,
 }
@@ -74,7 +85,10 @@ pub enum StoreError {
 impl StoreError {
     /// Whether trying again later may succeed (Pingora-style retry classification).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Timeout { .. } | StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Timeout { .. } | StoreError::Unavailable(_)
+        )
     }
 }
 
@@ -91,8 +105,13 @@ pub trait Store: Send + Sync + 'static {
     /// Writes only if no live entry exists; otherwise `Conflict`.
     async fn create(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64>;
     /// Writes only if the current revision is `expected`; otherwise `Conflict`.
-    async fn update(&self, key: &str, value: Bytes, ttl: Option<Duration>, expected: u64)
-        -> StoreResult<u64>;
+    async fn update(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+        expected: u64,
+    ) -> StoreResult<u64>;
     async fn delete(&self, key: &str) -> StoreResult<()>;
     /// A feed of changes made by any writer from now on.
     fn changes(&self) -> tokio::sync::broadcast::Receiver<Change>;
