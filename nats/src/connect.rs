@@ -29,9 +29,9 @@ pub(crate) async fn client(
     }
     let mut addrs = Vec::with_capacity(servers.len());
     for s in servers {
-        let addr: async_nats::ServerAddr = s
-            .parse()
-            .map_err(|_| StoreError::Invalid(ConnectError::InvalidAddress(s.clone()).to_string()))?;
+        let addr: async_nats::ServerAddr = s.parse().map_err(|_| {
+            StoreError::Invalid(ConnectError::InvalidAddress(s.clone()).to_string())
+        })?;
         addrs.push(addr);
     }
     let mut opts = async_nats::ConnectOptions::new()
@@ -82,24 +82,21 @@ fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
     )
 }
 
-/// Outcome of looking a bucket up once.
-pub(crate) enum Lookup {
-    Found(kv::Store),
-    Missing,
-}
-
+/// The bucket, or `None` if it does not exist.
 pub(crate) async fn lookup_bucket(
     js: &jetstream::Context,
     bucket: &str,
-) -> Result<Lookup, StoreError> {
+) -> Result<Option<kv::Store>, StoreError> {
     match js.get_stream(format!("KV_{bucket}")).await {
         Ok(_) => js
             .get_key_value(bucket)
             .await
-            .map(Lookup::Found)
+            .map(Some)
             .map_err(|e| StoreError::Unavailable(format!("opening bucket {bucket}: {e}"))),
-        Err(e) if is_stream_not_found(&e) => Ok(Lookup::Missing),
-        Err(e) => Err(StoreError::Unavailable(format!("looking up bucket {bucket}: {e}"))),
+        Err(e) if is_stream_not_found(&e) => Ok(None),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "looking up bucket {bucket}: {e}"
+        ))),
     }
 }
 
@@ -116,8 +113,8 @@ pub(crate) async fn open_or_create_bucket(
         let mut backoff = Duration::from_millis(50);
         loop {
             let err = match lookup_bucket(js, &bucket).await {
-                Ok(Lookup::Found(store)) => return Ok(store),
-                Ok(Lookup::Missing) => match js.create_key_value(config.clone()).await {
+                Ok(Some(store)) => return Ok(store),
+                Ok(None) => match js.create_key_value(config.clone()).await {
                     Ok(store) => return Ok(store),
                     Err(e)
                         if e.kind()

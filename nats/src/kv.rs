@@ -10,8 +10,10 @@
 //! - `create`/`update` are compare-and-set on the subject's last sequence. `create` over an entry
 //!   that is deleted, purged or expired (by envelope) replaces it with a CAS on that revision.
 //! - `changes()` is fed by one ordered watch over the bucket. The ordered consumer itself resumes
-//!   after reconnects; if the watch fails anyway it is re-created from the last seen revision
-//!   and a `Change::Reset` is emitted so caches drop what they might have missed.
+//!   after reconnects and re-fetches from its last sequence when it detects a gap (at the next
+//!   message or idle heartbeat, at most 5 s later). If the watch fails anyway it is re-created
+//!   from the last seen revision and a `Change::Reset` is emitted so caches drop what they might
+//!   have missed.
 //! - Every operation is bounded by `op_timeout`.
 
 use std::sync::Arc;
@@ -137,6 +139,8 @@ impl NatsKvStore {
         // The watch exists before `connect` returns: nothing written afterwards is missed.
         let start = inner.next_revision().await?;
         let watch = inner.watch_from(start).await?;
+        // Make sure our server has the watch's subscription before anyone is told we are ready.
+        let _ = tokio::time::timeout(connect::STARTUP_TIMEOUT, inner.client.flush()).await;
         let watch_task = tokio::spawn(run_watch(inner.clone(), watch, start)).abort_handle();
         Ok(NatsKvStore { inner, watch_task })
     }
@@ -262,9 +266,13 @@ impl Inner {
     }
 
     /// Earliest of the envelope's expiry and the bucket max-age.
-    fn effective_expiry(&self, envelope: Option<SystemTime>, stored: &kv::Entry) -> Option<SystemTime> {
-        let by_bucket =
-            (!self.bucket_max_age.is_zero()).then(|| connect::stored_at(stored) + self.bucket_max_age);
+    fn effective_expiry(
+        &self,
+        envelope: Option<SystemTime>,
+        stored: &kv::Entry,
+    ) -> Option<SystemTime> {
+        let by_bucket = (!self.bucket_max_age.is_zero())
+            .then(|| connect::stored_at(stored) + self.bucket_max_age);
         match (envelope, by_bucket) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -313,8 +321,21 @@ impl Inner {
         }
     }
 
+    /// Reads the last message for the key. Reads are idempotent, so transient failures (no
+    /// replica answering yet, a leader election) are retried until the caller's deadline cuts
+    /// them off.
     async fn get_entry(&self, nkey: &str) -> StoreResult<Option<kv::Entry>> {
-        self.kv.entry(nkey).await.map_err(|e| map_entry_error(&e))
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.kv.entry(nkey).await.map_err(|e| map_entry_error(&e)) {
+                Err(e) if e.is_retryable() => {
+                    tracing::debug!(error = %e, "KV read failed, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Publishes an envelope, optionally as compare-and-set on the subject's last sequence.
@@ -354,7 +375,10 @@ impl Inner {
     async fn create(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64> {
         let nkey = self.nats_key(key)?;
         let payload = self.envelope(key, &value, ttl);
-        match self.publish(key, &nkey, payload.clone(), ttl, Some(0)).await {
+        match self
+            .publish(key, &nkey, payload.clone(), ttl, Some(0))
+            .await
+        {
             Err(StoreError::Conflict { .. }) => {}
             other => return other,
         }
@@ -416,8 +440,11 @@ impl Store for NatsKvStore {
         }
         let nkey = s.nats_key(key)?;
         let payload = s.envelope(key, &value, ttl);
-        s.bounded("update", s.publish(key, &nkey, payload, ttl, Some(expected)))
-            .await
+        s.bounded(
+            "update",
+            s.publish(key, &nkey, payload, ttl, Some(expected)),
+        )
+        .await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {

@@ -144,7 +144,10 @@ impl ServiceRegistry {
     /// Connects to NATS and starts mirroring `bucket` (normally [`REGISTRY_BUCKET`]). Returns once
     /// connected; the bucket may not exist yet (it is created by the first oCIS service), in
     /// which case the mirror starts when it appears.
-    pub async fn connect(servers: Vec<String>, bucket: &str) -> Result<ServiceRegistry, StoreError> {
+    pub async fn connect(
+        servers: Vec<String>,
+        bucket: &str,
+    ) -> Result<ServiceRegistry, StoreError> {
         Self::connect_with_auth(servers, bucket, None, None).await
     }
 
@@ -215,8 +218,8 @@ async fn run(shared: Arc<Shared>, bucket: String) {
     let js = jetstream::new(shared.client.clone());
     let kv = loop {
         match connect::lookup_bucket(&js, &bucket).await {
-            Ok(connect::Lookup::Found(kv)) => break kv,
-            Ok(connect::Lookup::Missing) => {
+            Ok(Some(kv)) => break kv,
+            Ok(None) => {
                 tracing::debug!(bucket, "registry bucket does not exist yet");
             }
             Err(e) => tracing::warn!(bucket, error = %e, "registry bucket lookup failed"),
@@ -224,7 +227,11 @@ async fn run(shared: Arc<Shared>, bucket: String) {
         tokio::time::sleep(BUCKET_POLL).await;
     };
     let info = kv.stream.cached_info();
-    shared.state.write().unwrap_or_else(|e| e.into_inner()).max_age = info.config.max_age;
+    shared
+        .state
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .max_age = info.config.max_age;
     if info.state.messages == 0 {
         shared.loaded.store(true, Ordering::Release);
     }
@@ -281,14 +288,14 @@ mod tests {
             Some("http://10.0.0.1:9140")
         );
         assert_eq!(
-            node_url(&node("10.0.0.1:9200", &[("protocol", "http"), ("use_tls", "true")]))
-                .as_deref(),
+            node_url(&node(
+                "10.0.0.1:9200",
+                &[("protocol", "http"), ("use_tls", "true")]
+            ))
+            .as_deref(),
             Some("https://10.0.0.1:9200")
         );
-        assert_eq!(
-            node_url(&node("h:1", &[])).as_deref(),
-            Some("http://h:1")
-        );
+        assert_eq!(node_url(&node("h:1", &[])).as_deref(), Some("http://h:1"));
         assert_eq!(node_url(&node("", &[])), None);
     }
 
@@ -300,7 +307,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.name, "com.owncloud.web.web");
-        assert_eq!(node_url(&s.nodes[0]).as_deref(), Some("http://127.0.0.1:9100"));
+        assert_eq!(
+            node_url(&s.nodes[0]).as_deref(),
+            Some("http://127.0.0.1:9100")
+        );
         let s: Service = serde_json::from_str(r#"{"name":"x","nodes":null}"#).unwrap();
         assert!(s.nodes.is_empty());
     }

@@ -234,6 +234,26 @@ impl NatsCluster {
     }
 }
 
+impl Drop for NatsCluster {
+    /// Shows the end of every node's log when the owning test fails.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for node in &self.nodes {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "---- {} log (last {} lines) ----\n{}",
+                node.name,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
 fn spawn(binary: &Path, config: &Path, log: &Path) -> Result<ChildGuard, String> {
     let out = File::options()
         .create(true)
@@ -287,6 +307,9 @@ mod tests {
         drop(c);
         // SIGKILLed and reaped on drop: /proc no longer has it (or it is a different process).
         let status = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        assert!(!status.contains("nats-server"), "nats-server {pid} still running");
+        assert!(
+            !status.contains("nats-server"),
+            "nats-server {pid} still running"
+        );
     }
 }
