@@ -359,13 +359,27 @@ impl Inner {
             let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
             headers.insert(header::NATS_MESSAGE_TTL, secs.max(1).to_string());
         }
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, payload)
-            .await
-            .map_err(|e| map_publish_error(key, &e))?;
-        let ack = ack.await.map_err(|e| map_publish_error(key, &e))?;
-        Ok(ack.sequence)
+        // "No responders" means no stream took the message, so sending it again cannot store
+        // it twice; it happens while a new bucket's interest spreads through the cluster and
+        // during leader elections. Other failures are returned (the caller's deadline bounds
+        // the loop).
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let ack = self
+                .js
+                .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                .await
+                .map_err(|e| map_publish_error(key, &e))?;
+            match ack.await {
+                Ok(ack) => return Ok(ack.sequence),
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                    tracing::debug!(error = %e, "KV write found no stream, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
+                }
+                Err(e) => return Err(map_publish_error(key, &e)),
+            }
+        }
     }
 
     fn envelope(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Bytes {

@@ -52,6 +52,18 @@ async fn raw_kv(cluster: &NatsCluster, bucket: &str) -> (async_nats::Client, kv:
     }
 }
 
+/// A plain put, retried while a fresh bucket is not yet reachable from every node.
+async fn raw_put(kv: &kv::Store, key: &str, value: Bytes) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match kv.put(key, value.clone()).await {
+            Ok(_) => return,
+            Err(e) => assert!(Instant::now() < deadline, "raw put: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -209,14 +221,14 @@ async fn wire_format_interoperates_with_a_plain_client() {
     let (_c, raw) = raw_kv(&cluster, "proxy").await;
 
     // Written the way go-micro writes it (nil metadata marshals as null).
-    raw.put(
+    raw_put(
+        &raw,
         EINSTEIN_KEY,
         Bytes::from_static(
             br#"{"key":"einstein","data":"MDEyMzQ1Njc4OWFiY2RlZg==","metadata":null}"#,
         ),
     )
-    .await
-    .unwrap();
+    .await;
     let e = store.get("einstein").await.unwrap().unwrap();
     assert_eq!(&e.value[..], b"0123456789abcdef");
     let change = tokio::time::timeout(Duration::from_secs(5), feed.recv())
@@ -226,12 +238,12 @@ async fn wire_format_interoperates_with_a_plain_client() {
     assert_eq!(change.key(), Some("einstein"));
 
     // Keys of other tables are invisible to this store and its feed.
-    raw.put(
+    raw_put(
+        &raw,
         "ON2GC3DFL5SWS3TTORSWS3Q=", // base32("stale_einstein")
         Bytes::from_static(br#"{"key":"einstein","data":"","metadata":{}}"#),
     )
-    .await
-    .unwrap();
+    .await;
 
     // And the other way round.
     store
@@ -488,12 +500,12 @@ async fn registry_resolves_services_written_by_go_micro() {
             r#"{{"key":"{key}","data":"{data}","metadata":null}}"#
         ))
     };
-    raw.put(
+    raw_put(
+        &raw,
         WEB_KEY_A,
         envelope("com.owncloud.web.web@7f3a@1.0.0", WEB_SERVICE_A),
     )
-    .await
-    .unwrap();
+    .await;
 
     eventually("first node", Duration::from_secs(10), || async {
         registry.nodes("com.owncloud.web.web") == ["http://127.0.0.1:9100"]
@@ -501,12 +513,12 @@ async fn registry_resolves_services_written_by_go_micro() {
     .await;
     assert!(registry.is_loaded());
 
-    raw.put(
+    raw_put(
+        &raw,
         WEB_KEY_B,
         envelope("com.owncloud.web.web@9c1d@1.0.0", WEB_SERVICE_B),
     )
-    .await
-    .unwrap();
+    .await;
     eventually("second node", Duration::from_secs(5), || async {
         registry.nodes("com.owncloud.web.web")
             == ["http://127.0.0.1:9100", "https://127.0.0.2:9200"]

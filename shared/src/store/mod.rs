@@ -104,7 +104,9 @@ pub trait Store: Send + Sync + 'static {
     async fn put(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64>;
     /// Writes only if no live entry exists; otherwise `Conflict`.
     async fn create(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64>;
-    /// Writes only if the current revision is `expected`; otherwise `Conflict`.
+    /// Writes only if the current revision is `expected`; otherwise `Conflict`. `expected == 0`
+    /// behaves like `create`. The revision compared is the stored one, even if that entry has
+    /// expired meanwhile.
     async fn update(
         &self,
         key: &str,
