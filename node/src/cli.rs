@@ -20,7 +20,7 @@ use gatehouse_shared::config::{Config, ConfigSource, Loaded, load};
 use gatehouse_shared::routing::{Router, effective_policies};
 use gatehouse_shared::security::Csp;
 
-use crate::shim::nats::ServiceRegistry;
+use gatehouse_nats::ServiceRegistry;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const COMMIT: Option<&str> = option_env!("GATEHOUSE_GIT_COMMIT");
@@ -247,6 +247,25 @@ async fn serve(config: Config) -> ExitCode {
     let health = Health::new();
     let shutdown = CancellationToken::new();
 
+    let state_store = match gatehouse_node::state::open(
+        "state store",
+        &config.state_store,
+        metrics.clone(),
+        &health,
+    )
+    .await
+    {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!(
+                "gatehouse: state_store: cannot open the {} store at {}: {err}",
+                config.state_store.store,
+                config.state_store.addresses.join(",")
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+
     let debug_task = if config.debug.addr.is_empty() {
         tracing::info!("debug.addr is empty: debug server disabled");
         None
@@ -269,6 +288,7 @@ async fn serve(config: Config) -> ExitCode {
             }
         };
         let state = DebugState {
+            state: Some(Arc::clone(&state_store)),
             metrics: Arc::clone(&metrics),
             health: Arc::clone(&health),
             config_json: Arc::from(config_json),

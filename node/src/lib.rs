@@ -7,6 +7,7 @@
 //! - [`proxy`] forwards a routed request to its upstream and streams the answer back.
 //! - [`upstream`] turns a route target (backend URL or service name) into a base URL.
 //! - [`error`] is the single place where a failure becomes an HTTP response.
+//! - [`state`] opens the store shared with peer nodes (memory, noop, NATS JetStream KV).
 //! - [`telemetry`] logging and metrics; [`debug`] the debug server; [`health`] liveness/readiness state.
 //! - [`context`] the per-connection and per-request facts the layers share.
 
@@ -18,5 +19,6 @@ pub mod layers;
 pub mod pipeline;
 pub mod proxy;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 pub mod upstream;

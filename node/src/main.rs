@@ -3,7 +3,6 @@
 
 mod cli;
 // TODO(merge): remove together with the file once the parallel contracts are merged.
-mod shim;
 
 fn main() -> std::process::ExitCode {
     cli::main()

@@ -6,13 +6,14 @@
 //! - [`node`] a `gatehouse` node started from the built binary with a given configuration.
 //! - [`lb`] nginx as a load balancer in front of nodes (and as the baseline proxy for benchmarks).
 //! - [`client`] a small HTTP client for assertions.
-//! - [`nats`] a real nats-server JetStream cluster.
+//! - [`nats`] a real nats-server JetStream cluster; [`procs`] its process helpers.
 
 pub mod client;
 pub mod lb;
 pub mod nats;
 pub mod node;
 pub mod process;
+pub mod procs;
 pub mod upstream;
 
 /// A port that was free a moment ago on 127.0.0.1.

@@ -65,7 +65,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_changes_reach_every_gateway_node() {
-    let cluster = NatsCluster::start(3).await;
+    let cluster = NatsCluster::start(3);
     let kv = kv(&cluster, "service-registry").await;
     let one = Upstream::start("one").await;
     let two = Upstream::start("two").await;
@@ -104,7 +104,7 @@ async fn registry_changes_reach_every_gateway_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_store_changes_are_seen_by_every_gateway_node() {
-    let cluster = NatsCluster::start(3).await;
+    let cluster = NatsCluster::start(3);
     let addrs: Vec<String> = cluster
         .client_urls()
         .iter()
@@ -155,7 +155,7 @@ async fn state_store_changes_are_seen_by_every_gateway_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_loss_never_stalls_requests_and_readiness_follows_nats() {
-    let mut cluster = NatsCluster::start(3).await;
+    let mut cluster = NatsCluster::start(3);
     let up = Upstream::start("up").await;
     let addrs: Vec<String> = cluster
         .client_urls()
@@ -199,9 +199,7 @@ async fn nats_loss_never_stalls_requests_and_readiness_follows_nats() {
     assert!(t0.elapsed() < Duration::from_secs(1));
 
     // NATS back: ready again.
-    for i in 0..3 {
-        cluster.restart(i).await;
-    }
+    cluster.restart_all();
     let ready = gatehouse_tests::wait_until(Duration::from_secs(30), || async {
         get(&node.debug_url("/readyz")).await.status == 200
     })

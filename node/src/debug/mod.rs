@@ -8,8 +8,10 @@
 //! | `/readyz`  | 200 `OK` when healthy, not draining and every required dependency is up, else 503 with the reason |
 //! | `/metrics` | Prometheus text format |
 //! | `/config`  | the effective configuration as JSON, secrets masked |
+//! | `/debug/state/<key>` | the value this node sees under `<key>` in the shared state store (its near-cache first), 404 when absent |
 //!
-//! When `debug.token` is set, `/metrics` and `/config` require `Authorization: Bearer <token>`
+//! `/debug/state/` exists so an operator can ask "what does *this* node believe?" when nodes
+//! disagree; it only reads. When `debug.token` is set, `/metrics`, `/config` and `/debug/state/` require `Authorization: Bearer <token>`
 //! (compared in constant time); oCIS protects only `/metrics`, but the configuration reveals the
 //! internal topology, so it gets the same protection. Every answer carries no-cache headers and
 //! `X-PROXY-VERSION`.
@@ -59,6 +61,8 @@ pub struct DebugState {
     pub version: String,
     /// `http.addr`, probed by `/healthz`.
     pub http_addr: String,
+    /// The shared state store, read by `/debug/state/<key>`.
+    pub state: Option<Arc<dyn gatehouse_shared::store::Store>>,
 }
 
 /// Serves the debug endpoints on `listener` until `shutdown` is cancelled, then gives in-flight
@@ -105,6 +109,26 @@ pub async fn serve(listener: TcpListener, state: DebugState, shutdown: Cancellat
     }
 }
 
+const STATE_PREFIX: &str = "/debug/state/";
+
+async fn state_lookup(state: &DebugState, key: &str) -> Response<Full<Bytes>> {
+    let Some(store) = &state.state else {
+        return text(StatusCode::NOT_FOUND, "no state store".into());
+    };
+    match store.get(key).await {
+        Ok(Some(entry)) => {
+            let mut r = Response::new(Full::new(entry.value));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        }
+        Ok(None) => text(StatusCode::NOT_FOUND, "not found".into()),
+        Err(err) => text(StatusCode::SERVICE_UNAVAILABLE, err.to_string()),
+    }
+}
+
 async fn handle(state: &DebugState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let mut resp = match req.uri().path() {
         "/healthz" => match check_listener(&state.http_addr).await {
@@ -127,7 +151,10 @@ async fn handle(state: &DebugState, req: Request<Incoming>) -> Response<Full<Byt
             let bytes = Bytes::copy_from_slice(state.config_json.as_bytes());
             json(StatusCode::OK, bytes)
         }
-        "/metrics" | "/config" => {
+        path if path.starts_with(STATE_PREFIX) && authorized(state, &req) => {
+            state_lookup(state, &path[STATE_PREFIX.len()..]).await
+        }
+        path if path == "/metrics" || path == "/config" || path.starts_with(STATE_PREFIX) => {
             let mut r = json(
                 StatusCode::UNAUTHORIZED,
                 Bytes::from_static(UNAUTHORIZED_BODY.as_bytes()),

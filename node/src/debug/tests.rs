@@ -24,6 +24,7 @@ async fn start(token: &str) -> Running {
     let health = Health::new();
     let metrics = Metrics::new("9.9.9-test");
     let state = DebugState {
+        state: None,
         metrics: Arc::clone(&metrics),
         health: Arc::clone(&health),
         config_json: Arc::from(r#"{"debug":{"token":"***"}}"#),

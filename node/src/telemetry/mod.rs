@@ -3,8 +3,6 @@
 
 pub mod logging;
 pub mod metrics;
-mod store_contract;
 
+pub use gatehouse_shared::store::{Outcome, StoreObserver};
 pub use metrics::{MethodLabel, MethodMetrics, Metrics};
-// TODO(merge): `pub use gatehouse_shared::store::{Outcome, StoreObserver};`
-pub use store_contract::{Outcome, StoreObserver};

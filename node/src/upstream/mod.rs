@@ -24,12 +24,11 @@ pub trait ServiceNodes: Send + Sync {
     fn nodes(&self, service: &str) -> Vec<String>;
 }
 
-// TODO(merge): enable once gatehouse_nats::registry exists.
-// impl ServiceNodes for gatehouse_nats::registry::ServiceRegistry {
-//     fn nodes(&self, service: &str) -> Vec<String> {
-//         gatehouse_nats::registry::ServiceRegistry::nodes(self, service)
-//     }
-// }
+impl ServiceNodes for gatehouse_nats::ServiceRegistry {
+    fn nodes(&self, service: &str) -> Vec<String> {
+        gatehouse_nats::ServiceRegistry::nodes(self, service)
+    }
+}
 
 /// A parsed upstream base URL: scheme and authority go into the outgoing URI, `base_path` is
 /// joined with the request path.

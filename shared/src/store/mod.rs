@@ -6,6 +6,7 @@
 //! Expiry lives inside each [`Entry`] and is checked on every read by the caller-facing layer:
 //! no implementation may rely on the server to expire an entry.
 
+mod clock;
 mod codec;
 mod memory;
 mod near_cache;
@@ -16,9 +17,13 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use codec::{Envelope, decode_key, decode_value, encode_key, encode_value};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use codec::{
+    EXPIRES_AT_METADATA_KEY, Envelope, decode_envelope, decode_key, decode_value, encode_key,
+    encode_value,
+};
 pub use memory::MemoryStore;
-pub use near_cache::{NearCache, NearCacheStats};
+pub use near_cache::{NearCache, NearCacheOptions, NearCacheStats, Outcome, StoreObserver};
 pub use noop::NoopStore;
 
 /// A stored value with the moment it stops being valid and the revision that wrote it.
@@ -99,7 +104,9 @@ pub trait Store: Send + Sync + 'static {
     async fn put(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64>;
     /// Writes only if no live entry exists; otherwise `Conflict`.
     async fn create(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64>;
-    /// Writes only if the current revision is `expected`; otherwise `Conflict`.
+    /// Writes only if the current revision is `expected`; otherwise `Conflict`. `expected == 0`
+    /// behaves like `create`. The revision compared is the stored one, even if that entry has
+    /// expired meanwhile.
     async fn update(
         &self,
         key: &str,

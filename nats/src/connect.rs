@@ -1,0 +1,166 @@
+//! Connection and bucket bootstrap shared by the KV store and the registry reader.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use gatehouse_shared::store::StoreError;
+
+/// Connection attempts and bucket creation at start-up are bounded by this, independently of
+/// the (much shorter) per-operation deadline.
+pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why the client could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no NATS server address configured")]
+    NoServers,
+    #[error("invalid NATS server address {0:?}")]
+    InvalidAddress(String),
+}
+
+pub(crate) async fn client(
+    servers: &[String],
+    name: &str,
+    username: Option<&str>,
+    password: Option<&str>,
+) -> Result<async_nats::Client, StoreError> {
+    if servers.is_empty() {
+        return Err(StoreError::Invalid(ConnectError::NoServers.to_string()));
+    }
+    let mut addrs = Vec::with_capacity(servers.len());
+    for s in servers {
+        let addr: async_nats::ServerAddr = s.parse().map_err(|_| {
+            StoreError::Invalid(ConnectError::InvalidAddress(s.clone()).to_string())
+        })?;
+        addrs.push(addr);
+    }
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(2))
+        // Reconnect fast: the cluster has other nodes, and every second offline is a second of
+        // requests served without coherence.
+        .reconnect_delay_callback(|attempts| {
+            if attempts <= 1 {
+                Duration::ZERO
+            } else {
+                let exp = u32::try_from(attempts).unwrap_or(u32::MAX).min(10);
+                Duration::from_millis(25u64.saturating_mul(1 << exp)).min(Duration::from_secs(1))
+            }
+        })
+        .max_reconnects(None::<usize>);
+    if let Some(user) = username {
+        opts = opts.user_and_password(user.to_owned(), password.unwrap_or_default().to_owned());
+    }
+    match tokio::time::timeout(STARTUP_TIMEOUT, opts.connect(addrs)).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(StoreError::Unavailable(format!("connecting to NATS: {e}"))),
+        Err(_) => Err(StoreError::Timeout {
+            op: "connect",
+            after: STARTUP_TIMEOUT,
+        }),
+    }
+}
+
+/// Whether the server is at least `major.minor` (its version string may carry a suffix).
+pub(crate) fn server_at_least(version: &str, major: u64, minor: u64) -> bool {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-', '+'])
+        .map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(ma), Some(mi)) => (ma, mi) >= (major, minor),
+        _ => false,
+    }
+}
+
+/// Whether a JetStream API error says the stream does not exist.
+fn is_stream_not_found(err: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        err.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// The bucket, or `None` if it does not exist.
+pub(crate) async fn lookup_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> Result<Option<kv::Store>, StoreError> {
+    match js.get_stream(format!("KV_{bucket}")).await {
+        Ok(_) => js
+            .get_key_value(bucket)
+            .await
+            .map(Some)
+            .map_err(|e| StoreError::Unavailable(format!("opening bucket {bucket}: {e}"))),
+        Err(e) if is_stream_not_found(&e) => Ok(None),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "looking up bucket {bucket}: {e}"
+        ))),
+    }
+}
+
+/// Opens the bucket, creating it with `config` if missing. A concurrent creator (another
+/// Gatehouse node or an oCIS service) is tolerated: whoever wins fixes the configuration, and
+/// the loser opens the winner's bucket. JetStream still electing its leaders at start-up is
+/// retried until [`STARTUP_TIMEOUT`].
+pub(crate) async fn open_or_create_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, StoreError> {
+    let bucket = config.bucket.clone();
+    let attempt = async {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let err = match lookup_bucket(js, &bucket).await {
+                Ok(Some(store)) => return Ok(store),
+                Ok(None) => match js.create_key_value(config.clone()).await {
+                    Ok(store) => return Ok(store),
+                    Err(e)
+                        if e.kind()
+                            == jetstream::context::CreateKeyValueErrorKind::LimitMarkersNotSupported =>
+                    {
+                        return Err(StoreError::Unavailable(format!(
+                            "creating bucket {bucket}: {e}"
+                        )));
+                    }
+                    // Possibly lost a creation race: look again.
+                    Err(e) => StoreError::Unavailable(format!("creating bucket {bucket}: {e}")),
+                },
+                Err(e) => e,
+            };
+            tracing::debug!(bucket, error = %err, "bucket not ready yet, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    };
+    match tokio::time::timeout(STARTUP_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Timeout {
+            op: "open bucket",
+            after: STARTUP_TIMEOUT,
+        }),
+    }
+}
+
+/// When the server stored `entry`.
+pub(crate) fn stored_at(entry: &kv::Entry) -> std::time::SystemTime {
+    let nanos = entry.created.unix_timestamp_nanos();
+    let nanos = u64::try_from(nanos).unwrap_or(0);
+    std::time::UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_at_least;
+
+    #[test]
+    fn versions() {
+        assert!(server_at_least("2.15.1", 2, 11));
+        assert!(server_at_least("2.11.0-RC.1", 2, 11));
+        assert!(server_at_least("v3.0.0", 2, 11));
+        assert!(!server_at_least("2.10.27", 2, 11));
+        assert!(!server_at_least("2.9.10", 2, 11));
+        assert!(!server_at_least("garbage", 2, 11));
+    }
+}
