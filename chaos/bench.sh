@@ -7,4 +7,4 @@ command -v wrk >/dev/null && [ -x /usr/sbin/nginx ] || {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
 }
 cargo build --release --locked -p gatehouse-node -p gatehouse-chaos
-exec target/release/gatehouse-chaos bench "${1:-10}" "${2:-32}"
+exec "${CARGO_TARGET_DIR:-target}/release/gatehouse-chaos" bench "${1:-10}" "${2:-32}"

