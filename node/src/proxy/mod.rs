@@ -3,8 +3,8 @@
 //! Bodies are passed through as they arrive in both directions (no buffering, no size limit), so
 //! large uploads, downloads and server-sent events flow at the pace of the slower side. Upstream
 //! connections are pooled (HTTP/1.1 keep-alive); `https` upstreams are reached over TLS (see
-//! [`tls`]). Dropping the request future — which hyper does
-//! when the client goes away — drops the upstream exchange and closes that upstream connection.
+//! [`tls`]). Dropping the request future — which hyper does when the client goes away — drops
+//! the upstream exchange and closes that upstream connection.
 //! Protocol upgrades (WebSocket) are bridged by copying bytes between the two upgraded
 //! connections.
 

@@ -192,7 +192,7 @@ impl Connector {
 
 /// The connection set-up did not finish within `upstream.connect_timeout`.
 #[derive(Debug, thiserror::Error)]
-#[error("connecting (TCP and TLS handshake) took longer than {0:?}")]
+#[error("connecting (name resolution, TCP connect, TLS handshake) took longer than {0:?}")]
 pub struct ConnectTimeout(pub Duration);
 
 impl Service<Uri> for Connector {
