@@ -21,6 +21,7 @@ use crate::layers::request_id::RequestIdLayer;
 use crate::layers::route::RouteLayer;
 use crate::layers::security::SecurityLayer;
 use crate::proxy::forwarded::{TrustedProxies, TrustedProxyError};
+use crate::proxy::tls::UpstreamTlsError;
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::telemetry::Metrics;
 use crate::upstream::{Resolver, ServiceNodes, UpstreamUrlError};
@@ -49,6 +50,9 @@ pub enum PipelineError {
     Upstream(#[from] UpstreamUrlError),
     #[error(transparent)]
     TrustedProxies(#[from] TrustedProxyError),
+    /// Names `backend_https_cacert` when that file is the cause.
+    #[error(transparent)]
+    UpstreamTls(#[from] UpstreamTlsError),
 }
 
 impl PipelineParts {
@@ -71,7 +75,7 @@ impl PipelineParts {
             )?),
             security: SecurityHeaders::new(&csp, config.http.force_strict_transport_security),
             trusted: Arc::new(TrustedProxies::parse(&config.http.trusted_proxies)?),
-            proxy: ProxyOptions::from_config(&config.upstream),
+            proxy: ProxyOptions::from_config(config)?,
             public_url: config.ocis_url.clone(),
             metrics,
         })

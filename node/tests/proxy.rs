@@ -118,6 +118,7 @@ impl Opts {
                 connect_timeout: Some(Duration::from_secs(2)),
                 response_header_timeout: Some(Duration::from_secs(5)),
                 pool_idle_timeout: None,
+                tls: gatehouse_node::proxy::tls::client_config(false, None).unwrap(),
             },
             public_url: String::new(),
         }

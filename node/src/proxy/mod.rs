@@ -2,12 +2,14 @@
 //!
 //! Bodies are passed through as they arrive in both directions (no buffering, no size limit), so
 //! large uploads, downloads and server-sent events flow at the pace of the slower side. Upstream
-//! connections are pooled (HTTP/1.1 keep-alive). Dropping the request future — which hyper does
-//! when the client goes away — drops the upstream exchange and closes that upstream connection.
+//! connections are pooled (HTTP/1.1 keep-alive); `https` upstreams are reached over TLS (see
+//! [`tls`]). Dropping the request future — which hyper does when the client goes away — drops
+//! the upstream exchange and closes that upstream connection.
 //! Protocol upgrades (WebSocket) are bridged by copying bytes between the two upgraded
 //! connections.
 
 pub mod forwarded;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,36 +23,52 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::Service;
 
 use self::forwarded::{TrustedProxies, is_upgrade_request, rewrite_forwarded, strip_hop_by_hop};
+use self::tls::{Connector, UpstreamTlsError};
 use crate::context::{Body, ConnInfo, SharedTrace};
 use crate::error::GatewayError;
 use crate::layers::route::Routed;
 use crate::upstream::{Chosen, Resolver};
 use gatehouse_shared::routing::upstream_path_and_query;
 
-/// How the proxy talks to upstreams (from the `upstream` configuration section).
+/// How the proxy talks to upstreams (the `upstream` configuration section, `insecure_backends`
+/// and `backend_https_cacert`).
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
-    /// `None`: the operating system's connect timeout.
+    /// Bounds name resolution, TCP connect and TLS handshake together. `None`: the operating
+    /// system's connect timeout, and no limit on the handshake.
     pub connect_timeout: Option<Duration>,
     /// `None`: wait for the response head as long as the upstream takes.
     pub response_header_timeout: Option<Duration>,
     pub pool_idle_timeout: Option<Duration>,
+    /// Client configuration for `https` upstreams, see [`tls::client_config`].
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 impl ProxyOptions {
-    /// Zero durations mean "no limit" (or the library default for the pool).
-    pub fn from_config(up: &gatehouse_shared::config::Upstream) -> Self {
+    /// Zero durations mean "no limit" (or the library default for the pool). Reads the
+    /// `backend_https_cacert` file; a missing or invalid file is an error.
+    pub fn from_config(
+        config: &gatehouse_shared::config::Config,
+    ) -> Result<Self, UpstreamTlsError> {
+        let up = &config.upstream;
         let nz = |d: Duration| (!d.is_zero()).then_some(d);
-        Self {
+        let ca_file = (!config.backend_https_cacert.is_empty())
+            .then(|| std::path::Path::new(&config.backend_https_cacert));
+        if config.insecure_backends {
+            tracing::warn!(
+                "insecure_backends is set: certificates of https upstreams are not verified"
+            );
+        }
+        Ok(Self {
             connect_timeout: nz(up.connect_timeout.0),
             response_header_timeout: nz(up.response_header_timeout.0),
             pool_idle_timeout: nz(up.pool_idle_timeout.0),
-        }
+            tls: tls::client_config(config.insecure_backends, ca_file)?,
+        })
     }
 }
 
@@ -61,7 +79,7 @@ pub struct Proxy {
 }
 
 struct Inner {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<Connector, Incoming>,
     resolver: Arc<Resolver>,
     trusted: Arc<TrustedProxies>,
     response_header_timeout: Option<Duration>,
@@ -69,9 +87,6 @@ struct Inner {
 
 impl Proxy {
     pub fn new(resolver: Arc<Resolver>, trusted: Arc<TrustedProxies>, opts: &ProxyOptions) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(opts.connect_timeout);
-        http.set_nodelay(true);
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_timer(TokioTimer::new());
         if let Some(idle) = opts.pool_idle_timeout {
@@ -79,7 +94,7 @@ impl Proxy {
         }
         Self {
             inner: Arc::new(Inner {
-                client: builder.build(http),
+                client: builder.build(Connector::new(opts.tls.clone(), opts.connect_timeout)),
                 resolver,
                 trusted,
                 response_header_timeout: opts.response_header_timeout,
@@ -123,14 +138,6 @@ impl Inner {
         if let Some(trace) = req.extensions().get::<SharedTrace>() {
             let _ = trace.upstream.set(chosen.base.url.to_string());
         }
-        if chosen.base.scheme == http::uri::Scheme::HTTPS {
-            return Err(unavailable(
-                &routed,
-                &chosen,
-                "https upstreams are not supported yet".to_owned(),
-            ));
-        }
-
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let out = self.rewrite(req, &routed, &chosen, upgrade)?;
