@@ -156,6 +156,12 @@ fn deep_check(config: &Config) -> Vec<String> {
                 .map(|l| format!("csp_config_file_location: {l}")),
         );
     }
+    let ca_file = Some(config.backend_https_cacert.as_str())
+        .filter(|p| !p.is_empty())
+        .map(Path::new);
+    if let Err(err) = gatehouse_node::proxy::tls::client_config(config.insecure_backends, ca_file) {
+        problems.push(err.to_string());
+    }
     problems
 }
 

@@ -129,3 +129,12 @@ async fn health_command_reports_a_running_node() {
     let out = run_cli(&["health"], &[("PROXY_DEBUG_ADDR", &debug)]);
     assert!(!out.status.success(), "health fails when nothing answers");
 }
+
+#[test]
+fn unreadable_backend_ca_file_is_reported_by_config_check() {
+    let out = run_cli(
+        &["config", "check"],
+        &[("PROXY_HTTPS_CACERT", "/nonexistent/ca.pem")],
+    );
+    assert_clean_failure(&out, "backend_https_cacert");
+}
