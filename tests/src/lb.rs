@@ -145,6 +145,13 @@ http {{
     }
 }
 
+impl Drop for Nginx {
+    /// SIGTERM lets the master stop its workers; a SIGKILLed master would leave them running.
+    fn drop(&mut self) {
+        self.proc.terminate(Duration::from_secs(5));
+    }
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
