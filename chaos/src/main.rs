@@ -2,6 +2,16 @@
 //! the upstream alone, nginx as a plain reverse proxy, and one gatehouse node on an unprotected
 //! route — the same upstream, the same load generator (wrk), the same connection count — and
 //! reports req/s, p50, p99 and the ratios. Run it on a release build (`chaos/bench.sh`).
+//!
+//! A fourth target, the "hyper floor", is the smallest possible proxy on the same stack as
+//! gatehouse (tokio + hyper + hyper-util's pooled client + mimalloc) that adds the same oCIS
+//! response headers and nothing else. It separates what the stack costs from what the
+//! gatehouse pipeline costs.
+
+mod floor;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::Command;
 use std::time::Duration;
@@ -79,6 +89,15 @@ fn wrk(target: &str, url: &str, threads: u32, connections: u32, duration: Durati
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let scenario = args.get(1).map(String::as_str).unwrap_or("bench");
+    if scenario == "floor-proxy" {
+        // gatehouse-chaos floor-proxy <listen addr> <upstream base url>
+        let (Some(listen), Some(upstream)) = (args.get(2), args.get(3)) else {
+            eprintln!("usage: gatehouse-chaos floor-proxy <listen> <upstream>");
+            std::process::exit(2);
+        };
+        floor::run(listen, upstream).await;
+        return;
+    }
     if scenario != "bench" {
         eprintln!("usage: gatehouse-chaos bench [seconds] [connections]");
         std::process::exit(2);
@@ -109,15 +128,24 @@ async fn main() {
     );
     let node =
         GatehouseNode::start_with(NodeOptions::new(&yaml).env("PROXY_LOG_LEVEL", "error")).await;
+    let floor_addr = format!("127.0.0.1:{}", gatehouse_tests::free_port());
+    let _floor = floor::spawn(&floor_addr, &upstream.url("")).await;
+    let floor_url = |p: &str| format!("http://{floor_addr}{p}");
 
     let path = "/bench/hello";
     // Warm every path once so connection pools exist before measuring.
-    for url in [upstream.url(path), nginx.url(path), node.url(path)] {
+    for url in [
+        upstream.url(path),
+        nginx.url(path),
+        floor_url(path),
+        node.url(path),
+    ] {
         wrk("warmup", &url, 1, conns, Duration::from_secs(1));
     }
     let runs = vec![
         wrk("upstream direct", &upstream.url(path), 1, conns, d),
         wrk("nginx reverse proxy", &nginx.url(path), 1, conns, d),
+        wrk("hyper floor (same headers)", &floor_url(path), 1, conns, d),
         wrk("gatehouse", &node.url(path), 1, conns, d),
     ];
     println!("| target | req/s | p50 ms | p99 ms | errors |");
@@ -128,13 +156,19 @@ async fn main() {
             r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
         );
     }
-    let (ng, gh) = (&runs[1], &runs[2]);
+    let (ng, fl, gh) = (&runs[1], &runs[2], &runs[3]);
     println!();
     println!(
         "gatehouse / nginx: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (target: throughput >= 1.0x, p99 <= 1.5x)",
         gh.requests_per_sec / ng.requests_per_sec,
         gh.p50_ms / ng.p50_ms,
         gh.p99_ms / ng.p99_ms
+    );
+    println!(
+        "gatehouse / hyper floor: throughput {:.2}x, p99 {:.2}x; hyper floor / nginx: throughput {:.2}x",
+        gh.requests_per_sec / fl.requests_per_sec,
+        gh.p99_ms / fl.p99_ms,
+        fl.requests_per_sec / ng.requests_per_sec
     );
     println!("{}", serde_json::to_string(&runs).unwrap_or_default());
 }
