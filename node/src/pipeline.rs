@@ -30,7 +30,7 @@ use gatehouse_shared::security::{Csp, CspError, SecurityHeaders};
 
 /// The pieces of the pipeline that are built from configuration once at start-up.
 pub struct PipelineParts {
-    pub router: Arc<Router>,
+    pub route: RouteLayer,
     pub resolver: Arc<Resolver>,
     pub security: SecurityHeaders,
     pub trusted: Arc<TrustedProxies>,
@@ -46,7 +46,7 @@ pub enum PipelineError {
     Routing(#[from] RoutingError),
     #[error("invalid content security policy: {0}")]
     Csp(#[from] CspError),
-    #[error("invalid `services` entry: {0}")]
+    #[error("invalid upstream URL (a `services` entry or a route backend): {0}")]
     Upstream(#[from] UpstreamUrlError),
     #[error(transparent)]
     TrustedProxies(#[from] TrustedProxyError),
@@ -67,7 +67,7 @@ impl PipelineParts {
             .then(|| Path::new(&config.csp_config_file_location));
         let csp = Csp::load(csp_path, &|name| std::env::var(name).ok())?;
         Ok(Self {
-            router: Arc::new(router),
+            route: RouteLayer::new(Arc::new(router))?,
             resolver: Arc::new(Resolver::new(
                 &config.services,
                 registry,
@@ -104,7 +104,7 @@ pub fn build(
         .layer(SecurityLayer::new(parts.security))
         .layer(ErrorResponseLayer)
         .layer(RedirectLayer::new(&parts.public_url))
-        .layer(RouteLayer::new(parts.router))
+        .layer(parts.route)
         // authentication (next issue) goes here: it reads `Routed::unprotected`.
         .service(Proxy::new(parts.resolver, parts.trusted, &parts.proxy))
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse_node::health::Health;
+use gatehouse_node::layers::route::RouteLayer;
 use gatehouse_node::pipeline::{self, PipelineParts};
 use gatehouse_node::proxy::ProxyOptions;
 use gatehouse_node::proxy::forwarded::TrustedProxies;
@@ -135,7 +136,7 @@ struct Gateway {
 async fn gateway(o: Opts) -> Gateway {
     let trusted = Arc::new(TrustedProxies::parse(&o.trusted).unwrap());
     let parts = PipelineParts {
-        router: Arc::new(
+        route: RouteLayer::new(Arc::new(
             Router::new(
                 &[PolicyConfig {
                     name: "ocis".into(),
@@ -144,7 +145,8 @@ async fn gateway(o: Opts) -> Gateway {
                 None,
             )
             .unwrap(),
-        ),
+        ))
+        .unwrap(),
         resolver: Arc::new(Resolver::new(&o.services, None, Duration::from_secs(30)).unwrap()),
         security: SecurityHeaders::new(&Csp::load(None, &|_| None).unwrap(), false),
         trusted: trusted.clone(),

@@ -6,9 +6,8 @@
 //! path, so a prefix decision cannot be bypassed with `..`, `//` or encoded separators (spec
 //! anchors D.3); a path that cannot be normalised is a 400.
 
-use std::collections::HashMap;
 use std::future::{Ready, ready};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::Either;
@@ -18,6 +17,7 @@ use tower::{Layer, Service};
 
 use crate::context::{Body, SharedTrace};
 use crate::error::GatewayError;
+use crate::upstream::{UpstreamBase, UpstreamUrlError, backend_base};
 use gatehouse_shared::routing::{RouteMatch, RouteRequest, Router, Target, normalize_path};
 
 /// What the router decided for a request. Cheap to clone (one `Arc`).
@@ -35,6 +35,15 @@ pub struct RouteInfo {
     pub apache_vhost: bool,
     /// `policy/endpoint`, for logs and the access log.
     pub label: String,
+    /// Where the proxy sends the request.
+    pub upstream: RouteUpstream,
+}
+
+/// A route's upstream as the proxy needs it: static backends are parsed once, at start-up.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RouteUpstream {
+    Static(Arc<UpstreamBase>),
+    Service(String),
 }
 
 impl std::ops::Deref for Routed {
@@ -57,20 +66,47 @@ pub struct RouteLayer {
 
 struct Shared {
     router: Arc<Router>,
-    /// One [`Routed`] per route of the table, made on first use, so routing allocates nothing.
-    /// Keyed by the address of the route's target in the (immutable) router and checked by value.
-    cache: RwLock<HashMap<usize, Routed>>,
+    /// One [`Routed`] per route, indexed `[policy_index][route_index]`, built with the layer so
+    /// that routing a request allocates nothing.
+    routed: Vec<Vec<Routed>>,
 }
 
 impl RouteLayer {
-    pub fn new(router: Arc<Router>) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                router,
-                cache: RwLock::new(HashMap::new()),
-            }),
+    /// Fails if a static backend URL cannot be used as an upstream base.
+    pub fn new(router: Arc<Router>) -> Result<Self, UpstreamUrlError> {
+        let mut routed: Vec<Vec<Routed>> = Vec::new();
+        for m in router.routes() {
+            if routed.len() <= m.policy_index {
+                routed.resize_with(m.policy_index + 1, Vec::new);
+            }
+            let policy = &mut routed[m.policy_index];
+            debug_assert_eq!(
+                policy.len(),
+                m.route_index,
+                "routes come in configuration order"
+            );
+            policy.push(Routed::new(route_info(&m)?));
         }
+        Ok(Self {
+            shared: Arc::new(Shared { router, routed }),
+        })
     }
+}
+
+fn route_info(m: &RouteMatch<'_>) -> Result<RouteInfo, UpstreamUrlError> {
+    let upstream = match m.target {
+        Target::Backend(b) => RouteUpstream::Static(backend_base(b)?),
+        Target::Service(name) => RouteUpstream::Service(name.clone()),
+    };
+    Ok(RouteInfo {
+        policy: m.policy.to_owned(),
+        endpoint: m.endpoint.to_owned(),
+        target: m.target.clone(),
+        unprotected: m.unprotected,
+        apache_vhost: m.apache_vhost,
+        label: format!("{}/{}", m.policy, m.endpoint),
+        upstream,
+    })
 }
 
 impl<S> Layer<S> for RouteLayer {
@@ -90,37 +126,15 @@ pub struct Route<S> {
 }
 
 impl Shared {
-    fn routed(&self, m: &RouteMatch<'_>) -> Routed {
-        let key = m.target as *const Target as usize;
-        let same = |r: &Routed| {
-            r.policy == m.policy
-                && r.endpoint == m.endpoint
-                && r.target == *m.target
-                && r.unprotected == m.unprotected
-                && r.apache_vhost == m.apache_vhost
-        };
-        if let Some(r) = self
-            .cache
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .filter(|r| same(r))
-        {
-            return r.clone();
-        }
-        let routed = Routed::new(RouteInfo {
-            policy: m.policy.to_owned(),
-            endpoint: m.endpoint.to_owned(),
-            target: m.target.clone(),
-            unprotected: m.unprotected,
-            apache_vhost: m.apache_vhost,
-            label: format!("{}/{}", m.policy, m.endpoint),
-        });
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        if cache.len() < 4096 {
-            cache.insert(key, routed.clone());
-        }
-        routed
+    fn routed(&self, m: &RouteMatch<'_>) -> Result<Routed, GatewayError> {
+        self.routed
+            .get(m.policy_index)
+            .and_then(|p| p.get(m.route_index))
+            .cloned()
+            .ok_or_else(|| GatewayError::NoRoute {
+                path: String::new(),
+                reason: format!("route {}/{} is not in the table", m.policy, m.endpoint),
+            })
     }
 
     fn route<B>(&self, req: &mut Request<B>) -> Result<Routed, GatewayError> {
@@ -178,7 +192,7 @@ impl Shared {
             path: req.uri().path().to_owned(),
             reason: e.to_string(),
         })?;
-        Ok(self.routed(&m))
+        self.routed(&m)
     }
 }
 

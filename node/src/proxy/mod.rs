@@ -30,7 +30,7 @@ use self::forwarded::{TrustedProxies, is_upgrade_request, rewrite_forwarded, str
 use self::tls::{Connector, UpstreamTlsError};
 use crate::context::{Body, ConnInfo, SharedTrace};
 use crate::error::GatewayError;
-use crate::layers::route::Routed;
+use crate::layers::route::{RouteUpstream, Routed};
 use crate::upstream::{Chosen, Resolver};
 use gatehouse_shared::routing::upstream_path_and_query;
 
@@ -128,13 +128,16 @@ impl Inner {
                 reason: "request reached the proxy without a route".to_owned(),
             });
         };
-        let chosen = self.resolver.resolve(&routed.target).map_err(|e| {
-            GatewayError::UpstreamUnavailable {
-                route: routed.label.clone(),
-                upstream: target_name(&routed),
-                reason: e.to_string(),
-            }
-        })?;
+        let chosen = match &routed.upstream {
+            RouteUpstream::Static(base) => Chosen::fixed(base.clone()),
+            RouteUpstream::Service(name) => self.resolver.resolve_service(name).map_err(|e| {
+                GatewayError::UpstreamUnavailable {
+                    route: routed.label.clone(),
+                    upstream: target_name(&routed),
+                    reason: e.to_string(),
+                }
+            })?,
+        };
         if let Some(trace) = req.extensions().get::<SharedTrace>() {
             let _ = trace.upstream.set(chosen.base.url.to_string());
         }

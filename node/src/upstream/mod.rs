@@ -1,4 +1,4 @@
-//! Turns a route [`Target`] into the base URL of one upstream.
+//! Turns a route target (a static backend, or a service name) into the base URL of one upstream.
 //!
 //! A `backend` target names its URL directly. A `service` target is looked up first in the static
 //! `services` map of the configuration (round-robin over its URLs, skipping for a while a URL that
@@ -8,14 +8,14 @@
 mod balancer;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 
 pub use balancer::{Balancer, Pick};
-use gatehouse_shared::routing::{Backend, Target};
+use gatehouse_shared::routing::Backend;
 
 /// Where service names are looked up when the `services` map does not know them. Implemented for
 /// the NATS service registry; tests use a fixed map.
@@ -85,6 +85,11 @@ pub struct Chosen {
 }
 
 impl Chosen {
+    /// A static backend: nothing to balance, nothing to mark unhealthy.
+    pub fn fixed(base: Arc<UpstreamBase>) -> Self {
+        Self { base, pick: None }
+    }
+
     pub fn report_refused(&self) {
         if let Some(pick) = &self.pick {
             pick.mark_unhealthy();
@@ -105,7 +110,6 @@ pub struct Resolver {
     services: HashMap<String, Balancer>,
     registry: Option<Arc<dyn ServiceNodes>>,
     registry_rr: AtomicUsize,
-    backend_cache: RwLock<HashMap<usize, (Backend, Arc<UpstreamBase>)>>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -139,75 +143,42 @@ impl Resolver {
             services: map,
             registry,
             registry_rr: AtomicUsize::new(0),
-            backend_cache: RwLock::new(HashMap::new()),
         })
     }
 
-    pub fn resolve(&self, target: &Target) -> Result<Chosen, ResolveError> {
-        match target {
-            Target::Backend(b) => Ok(Chosen {
-                base: self.backend_base(target, b)?,
-                pick: None,
-            }),
-            Target::Service(name) => {
-                if let Some(balancer) = self.services.get(name.as_str()) {
-                    let pick = balancer.pick();
-                    return Ok(Chosen {
-                        base: pick.base().clone(),
-                        pick: Some(pick),
-                    });
-                }
-                let nodes = self
-                    .registry
-                    .as_ref()
-                    .map(|r| r.nodes(name))
-                    .unwrap_or_default();
-                if nodes.is_empty() {
-                    return Err(ResolveError::NoNode(name.clone()));
-                }
-                let i = self.registry_rr.fetch_add(1, Ordering::Relaxed) % nodes.len();
-                Ok(Chosen {
-                    base: Arc::new(UpstreamBase::parse(&nodes[i])?),
-                    pick: None,
-                })
-            }
+    /// Picks a base URL for a service name: the `services` map first, then the registry.
+    pub fn resolve_service(&self, name: &str) -> Result<Chosen, ResolveError> {
+        if let Some(balancer) = self.services.get(name) {
+            let pick = balancer.pick();
+            return Ok(Chosen {
+                base: pick.base().clone(),
+                pick: Some(pick),
+            });
         }
-    }
-
-    /// Static backends are parsed once: the cache is keyed by the address of the route table's
-    /// target and verified by value, so a rebuilt route table can never alias a stale entry.
-    fn backend_base(
-        &self,
-        target: &Target,
-        b: &Backend,
-    ) -> Result<Arc<UpstreamBase>, ResolveError> {
-        let key = target as *const Target as usize;
-        {
-            let cache = self.backend_cache.read().unwrap_or_else(|e| e.into_inner());
-            if let Some((cached, base)) = cache.get(&key)
-                && cached == b
-            {
-                return Ok(base.clone());
-            }
+        let nodes = self
+            .registry
+            .as_ref()
+            .map(|r| r.nodes(name))
+            .unwrap_or_default();
+        if nodes.is_empty() {
+            return Err(ResolveError::NoNode(name.to_owned()));
         }
-        let url = format!("{}://{}{}", b.scheme, b.authority, b.base_path);
-        let mut base = UpstreamBase::parse(&url)?;
-        base.base_path = b.base_path.clone();
-        base.base_query = b.base_query.clone();
-        let base = Arc::new(base);
-        let mut cache = self
-            .backend_cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        if cache.len() < BACKEND_CACHE_MAX {
-            cache.insert(key, (b.clone(), base.clone()));
-        }
-        Ok(base)
+        let i = self.registry_rr.fetch_add(1, Ordering::Relaxed) % nodes.len();
+        Ok(Chosen {
+            base: Arc::new(UpstreamBase::parse(&nodes[i])?),
+            pick: None,
+        })
     }
 }
 
-/// Route tables are small; the bound only guards against unbounded growth if tables are rebuilt.
-const BACKEND_CACHE_MAX: usize = 4096;
+/// The base URL of a static `backend` route, parsed once when the pipeline is built.
+pub fn backend_base(b: &Backend) -> Result<Arc<UpstreamBase>, UpstreamUrlError> {
+    let url = format!("{}://{}{}", b.scheme, b.authority, b.base_path);
+    let mut base = UpstreamBase::parse(&url)?;
+    base.base_path = b.base_path.clone();
+    base.base_query = b.base_query.clone();
+    Ok(Arc::new(base))
+}
 
 #[cfg(test)]
 mod tests {
@@ -240,14 +211,14 @@ mod tests {
         services.insert("svc.a".to_owned(), vec!["http://a1:1".to_owned()]);
         let registry: Arc<dyn ServiceNodes> = Arc::new(FixedRegistry(vec!["http://r1:2".into()]));
         let r = Resolver::new(&services, Some(registry), Duration::from_secs(1)).unwrap();
-        let a = r.resolve(&Target::Service("svc.a".into())).unwrap();
+        let a = r.resolve_service("svc.a").unwrap();
         assert_eq!(&*a.base.url, "http://a1:1");
-        let b = r.resolve(&Target::Service("svc.b".into())).unwrap();
+        let b = r.resolve_service("svc.b").unwrap();
         assert_eq!(&*b.base.url, "http://r1:2");
 
         let r = Resolver::new(&services, None, Duration::from_secs(1)).unwrap();
         assert!(matches!(
-            r.resolve(&Target::Service("svc.b".into())),
+            r.resolve_service("svc.b"),
             Err(ResolveError::NoNode(_))
         ));
     }
@@ -260,19 +231,16 @@ mod tests {
     }
 
     #[test]
-    fn backend_targets_resolve_with_and_without_cache() {
-        let t = Target::Backend(Backend {
+    fn backend_base_keeps_path_and_query() {
+        let base = backend_base(&Backend {
             scheme: "http".into(),
             authority: "b:8080".into(),
             base_path: "/base".into(),
             base_query: Some("k=v".into()),
-        });
-        let r = Resolver::new(&BTreeMap::new(), None, Duration::from_secs(1)).unwrap();
-        let uncached = r.resolve(&t).unwrap();
-        let cached = r.resolve(&t).unwrap();
-        assert!(Arc::ptr_eq(&uncached.base, &cached.base));
-        assert_eq!(&*cached.base.url, "http://b:8080/base");
-        assert_eq!(cached.base.base_path, "/base");
-        assert_eq!(cached.base.base_query.as_deref(), Some("k=v"));
+        })
+        .unwrap();
+        assert_eq!(&*base.url, "http://b:8080/base");
+        assert_eq!(base.base_path, "/base");
+        assert_eq!(base.base_query.as_deref(), Some("k=v"));
     }
 }

@@ -108,6 +108,9 @@ pub struct Backend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteMatch<'a> {
     pub policy: &'a str,
+    /// Index of the policy in the router; with `route_index` a stable identity of the route, so
+    /// callers can keep per-route data in plain vectors built once from [`Router::routes`].
+    pub policy_index: usize,
     /// Index of the route in its policy's `routes` list.
     pub route_index: usize,
     pub target: &'a Target,
@@ -167,6 +170,7 @@ impl Buckets {
 
 #[derive(Debug)]
 struct CompiledPolicy {
+    index: usize,
     name: String,
     routes: Vec<CompiledRoute>,
     /// In matching order: query, regex, prefix.
@@ -421,6 +425,7 @@ impl Router {
                 }
             }
             compiled.push(CompiledPolicy {
+                index: pi,
                 name: policy.name.clone(),
                 routes,
                 buckets,
@@ -470,6 +475,13 @@ impl Router {
             .ok_or_else(|| RoutingError::UnknownPolicy(name.chars().take(64).collect()))
     }
 
+    /// Every route of every policy, in configuration order.
+    pub fn routes(&self) -> impl Iterator<Item = RouteMatch<'_>> {
+        self.policies
+            .iter()
+            .flat_map(|p| p.routes.iter().map(move |r| route_match(p, r)))
+    }
+
     /// Chooses the route for `req`: query, then regex, then prefix routes; within each type the
     /// routes restricted to the request method first, then the generic ones, each in
     /// configuration order; finally the `/` fallback.
@@ -502,6 +514,7 @@ impl Router {
 fn route_match<'a>(policy: &'a CompiledPolicy, route: &'a CompiledRoute) -> RouteMatch<'a> {
     RouteMatch {
         policy: &policy.name,
+        policy_index: policy.index,
         route_index: route.index,
         target: &route.target,
         unprotected: route.unprotected,
