@@ -17,6 +17,7 @@
 //! * kept: empty segments (`//`) — some WebDAV clients send them and collapsing them would change
 //!   the resource name; `;` (no path parameters are interpreted anywhere); other escapes.
 
+use super::url::hex_value;
 use std::borrow::Cow;
 
 /// Why a request path was refused. All variants mean "400 Bad Request"; none is retryable.
@@ -34,15 +35,6 @@ pub enum PathError {
     EncodedSeparator,
     #[error("request path climbs above the root with '..'")]
     EscapesRoot,
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 fn is_decodable_unreserved(b: u8) -> bool {

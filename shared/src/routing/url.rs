@@ -2,7 +2,8 @@
 //! parameter lookup with `application/x-www-form-urlencoded` decoding (as Go's `url.Query`), the
 //! upstream path/query join of the reverse proxy, and cookie lookup in a raw `Cookie` header.
 
-fn hex_value(b: u8) -> Option<u8> {
+/// The value of one hexadecimal digit of a percent escape.
+pub(super) fn hex_value(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
