@@ -17,8 +17,9 @@
 //! * kept: empty segments (`//`) — some WebDAV clients send them and collapsing them would change
 //!   the resource name; `;` (no path parameters are interpreted anywhere); other escapes.
 
-use super::url::hex_value;
 use std::borrow::Cow;
+
+use super::url::hex_value;
 
 /// Why a request path was refused. All variants mean "400 Bad Request"; none is retryable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
