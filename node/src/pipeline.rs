@@ -1,6 +1,6 @@
 //! The request pipeline, assembled in one place and read top to bottom in the order a request
 //! travels through it. Everything above the error boundary sees only responses; everything below
-//! it reports failures as [`GatewayError`], which the boundary turns into the response.
+//! it reports failures as [`GatewayError`](crate::error::GatewayError), which the boundary turns into the response.
 
 use std::convert::Infallible;
 use std::path::Path;

@@ -13,7 +13,7 @@
 //!
 //! Threads: the listener is bound once and an acceptor task on the caller's runtime hands every
 //! accepted connection to the least busy of `http.workers` worker threads, each a single-threaded
-//! runtime with its own pipeline (see [`worker`] for why). TLS handshakes, the limits and the drain
+//! runtime with its own pipeline (`worker.rs` says why). TLS handshakes, the limits and the drain
 //! all happen on the worker that owns the connection.
 //!
 //! Drain: on SIGTERM/SIGINT or the shutdown token, readiness turns false at once, the listener is
