@@ -1,6 +1,6 @@
 //! The request pipeline, assembled in one place and read top to bottom in the order a request
 //! travels through it. Everything above the error boundary sees only responses; everything below
-//! it reports failures as [`GatewayError`], which the boundary turns into the response.
+//! it reports failures as [`GatewayError`](crate::error::GatewayError), which the boundary turns into the response.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -28,7 +28,10 @@ use crate::upstream::{Resolver, ServiceNodes, UpstreamUrlError};
 use gatehouse_shared::routing::{Router, RoutingError, effective_policies};
 use gatehouse_shared::security::{Csp, CspError, SecurityHeaders};
 
-/// The pieces of the pipeline that are built from configuration once at start-up.
+/// The pieces of the pipeline that are built from configuration once at start-up. Cloning is
+/// cheap (the tables are shared); every HTTP worker builds its own pipeline from a clone, so each
+/// has its own upstream connection pool.
+#[derive(Clone)]
 pub struct PipelineParts {
     pub route: RouteLayer,
     pub resolver: Arc<Resolver>,

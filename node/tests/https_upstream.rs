@@ -204,7 +204,7 @@ async fn gateway(config: &Config) -> Gateway {
         .unwrap();
     let addr = server.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    tokio::spawn(server.serve(pipeline::build(parts), shutdown.clone()));
+    tokio::spawn(server.serve(move || pipeline::build(parts.clone()), shutdown.clone()));
     Gateway {
         addr,
         _shutdown: shutdown.drop_guard(),

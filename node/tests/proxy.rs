@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -160,7 +160,7 @@ async fn gateway(o: Opts) -> Gateway {
         .unwrap();
     let addr = server.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.serve(pipeline::build(parts), shutdown.clone()));
+    let task = tokio::spawn(server.serve(move || pipeline::build(parts.clone()), shutdown.clone()));
     Gateway {
         addr,
         shutdown,
@@ -551,31 +551,35 @@ async fn client_disconnect_cancels_upstream_request() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn drain_finishes_in_flight_request_and_refuses_new_connections() {
-    let (arrived_tx, mut arrived_rx) = mpsc::channel::<()>(1);
-    let (release_tx, release_rx) = oneshot::channel::<()>();
-    let release_rx = Arc::new(tokio::sync::Mutex::new(Some(release_rx)));
+/// Starts `requests` requests on as many connections, all held by the upstream until released,
+/// then drains: the listener must refuse new connections at once, every held request must still
+/// be answered, and `serve` must return Ok.
+async fn drain_finishes_in_flight_requests(workers: usize, requests: usize) {
+    let (arrived_tx, mut arrived_rx) = mpsc::channel::<()>(requests);
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
     let up = spawn_upstream(move |_req| {
         let arrived = arrived_tx.clone();
-        let release = release_rx.clone();
+        let mut release = release_rx.clone();
         async move {
             arrived.send(()).await.unwrap();
-            let rx = release.lock().await.take();
-            if let Some(rx) = rx {
-                let _ = rx.await;
-            }
+            release.wait_for(|r| *r).await.unwrap();
             Response::new(full("finished"))
         }
     })
     .await;
-    let gw = gateway(Opts::new(vec![backend_route("/", &format!("http://{up}"))])).await;
+    let mut o = Opts::new(vec![backend_route("/", &format!("http://{up}"))]);
+    o.http.workers = workers;
+    let gw = gateway(o).await;
     let addr = gw.addr;
-    let in_flight = tokio::spawn(async move { get(addr, "/slow", &[]).await });
-    tokio::time::timeout(DEADLINE, arrived_rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let mut in_flight = Vec::new();
+    for _ in 0..requests {
+        in_flight.push(tokio::spawn(async move { get(addr, "/slow", &[]).await }));
+        // One at a time, so that each connection is accepted (and given to a worker) in turn.
+        tokio::time::timeout(DEADLINE, arrived_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
 
     gw.shutdown.cancel();
     let refused = tokio::time::timeout(DEADLINE, async {
@@ -591,14 +595,26 @@ async fn drain_finishes_in_flight_request_and_refuses_new_connections() {
     assert!(gw.health.is_draining());
     assert!(!gw.task.is_finished());
 
-    release_tx.send(()).unwrap();
-    let (status, _, body) = in_flight.await.unwrap();
-    assert_eq!((status.as_u16(), body.as_str()), (200, "finished"));
+    release_tx.send(true).unwrap();
+    for request in in_flight {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!((status.as_u16(), body.as_str()), (200, "finished"));
+    }
     let result = tokio::time::timeout(DEADLINE, gw.task)
         .await
         .unwrap()
         .unwrap();
     assert!(result.is_ok());
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_request_and_refuses_new_connections() {
+    drain_finishes_in_flight_requests(0, 1).await;
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_requests_on_every_worker() {
+    drain_finishes_in_flight_requests(3, 6).await;
 }
 
 #[tokio::test]
@@ -776,4 +792,141 @@ async fn tls_with_generated_certificate_negotiates_h2() {
     // HTTP/2 has no Host header: it is synthesised from :authority.
     assert!(body.contains("\nhost: gw.example\n"), "{body}");
     assert!(body.contains("\nx-forwarded-proto: https\n"), "{body}");
+}
+
+/// Opens a keep-alive HTTP/1.1 connection.
+async fn connect(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn send(
+    conn: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (StatusCode, String) {
+    let req = Request::get(path)
+        .header("host", "gw.test")
+        .body(Empty::new())
+        .unwrap();
+    let resp = tokio::time::timeout(DEADLINE, conn.send_request(req))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn three_workers_serve_six_keep_alive_connections() {
+    let up = echo_upstream().await;
+    let mut o = Opts::new(vec![backend_route("/", &format!("http://{up}"))]);
+    o.http.workers = 3;
+    let gw = gateway(o).await;
+    let mut conns = Vec::new();
+    for i in 0..6 {
+        let mut conn = connect(gw.addr).await;
+        let (status, body) = send(&mut conn, &format!("/first/{i}")).await;
+        assert_eq!(status, 200, "connection {i}: {body}");
+        assert!(body.starts_with(&format!("GET /first/{i}\n")), "{body}");
+        conns.push(conn);
+    }
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let (status, body) = send(conn, &format!("/again/{i}")).await;
+        assert_eq!(status, 200, "connection {i}: {body}");
+        assert!(body.starts_with(&format!("GET /again/{i}\n")), "{body}");
+    }
+    gw.shutdown.cancel();
+    let result = tokio::time::timeout(DEADLINE, gw.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_ok());
+}
+
+/// The thread's id as the kernel knows it, to check later that the thread is gone.
+#[cfg(target_os = "linux")]
+fn kernel_thread() -> std::path::PathBuf {
+    std::path::Path::new("/proc").join(std::fs::read_link("/proc/thread-self").unwrap())
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn connections_are_spread_over_worker_threads_that_end_with_serve() {
+    let http = Http {
+        addr: "127.0.0.1:0".into(),
+        tls: false,
+        workers: 3,
+        ..Http::default()
+    };
+    let server = Server::bind(&http, Arc::default(), Health::new())
+        .await
+        .unwrap();
+    assert_eq!(server.workers(), 3);
+    let addr = server.local_addr().unwrap();
+    let made = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let made_by = made.clone();
+    let shutdown = CancellationToken::new();
+    // Every worker builds its own service; each response names the thread that produced it.
+    let task = tokio::spawn(server.serve(
+        move || {
+            let me = std::thread::current().name().unwrap_or("").to_owned();
+            made_by.lock().unwrap().push((me, kernel_thread()));
+            tower::service_fn(|_req: Request<Incoming>| async {
+                let me = std::thread::current().name().unwrap_or("").to_owned();
+                let body = Full::new(Bytes::from(me)).map_err(|e| match e {});
+                Ok::<_, Infallible>(Response::new(body.boxed_unsync()))
+            })
+        },
+        shutdown.clone(),
+    ));
+
+    let mut conns = Vec::new();
+    let mut served_by = Vec::new();
+    for _ in 0..6 {
+        let mut conn = connect(addr).await;
+        let (status, thread) = send(&mut conn, "/").await;
+        assert_eq!(status, 200);
+        served_by.push(thread);
+        conns.push(conn);
+    }
+    for (conn, thread) in conns.iter_mut().zip(&served_by) {
+        assert_eq!(
+            &send(conn, "/").await.1,
+            thread,
+            "a connection stays on its worker"
+        );
+    }
+    let mut per_thread = BTreeMap::new();
+    for thread in &served_by {
+        *per_thread.entry(thread.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_thread,
+        BTreeMap::from([
+            ("gatehouse-http-0".to_owned(), 2),
+            ("gatehouse-http-1".to_owned(), 2),
+            ("gatehouse-http-2".to_owned(), 2),
+        ]),
+        "the least busy worker gets each new connection"
+    );
+    let made: Vec<_> = made.lock().unwrap().clone();
+    let mut makers: Vec<&str> = made.iter().map(|(name, _)| name.as_str()).collect();
+    makers.sort_unstable();
+    assert_eq!(
+        makers,
+        ["gatehouse-http-0", "gatehouse-http-1", "gatehouse-http-2"],
+        "one service per worker, built on the worker"
+    );
+
+    shutdown.cancel();
+    let result = tokio::time::timeout(DEADLINE, task).await.unwrap().unwrap();
+    assert!(result.is_ok());
+    for (name, tid) in &made {
+        assert!(!tid.exists(), "{name} still running after serve returned");
+    }
 }

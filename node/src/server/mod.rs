@@ -11,12 +11,19 @@
 //! - `idle_timeout`: a connection (HTTP/1.1 or HTTP/2) with no request in flight for this long is
 //!   closed gracefully.
 //!
+//! Threads: the listener is bound once and an acceptor task on the caller's runtime hands every
+//! accepted connection to the least busy of `http.workers` worker threads, each a single-threaded
+//! runtime with its own pipeline (`worker.rs` says why). TLS handshakes, the limits and the drain
+//! all happen on the worker that owns the connection.
+//!
 //! Drain: on SIGTERM/SIGINT or the shutdown token, readiness turns false at once, the listener is
 //! closed (new connections are refused), every connection is told to finish (HTTP/1.1: close after
 //! the current response; HTTP/2: GOAWAY), and in-flight requests get `drain_timeout` to complete.
+//! `serve` returns once every worker thread has ended.
 
 mod conn;
 pub mod tls;
+mod worker;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,7 +36,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::Service;
@@ -37,6 +43,7 @@ use tower::Service;
 use gatehouse_shared::config::{Config, Http};
 
 use self::conn::{Activity, ConnService};
+use self::worker::{Accepted, Worker};
 use crate::context::{Body, ConnInfo};
 use crate::health::Health;
 use crate::pipeline::{self, PipelineError, PipelineParts};
@@ -76,6 +83,35 @@ pub enum StartupError {
     TrustedProxies(#[from] TrustedProxyError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("cannot start the HTTP worker threads: {0}")]
+    Workers(std::io::Error),
+}
+
+/// The request service the server runs on every worker: the pipeline from [`pipeline::build`].
+pub trait RequestService:
+    Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> RequestService for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
 
 /// Client-facing limits, see the module documentation.
@@ -109,6 +145,7 @@ pub struct Server {
     limits: Limits,
     trusted: Arc<TrustedProxies>,
     health: Arc<Health>,
+    workers: usize,
 }
 
 impl Server {
@@ -150,6 +187,7 @@ impl Server {
             limits: Limits::from_config(http),
             trusted,
             health,
+            workers: worker::count(http.workers),
         })
     }
 
@@ -157,49 +195,53 @@ impl Server {
         self.listener.local_addr()
     }
 
-    fn builder(&self) -> Builder<TokioExecutor> {
-        let mut b = Builder::new(TokioExecutor::new());
-        {
-            let mut h1 = b.http1();
-            h1.timer(TokioTimer::new())
-                .header_read_timeout(self.limits.header_read_timeout);
-            if self.limits.max_header_bytes > 0 {
-                h1.max_buf_size(self.limits.max_header_bytes.max(HYPER_MIN_BUF));
-            }
-        }
-        {
-            let mut h2 = b.http2();
-            h2.timer(TokioTimer::new());
-            if self.limits.max_header_bytes > 0 {
-                h2.max_header_list_size(
-                    u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX),
-                );
-            }
-        }
-        b
+    /// How many worker threads [`Server::serve`] starts (`http.workers`, 0 resolved to the number
+    /// of available cores).
+    pub fn workers(&self) -> usize {
+        self.workers
     }
 
-    /// Accepts connections until `shutdown` is cancelled, then drains (see module docs).
-    pub async fn serve<S>(self, service: S, shutdown: CancellationToken) -> Result<(), StartupError>
+    /// Starts the worker threads, each calling `make_service` once on its own runtime, accepts
+    /// connections until `shutdown` is cancelled, then drains (see module docs). Dropping the
+    /// returned future early also stops the workers, without waiting for them.
+    pub async fn serve<F, S>(
+        self,
+        make_service: F,
+        shutdown: CancellationToken,
+    ) -> Result<(), StartupError>
     where
-        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
+        F: Fn() -> S + Send + Sync + 'static,
+        S: RequestService,
     {
-        let builder = Arc::new(self.builder());
         let local = self.local_addr().map_err(|source| StartupError::Bind {
             addr: "listener".to_owned(),
             source,
         })?;
-        tracing::info!(addr = %local, tls = self.tls.is_some(), "listening");
-        let mut conns = JoinSet::new();
+        let stop_workers = shutdown.child_token();
+        let _stop_workers_on_drop = stop_workers.clone().drop_guard();
+        let shared = Arc::new(worker::Shared {
+            tls: self.tls.clone(),
+            limits: self.limits.clone(),
+            trusted: self.trusted.clone(),
+            shutdown: stop_workers.clone(),
+        });
+        let make_service = Arc::new(make_service);
+        let mut workers = Vec::with_capacity(self.workers);
+        for index in 0..self.workers {
+            match Worker::start(index, make_service.clone(), shared.clone()) {
+                Ok(w) => workers.push(w),
+                Err(e) => {
+                    stop_workers.cancel();
+                    join(workers).await;
+                    return Err(StartupError::Workers(e));
+                }
+            }
+        }
+        tracing::info!(addr = %local, tls = self.tls.is_some(), workers = workers.len(), "listening");
+        let mut next = 0usize;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 accepted = self.listener.accept() => {
                     let (tcp, peer) = match accepted {
                         Ok(a) => a,
@@ -211,41 +253,81 @@ impl Server {
                         }
                     };
                     let _ = tcp.set_nodelay(true);
-                    let info = ConnInfo { peer, local, tls: self.tls.is_some() };
-                    let handler = Handler {
-                        builder: builder.clone(),
-                        service: service.clone(),
-                        trusted: self.trusted.clone(),
-                        info,
-                        idle_timeout: self.limits.idle_timeout,
-                        shutdown: shutdown.clone(),
+                    let tcp = match tcp.into_std() {
+                        Ok(tcp) => tcp,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "cannot hand over an accepted connection");
+                            continue;
+                        }
                     };
-                    let tls = self.tls.clone();
-                    let handshake_timeout = self.limits.header_read_timeout;
-                    conns.spawn(async move { handler.run(tcp, tls, handshake_timeout).await });
+                    let info = ConnInfo { peer, local, tls: self.tls.is_some() };
+                    next = next.wrapping_add(1);
+                    dispatch(&workers, next, Accepted { tcp, info });
                 }
             }
         }
 
         self.health.start_draining();
         drop(self.listener);
-        let in_progress = conns.len();
+        let in_progress: usize = workers.iter().map(Worker::load).sum();
         tracing::info!(connections = in_progress, timeout = ?self.limits.drain_timeout, "draining");
-        let drained = tokio::time::timeout(self.limits.drain_timeout, async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                connections = conns.len(),
-                "drain timeout reached, closing remaining connections"
-            );
-            conns.abort_all();
-            while conns.join_next().await.is_some() {}
-        }
+        join(workers).await;
         tracing::info!("drained");
         Ok(())
     }
+}
+
+/// Gives the connection to the least busy worker; one that has stopped (it can only have
+/// panicked) is skipped.
+fn dispatch(workers: &[Worker], start: usize, mut accepted: Accepted) {
+    let first = worker::least_loaded(workers.len(), start, |i| workers[i].load());
+    for step in 0..workers.len() {
+        let index = (first + step) % workers.len();
+        match workers[index].dispatch(accepted) {
+            Ok(()) => return,
+            Err(back) => {
+                tracing::error!(worker = index, "HTTP worker has stopped");
+                accepted = back;
+            }
+        }
+    }
+    tracing::error!(peer = %accepted.info.peer, "no HTTP worker left, closing the connection");
+}
+
+/// Waits (without blocking the caller's runtime) until every worker thread has ended.
+async fn join(workers: Vec<Worker>) {
+    let threads: Vec<_> = workers.into_iter().map(Worker::into_thread).collect();
+    let joined = tokio::task::spawn_blocking(move || {
+        for (index, thread) in threads.into_iter().enumerate() {
+            if thread.join().is_err() {
+                tracing::error!(worker = index, "HTTP worker panicked");
+            }
+        }
+    })
+    .await;
+    if let Err(e) = joined {
+        tracing::error!(error = %e, "joining the HTTP workers failed");
+    }
+}
+
+fn builder(limits: &Limits) -> Builder<TokioExecutor> {
+    let mut b = Builder::new(TokioExecutor::new());
+    {
+        let mut h1 = b.http1();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        if limits.max_header_bytes > 0 {
+            h1.max_buf_size(limits.max_header_bytes.max(HYPER_MIN_BUF));
+        }
+    }
+    {
+        let mut h2 = b.http2();
+        h2.timer(TokioTimer::new());
+        if limits.max_header_bytes > 0 {
+            h2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        }
+    }
+    b
 }
 
 struct Handler<S> {
@@ -257,15 +339,7 @@ struct Handler<S> {
     shutdown: CancellationToken,
 }
 
-impl<S> Handler<S>
-where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: RequestService> Handler<S> {
     async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>, handshake: Option<Duration>) {
         match tls {
             None => self.serve(TokioIo::new(tcp)).await,
@@ -339,10 +413,11 @@ pub async fn run(config: Arc<Config>, deps: ServerDeps) -> Result<(), StartupErr
     tls::install_crypto_provider();
     let parts = PipelineParts::from_config(&config, deps.registry.clone(), deps.metrics.clone())?;
     let trusted = parts.trusted.clone();
-    let service = pipeline::build(parts);
     let server = Server::bind(&config.http, trusted, deps.health.clone()).await?;
     spawn_signal_watch(deps.shutdown.clone())?;
-    server.serve(service, deps.shutdown).await
+    server
+        .serve(move || pipeline::build(parts.clone()), deps.shutdown)
+        .await
 }
 
 fn spawn_signal_watch(shutdown: CancellationToken) -> Result<(), StartupError> {

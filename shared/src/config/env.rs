@@ -359,6 +359,10 @@ pub static SECTIONS: &[Section] = &[
                 "On SIGTERM/SIGINT, time in-flight requests get to finish; `0s` stops at once."),
             set("http.trusted_proxies", &["PROXY_TRUSTED_PROXIES"], list!(http.trusted_proxies),
                 "Peers (IP addresses or CIDRs) whose `X-Forwarded-*`/`X-Real-IP` headers are believed; empty trusts none."),
+            set("http.workers", &["PROXY_HTTP_WORKERS"], usize!(http.workers),
+                "Threads serving client connections, each with its own single-threaded runtime and upstream connection \
+                 pool; the listener hands each accepted connection to the least busy one. `0` means one per available \
+                 core. At most 1024."),
         ],
     },
     Section {

@@ -58,6 +58,9 @@ pub struct Config {
     pub upstream: Upstream,
 }
 
+/// Upper bound of `http.workers`: each worker is an OS thread with its own runtime and pool.
+pub const MAX_HTTP_WORKERS: usize = 1024;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http {
@@ -78,6 +81,9 @@ pub struct Http {
     pub drain_timeout: GoDuration,
     /// Peers (CIDRs or addresses) whose X-Forwarded-* headers are believed.
     pub trusted_proxies: Vec<String>,
+    /// Threads serving client connections, each with its own single-threaded runtime and
+    /// upstream connection pool; 0 means one per available core.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,6 +348,7 @@ impl Default for Http {
             idle_timeout: GoDuration::secs(120),
             drain_timeout: GoDuration::secs(30),
             trusted_proxies: Vec::new(),
+            workers: 0,
         }
     }
 }

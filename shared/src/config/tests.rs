@@ -295,6 +295,7 @@ fn validation_rules() {
     let err = fx
         .load_text(concat!(
             "http:\n  root: proxy\n  addr: 'nowhere'\n  trusted_proxies: [10.0.0.0/8, 192.168.1.1, bogus]\n",
+            "  workers: 1025\n",
             "oidc:\n  access_token_verify_method: none\n  skip_user_info: true\n",
             "  user_info_cache: {store: nats-js-kv, replicas: 7}\n",
             "account_backend: ldap\n",
@@ -310,6 +311,7 @@ fn validation_rules() {
         "http.root",
         "http.addr",
         "http.trusted_proxies[2]",
+        "http.workers",
         "oidc.access_token_verify_method",
         "oidc.user_info_cache.replicas",
         "account_backend",
@@ -332,7 +334,8 @@ fn validation_rules() {
             .message
             .contains("unknown store kind")
     );
-    assert_eq!(err.0.len(), 15, "{err}");
+    assert!(problem(&err, "http.workers").message.contains("1024"));
+    assert_eq!(err.0.len(), 16, "{err}");
 }
 
 #[test]
@@ -340,7 +343,7 @@ fn accepted_variants_are_normalised() {
     let fx = Fixture::new();
     let c = fx
         .load_text(concat!(
-            "http: {root: /a//, tls: true, tls_cert: /c.pem}\n",
+            "http: {root: /a//, tls: true, tls_cert: /c.pem, workers: 1024}\n",
             "oidc:\n  access_token_verify_method: none\n  user_info_cache: {store: mem}\n",
             "state_store: {store: ''}\n",
             "account_backend: graph\n",
@@ -349,6 +352,7 @@ fn accepted_variants_are_normalised() {
         .unwrap()
         .config;
     assert_eq!(c.http.root, "/a");
+    assert_eq!(c.http.workers, 1024, "the maximum is allowed");
     assert_eq!(c.http.tls_cert, "/c.pem", "one of cert/key set is fine");
     assert_eq!(c.oidc.user_info_cache.store, "memory");
     assert_eq!(c.state_store.store, "memory");

@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use ipnet::IpNet;
 
 use super::error::ConfigProblem;
-use super::schema::{Config, StoreConfig};
+use super::schema::{Config, MAX_HTTP_WORKERS, StoreConfig};
 
 struct Problems<'a>(&'a mut Vec<ConfigProblem>);
 
@@ -79,6 +79,15 @@ fn http(config: &mut Config, p: &mut Problems<'_>) {
     }
     if http.max_header_bytes == 0 {
         p.add("http.max_header_bytes", "must be positive");
+    }
+    if http.workers > MAX_HTTP_WORKERS {
+        p.add(
+            "http.workers",
+            format!(
+                "{} is more than the maximum of {MAX_HTTP_WORKERS}",
+                http.workers
+            ),
+        );
     }
     for (i, entry) in http.trusted_proxies.iter().enumerate() {
         if entry.parse::<IpNet>().is_err() && entry.parse::<IpAddr>().is_err() {
