@@ -1,5 +1,7 @@
 //! The "hyper floor": a reverse proxy with nothing but the stack gatehouse is built on and the
-//! response headers oCIS requires, run as a child process of the benchmark.
+//! response headers oCIS requires, run as a child process of the benchmark. Like a gatehouse node
+//! it serves on one single-threaded runtime per core, each with its own upstream pool (here with
+//! `SO_REUSEPORT` listeners, which is fine for a benchmark process).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -27,11 +29,34 @@ const HEADERS: &[(&str, &str)] = &[
     ("x-request-id", "bench/AbCdEfGhIj-000001"),
 ];
 
-pub async fn run(listen: &str, upstream: &str) {
+/// Serves until killed, on one current-thread runtime per available core.
+pub fn run(listen: &str, upstream: &str) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers: Vec<_> = (0..cores)
+        .map(|_| {
+            let (listen, upstream) = (listen.to_owned(), upstream.to_owned());
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("floor runtime")
+                    .block_on(serve(&listen, &upstream));
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+}
+
+async fn serve(listen: &str, upstream: &str) {
     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build_http();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_reuseport(true).expect("SO_REUSEPORT");
+    socket
+        .bind(listen.parse().expect("listen address"))
         .expect("bind floor proxy");
+    let listener = socket.listen(1024).expect("listen");
     let upstream = upstream.trim_end_matches('/').to_string();
     loop {
         let Ok((stream, _)) = listener.accept().await else {

@@ -95,7 +95,9 @@ async fn main() {
             eprintln!("usage: gatehouse-chaos floor-proxy <listen> <upstream>");
             std::process::exit(2);
         };
-        floor::run(listen, upstream).await;
+        let (listen, upstream) = (listen.clone(), upstream.clone());
+        // The floor runs its own runtimes; keep it off this one.
+        let _ = tokio::task::spawn_blocking(move || floor::run(&listen, &upstream)).await;
         return;
     }
     if scenario != "bench" {

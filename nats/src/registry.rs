@@ -202,7 +202,8 @@ impl ServiceRegistry {
         self.shared.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Whether the mirror has caught up with the bucket once.
+    /// Whether the mirror has caught up with the bucket once (or found that it does not exist yet,
+    /// which means nothing is registered).
     pub fn is_loaded(&self) -> bool {
         self.shared.loaded.load(Ordering::Acquire)
     }
@@ -220,6 +221,8 @@ async fn run(shared: Arc<Shared>, bucket: String) {
         match connect::lookup_bucket(&js, &bucket).await {
             Ok(Some(kv)) => break kv,
             Ok(None) => {
+                // No bucket means no service has registered yet: an empty registry is known.
+                shared.loaded.store(true, Ordering::Release);
                 tracing::debug!(bucket, "registry bucket does not exist yet");
             }
             Err(e) => tracing::warn!(bucket, error = %e, "registry bucket lookup failed"),

@@ -234,7 +234,11 @@ async fn connect_registry(
         })?;
     let registry = Arc::new(registry);
     let probe = Arc::clone(&registry);
-    health.require("service registry (NATS)", move || probe.is_connected());
+    // Ready only once the mirror holds the current registry: before that, every service route
+    // would answer 502.
+    health.require("service registry (NATS)", move || {
+        probe.is_connected() && probe.is_loaded()
+    });
     Ok(Some(registry))
 }
 

@@ -9,24 +9,47 @@ use gatehouse_tests::nats::NatsCluster;
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
 use gatehouse_tests::upstream::Upstream;
 
+/// Opens `bucket`, creating it (R3, memory) when nobody has yet. A bucket that a gateway node has
+/// just created may briefly fail to open; that is retried, never answered with a second create.
 async fn kv(cluster: &NatsCluster, bucket: &str) -> async_nats::jetstream::kv::Store {
     let client = async_nats::ConnectOptions::new()
         .connect(cluster.client_urls())
         .await
         .expect("connect to NATS");
     let js = async_nats::jetstream::new(client);
-    match js.get_key_value(bucket).await {
-        Ok(kv) => kv,
-        Err(_) => js
-            .create_key_value(async_nats::jetstream::kv::Config {
-                bucket: bucket.to_string(),
-                history: 1,
-                num_replicas: 3,
-                storage: async_nats::jetstream::stream::StorageType::Memory,
-                ..Default::default()
-            })
-            .await
-            .expect("create bucket"),
+    settle("open bucket", || async {
+        if let Ok(kv) = js.get_key_value(bucket).await {
+            return Ok(kv);
+        }
+        js.create_key_value(async_nats::jetstream::kv::Config {
+            bucket: bucket.to_string(),
+            history: 1,
+            num_replicas: 3,
+            storage: async_nats::jetstream::stream::StorageType::Memory,
+            ..Default::default()
+        })
+        .await
+    })
+    .await
+}
+
+/// Retries a KV write for a few seconds: right after an R3 bucket is created, its stream may not
+/// have a leader yet and JetStream answers "stream not found".
+async fn settle<T, E: std::fmt::Debug, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{what}: {e:?}, retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{what}: {e:?}"),
+        }
     }
 }
 
@@ -44,7 +67,7 @@ async fn register(
     });
     let key = gatehouse_shared::store::encode_key("service-registry", &plain);
     let value = gatehouse_shared::store::encode_value(&plain, svc.to_string().as_bytes(), None);
-    kv.put(key, value).await.expect("register");
+    settle("register", || kv.put(key.clone(), value.clone())).await;
 }
 
 fn registry_yaml(cluster: &NatsCluster) -> String {
@@ -86,7 +109,7 @@ async fn registry_changes_reach_every_gateway_node() {
             (&one, "one")
         };
         register(&kv, "com.owncloud.web.ocdav", "ocdav-1", target.addr()).await;
-        let t0 = Instant::now();
+        let t0 = Instant::now(); // after NATS acknowledged the write
         for n in [&a, &b] {
             let seen = gatehouse_tests::wait_until(Duration::from_secs(5), || async {
                 get(&n.url("/status.php")).await.text() == name
@@ -121,16 +144,17 @@ async fn state_store_changes_are_seen_by_every_gateway_node() {
     let mut lags = Vec::new();
     for i in 0..40 {
         let key = format!("probe-{}", i % 4);
-        let t0 = Instant::now();
         let expect_present = i % 2 == 0;
         let raw_key = gatehouse_shared::store::encode_key("", &key);
         if expect_present {
             let value =
                 gatehouse_shared::store::encode_value(&key, format!("v{i}").as_bytes(), None);
-            kv.put(raw_key, value).await.unwrap();
+            settle("put", || kv.put(raw_key.clone(), value.clone())).await;
         } else {
-            kv.delete(raw_key).await.unwrap();
+            settle("delete", || kv.delete(raw_key.clone())).await;
         }
+        // From the moment NATS acknowledged the write: what is measured is propagation.
+        let t0 = Instant::now();
         for n in [&a, &b] {
             let url = n.debug_url(&format!("/debug/state/{key}"));
             let want = format!("v{i}");
