@@ -384,7 +384,7 @@ pub static SECTIONS: &[Section] = &[
             set("service_registry.bucket", &["PROXY_SERVICE_REGISTRY_BUCKET"], string!(service_registry.bucket),
                 "Key-value bucket the oCIS services register in."),
             set("upstream.connect_timeout", &["PROXY_UPSTREAM_CONNECT_TIMEOUT"], duration!(upstream.connect_timeout),
-                "Time allowed to open a connection to a backend. Must be positive."),
+                "Time allowed to open a connection to a backend: name resolution, TCP connect and, for https backends, the TLS handshake. Must be positive."),
             set("upstream.response_header_timeout", &["PROXY_UPSTREAM_RESPONSE_HEADER_TIMEOUT"],
                 duration!(upstream.response_header_timeout),
                 "Time a backend has to send its response head after the request was sent. Must be positive."),
