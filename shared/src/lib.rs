@@ -2,7 +2,9 @@
 //! security headers and the state-store abstraction (with its in-process implementations) live
 //! here so that they can be unit-tested without a network.
 
+pub mod auth;
 pub mod config;
 pub mod routing;
 pub mod security;
 pub mod store;
+pub mod token;

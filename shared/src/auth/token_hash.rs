@@ -1,0 +1,1 @@
+//! Placeholder: filled in by the identity work of issue 3.

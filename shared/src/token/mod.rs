@@ -1,0 +1,1 @@
+//! Placeholder: the reva-format x-access-token (issue 3).
