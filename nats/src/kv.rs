@@ -97,6 +97,9 @@ struct Inner {
     feed: broadcast::Sender<Change>,
 }
 
+/// Pause between attempts to start the change watch while a new bucket settles.
+const WATCH_RETRY: Duration = Duration::from_millis(100);
+
 impl NatsKvStore {
     /// Connects, opens (or creates) the bucket and starts the change watch.
     pub async fn connect(opts: NatsKvOptions) -> Result<NatsKvStore, StoreError> {
@@ -136,9 +139,24 @@ impl NatsKvStore {
             op_timeout: opts.op_timeout,
             feed,
         });
-        // The watch exists before `connect` returns: nothing written afterwards is missed.
-        let start = inner.next_revision().await?;
-        let watch = inner.watch_from(start).await?;
+        // The watch exists before `connect` returns: nothing written afterwards is missed. Right
+        // after a replicated bucket is created its stream may not answer consumer requests yet, so
+        // the first attempts are retried within the start-up window.
+        let deadline = tokio::time::Instant::now() + connect::STARTUP_TIMEOUT;
+        let (start, watch) = loop {
+            let attempt = async {
+                let start = inner.next_revision().await?;
+                Ok::<_, StoreError>((start, inner.watch_from(start).await?))
+            };
+            match attempt.await {
+                Ok(ok) => break ok,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "change watch not ready yet, retrying");
+                    tokio::time::sleep(WATCH_RETRY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         // Make sure our server has the watch's subscription before anyone is told we are ready.
         let _ = tokio::time::timeout(connect::STARTUP_TIMEOUT, inner.client.flush()).await;
         let watch_task = tokio::spawn(run_watch(inner.clone(), watch, start)).abort_handle();
