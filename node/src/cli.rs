@@ -162,6 +162,7 @@ fn deep_check(config: &Config) -> Vec<String> {
     if let Err(err) = gatehouse_node::proxy::tls::client_config(config.insecure_backends, ca_file) {
         problems.push(err.to_string());
     }
+    problems.extend(gatehouse_node::pipeline::identity_problems(config));
     problems
 }
 

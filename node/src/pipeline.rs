@@ -10,6 +10,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 
+use gatehouse_shared::auth::roles::{RoleDriver, RoleMapper};
+use gatehouse_shared::auth::spaces::SpaceClaimMapper;
 use gatehouse_shared::config::Config;
 
 use crate::context::Body;
@@ -56,6 +58,37 @@ pub enum PipelineError {
     /// Names `backend_https_cacert` when that file is the cause.
     #[error(transparent)]
     UpstreamTls(#[from] UpstreamTlsError),
+    /// Role assignment or claim-managed spaces are misconfigured (one problem per line).
+    #[error("{}", .0.join("\n"))]
+    Identity(Vec<String>),
+}
+
+/// Configuration problems of role assignment and claim-managed spaces, each naming its key.
+/// Checked at start-up and by `gatehouse config check`, although authentication (which uses
+/// them) is not on the request path yet.
+pub fn identity_problems(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let roles = &config.role_assignment;
+    let mappings: Vec<(&str, &str)> = roles
+        .oidc_role_mapper
+        .role_mapping
+        .iter()
+        .map(|m| (m.role_name.as_str(), m.claim_value.as_str()))
+        .collect();
+    let mapper = roles
+        .driver
+        .parse::<RoleDriver>()
+        .and_then(|driver| RoleMapper::new(driver, &roles.oidc_role_mapper.role_claim, &mappings));
+    if let Err(e) = mapper {
+        problems.push(format!("role_assignment: {e}"));
+    }
+    let spaces = &config.claim_space_management;
+    if spaces.enabled
+        && let Err(e) = SpaceClaimMapper::new(&spaces.claim, &spaces.regexp, &spaces.mapping)
+    {
+        problems.push(format!("claim_space_management: {e}"));
+    }
+    problems
 }
 
 impl PipelineParts {
@@ -64,6 +97,10 @@ impl PipelineParts {
         registry: Option<Arc<dyn ServiceNodes>>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PipelineError> {
+        let identity = identity_problems(config);
+        if !identity.is_empty() {
+            return Err(PipelineError::Identity(identity));
+        }
         let policies = effective_policies(&config.policies, &config.additional_policies);
         let router = Router::new(&policies, config.policy_selector.as_ref())?;
         let csp_path = (!config.csp_config_file_location.is_empty())

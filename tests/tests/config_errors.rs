@@ -138,3 +138,23 @@ fn unreadable_backend_ca_file_is_reported_by_config_check() {
     );
     assert_clean_failure(&out, "backend_https_cacert");
 }
+
+#[test]
+fn role_and_space_mapping_mistakes_stop_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "role_assignment:\n  driver: oidc\n  oidc_role_mapper:\n    role_claim: roles\n    role_mapping:\n      - role_name: superuser\n        claim_value: admins\n",
+    );
+    let out = run_cli(&["--config", &f, "config", "check"], &[]);
+    assert_clean_failure(&out, "role_assignment");
+    let out = run_cli(&["--config", &f, "server"], &[("PROXY_TLS", "false")]);
+    assert_clean_failure(&out, "superuser");
+
+    let f = write(
+        &dir,
+        "claim_space_management:\n  enabled: true\n  claim: spaces\n  regexp: 'spaces-(.*)'\n  mapping: ['a:viewer']\n",
+    );
+    let out = run_cli(&["--config", &f, "config", "check"], &[]);
+    assert_clean_failure(&out, "claim_space_management");
+}
