@@ -70,20 +70,35 @@ async fn register(
     settle("register", || kv.put(key.clone(), value.clone())).await;
 }
 
-fn registry_yaml(cluster: &NatsCluster) -> String {
-    let addrs: Vec<String> = cluster
+/// The cluster's client URLs as a YAML flow list body: `"nats://…", "nats://…"`.
+fn nats_addresses(cluster: &NatsCluster) -> String {
+    let quoted: Vec<String> = cluster
         .client_urls()
         .iter()
         .map(|u| format!("\"{u}\""))
         .collect();
+    quoted.join(", ")
+}
+
+fn registry_yaml(cluster: &NatsCluster) -> String {
     format!(
         "service_registry:\n  enabled: true\n  addresses: [{}]\n",
-        addrs.join(", ")
+        nats_addresses(cluster)
     )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Reports p50/p99 of how long changes took to reach both gateway nodes and bounds the p99.
+/// The bound is looser than the store-level 100 ms: each sample includes HTTP requests through
+/// a gateway on a shared 2-core machine.
+fn assert_propagation(what: &str, mut lags: Vec<Duration>) {
+    lags.sort();
+    let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
+    eprintln!("{what} visible on both gateway nodes: p50 {p50:?}, p99 {p99:?}");
+    assert!(p99 < Duration::from_millis(250), "{what}: p99 {p99:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,23 +134,15 @@ async fn registry_changes_reach_every_gateway_node() {
         }
         lags.push(t0.elapsed());
     }
-    lags.sort();
-    let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
-    eprintln!("registry change visible on both gateway nodes: p50 {p50:?}, p99 {p99:?}");
-    assert!(p99 < Duration::from_millis(250), "p99 {p99:?}");
+    assert_propagation("registry change", lags);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_store_changes_are_seen_by_every_gateway_node() {
     let cluster = NatsCluster::start(3);
-    let addrs: Vec<String> = cluster
-        .client_urls()
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect();
     let yaml = format!(
         "state_store:\n  store: nats-js-kv\n  addresses: [{}]\n  replicas: 3\n",
-        addrs.join(", ")
+        nats_addresses(&cluster)
     );
     let a = GatehouseNode::start(&yaml).await;
     let b = GatehouseNode::start(&yaml).await;
@@ -171,24 +178,16 @@ async fn state_store_changes_are_seen_by_every_gateway_node() {
         }
         lags.push(t0.elapsed());
     }
-    lags.sort();
-    let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
-    eprintln!("state change visible on both gateway nodes: p50 {p50:?}, p99 {p99:?}");
-    assert!(p99 < Duration::from_millis(250), "p99 {p99:?}");
+    assert_propagation("state change", lags);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_loss_never_stalls_requests_and_readiness_follows_nats() {
     let mut cluster = NatsCluster::start(3);
     let up = Upstream::start("up").await;
-    let addrs: Vec<String> = cluster
-        .client_urls()
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect();
     let yaml = format!(
         "state_store:\n  store: nats-js-kv\n  addresses: [{}]\n  replicas: 3\npolicies:\n  - name: ocis\n    routes:\n      - endpoint: /up\n        backend: {}\n        unprotected: true\n",
-        addrs.join(", "),
+        nats_addresses(&cluster),
         up.url()
     );
     let node = GatehouseNode::start_with(NodeOptions::new(&yaml)).await;
