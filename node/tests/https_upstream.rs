@@ -1,6 +1,8 @@
 //! The reverse proxy against `https` upstreams: small hyper servers behind rustls with rcgen
 //! certificates, the gateway built from a `Config` the way the binary builds it.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::Write;
@@ -142,17 +144,7 @@ async fn tls_upstream(config: ServerConfig) -> Upstream {
 fn answer(mut req: Request<Incoming>, sni: &str, alpn: &str) -> Response<Full<Bytes>> {
     if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
         let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let mut io = TokioIo::new(on.await.unwrap());
-            let mut buf = [0u8; 64];
-            loop {
-                let n = io.read(&mut buf).await.unwrap_or(0);
-                if n == 0 {
-                    return;
-                }
-                io.write_all(&buf[..n]).await.unwrap();
-            }
-        });
+        common::spawn_upgraded_echo(on);
         return Response::builder()
             .status(101)
             .header("connection", "upgrade")

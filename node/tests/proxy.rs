@@ -1,6 +1,8 @@
 //! The server, pipeline and reverse proxy over real sockets on 127.0.0.1, against small hyper
 //! upstreams started by each test.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -412,17 +414,7 @@ async fn slow_upstream_is_504() {
 async fn upgrade_is_bridged() {
     let up = spawn_upstream(|mut req: Request<Incoming>| async move {
         let on = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let mut io = TokioIo::new(on.await.unwrap());
-            let mut buf = [0u8; 64];
-            loop {
-                let n = io.read(&mut buf).await.unwrap_or(0);
-                if n == 0 {
-                    return;
-                }
-                io.write_all(&buf[..n]).await.unwrap();
-            }
-        });
+        common::spawn_upgraded_echo(on);
         Response::builder()
             .status(101)
             .header("connection", "upgrade")
