@@ -40,6 +40,7 @@ impl Config {
         mask(&mut c.machine_auth_api_key);
         mask(&mut c.service_account.service_account_secret);
         mask(&mut c.events.password);
+        mask(&mut c.token_manager.jwt_secret);
         mask_store(&mut c.oidc.user_info_cache);
         mask_store(&mut c.pre_signed_url.signing_keys);
         mask_store(&mut c.state_store);

@@ -234,7 +234,7 @@ pub static SECTIONS: &[Section] = &[
         gatehouse: false,
         settings: &[
             set("account_backend", &["PROXY_ACCOUNT_BACKEND_TYPE"], string!(account_backend),
-                "User backend. oCIS knows only `cs3`; `graph` and `builtin` are reserved for later Gatehouse work."),
+                "Where users and groups live: `builtin` (in the state store, shared by the cluster) or `graph` (an oCIS LibreGraph service at `graph.url`). oCIS's `cs3` is accepted as a name for `graph`."),
             set("user_oidc_claim", &["PROXY_USER_OIDC_CLAIM"], string!(user_oidc_claim),
                 "Claim identifying the user (dotted path allowed, `\\.` escapes a dot)."),
             set("user_cs3_claim", &["PROXY_USER_CS3_CLAIM"], string!(user_cs3_claim),
@@ -265,11 +265,11 @@ pub static SECTIONS: &[Section] = &[
             set("policies_middleware.query", &["PROXY_POLICIES_QUERY"], string!(policies_middleware.query),
                 "Rego query of the policies service; empty disables the policy check."),
             set("service_account.service_account_id", &["OCIS_SERVICE_ACCOUNT_ID", "PROXY_SERVICE_ACCOUNT_ID"],
-                string!(service_account.service_account_id), "Service account id. Not yet required by Gatehouse."),
+                string!(service_account.service_account_id), "Service account id; the `graph` backend calls LibreGraph as this user."),
             set("service_account.service_account_secret",
                 &["OCIS_SERVICE_ACCOUNT_SECRET", "PROXY_SERVICE_ACCOUNT_SECRET"],
                 string!(service_account.service_account_secret),
-                "Service account secret. Not yet required by Gatehouse. Secret: masked in dumps."),
+                "Service account secret. Secret: masked in dumps."),
             set("reva.address", &["OCIS_REVA_GATEWAY"], string!(reva.address), "CS3 gateway (registry name or `host:port`)."),
             set("reva.tls.mode", &["OCIS_GRPC_CLIENT_TLS_MODE"], string!(reva.tls.mode),
                 "TLS towards the gateway: `off`, `insecure` or `on`."),
@@ -419,6 +419,25 @@ pub static SECTIONS: &[Section] = &[
                 "JetStream replicas of the bucket when Gatehouse creates it (1 to 5; use 3 on a 3-node NATS cluster)."),
             set("state_store.op_timeout", &["PROXY_STATE_STORE_OP_TIMEOUT"], duration!(state_store.op_timeout),
                 "Deadline of one store operation on the request path. Must be positive."),
+        ],
+    },
+    Section {
+        title: "Account backends and backend tokens",
+        intro: "Gatehouse resolves accounts itself instead of asking a reva gateway, and mints the `x-access-token` \
+                backends receive with the shared JWT secret.",
+        gatehouse: true,
+        settings: &[
+            set("graph.url", &["PROXY_GRAPH_URL"], string!(graph.url),
+                "LibreGraph base URL (up to `/graph`) for `account_backend: graph`."),
+            set("graph.timeout", &["PROXY_GRAPH_TIMEOUT"], duration!(graph.timeout),
+                "Time allowed for one LibreGraph call. Must be positive."),
+            set("builtin_accounts.seed_file", &["PROXY_BUILTIN_ACCOUNTS_FILE"], string!(builtin_accounts.seed_file),
+                "YAML file of users and groups the `builtin` backend creates at start-up when they are missing."),
+            set("token_manager.jwt_secret", &["OCIS_JWT_SECRET", "PROXY_JWT_SECRET"], string!(token_manager.jwt_secret),
+                "HS256 secret of the `x-access-token` shared with the backends. Empty: a random secret per process \
+                 (a warning is logged; backends cannot verify such tokens). Secret: masked in dumps."),
+            set("token_manager.token_lifetime", &["PROXY_JWT_TOKEN_LIFETIME"], duration!(token_manager.token_lifetime),
+                "Lifetime of a minted `x-access-token`. Must be positive."),
         ],
     },
     Section {

@@ -56,6 +56,39 @@ pub struct Config {
     /// Cluster-wide state shared by all nodes (group-sync marks, provisioning leases, …).
     pub state_store: StoreConfig,
     pub upstream: Upstream,
+    /// The LibreGraph service used by the `graph` account backend.
+    pub graph: Graph,
+    /// Users and groups of the `builtin` account backend.
+    pub builtin_accounts: BuiltinAccounts,
+    /// The secret the `x-access-token` for backends is signed with (oCIS `token_manager`).
+    pub token_manager: TokenManager,
+}
+
+/// Where the `graph` account backend reaches LibreGraph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Graph {
+    /// Base URL up to and including `/graph`; requests go to `<url>/v1.0/...`.
+    pub url: String,
+    /// Time allowed for one call to LibreGraph.
+    pub timeout: GoDuration,
+}
+
+/// The `builtin` account backend keeps users and groups in the state store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuiltinAccounts {
+    /// YAML file with users and groups created at start-up when missing; empty: none.
+    pub seed_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenManager {
+    /// HS256 secret shared with the backends (`OCIS_JWT_SECRET`).
+    pub jwt_secret: String,
+    /// Lifetime of a minted `x-access-token`.
+    pub token_lifetime: GoDuration,
 }
 
 /// Upper bound of `http.workers`: each worker is an OS thread with its own runtime and pool.
@@ -302,7 +335,7 @@ impl Default for Config {
             additional_policies: Vec::new(),
             policy_selector: None,
             pre_signed_url: PreSignedUrl::default(),
-            account_backend: "cs3".into(),
+            account_backend: "builtin".into(),
             user_oidc_claim: "preferred_username".into(),
             user_cs3_claim: "username".into(),
             machine_auth_api_key: String::new(),
@@ -329,6 +362,35 @@ impl Default for Config {
                 ..StoreConfig::default()
             },
             upstream: Upstream::default(),
+            graph: Graph::default(),
+            builtin_accounts: BuiltinAccounts::default(),
+            token_manager: TokenManager::default(),
+        }
+    }
+}
+
+impl Default for Graph {
+    fn default() -> Self {
+        Graph {
+            url: "http://127.0.0.1:9120/graph".into(),
+            timeout: GoDuration::secs(10),
+        }
+    }
+}
+
+impl Default for BuiltinAccounts {
+    fn default() -> Self {
+        BuiltinAccounts {
+            seed_file: String::new(),
+        }
+    }
+}
+
+impl Default for TokenManager {
+    fn default() -> Self {
+        TokenManager {
+            jwt_secret: String::new(),
+            token_lifetime: GoDuration::secs(3600),
         }
     }
 }

@@ -442,7 +442,7 @@ fn defaults_dump_round_trips_and_shows_ocis_defaults() {
         "  op_timeout: 200ms",
         "  access_token_verify_method: jwt",
         "  bucket: service-registry",
-        "account_backend: cs3",
+        "account_backend: builtin",
     ] {
         assert!(yaml.contains(line), "{line:?} missing from:\n{yaml}");
     }

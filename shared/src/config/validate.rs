@@ -165,6 +165,26 @@ fn accounts(config: &mut Config, p: &mut Problems<'_>) {
             ),
         );
     }
+    if matches!(config.account_backend.as_str(), "cs3" | "graph") {
+        let url = &config.graph.url;
+        if !(url.starts_with("http://") || url.starts_with("https://"))
+            || url.len() <= "https://".len()
+        {
+            p.add(
+                "graph.url",
+                format!(
+                    "{url:?} is not an http(s) URL (required by account_backend: {})",
+                    config.account_backend
+                ),
+            );
+        }
+    }
+    if config.graph.timeout.is_zero() {
+        p.add("graph.timeout", "must be positive");
+    }
+    if config.token_manager.token_lifetime.is_zero() {
+        p.add("token_manager.token_lifetime", "must be positive");
+    }
     if !["username", "mail", "userid"].contains(&config.user_cs3_claim.as_str()) {
         p.add(
             "user_cs3_claim",

@@ -43,6 +43,10 @@ pub struct RouteConfig {
     /// Requests on this route skip proxy authentication.
     #[serde(default)]
     pub unprotected: bool,
+    /// Gatehouse addition: with `mfa.enabled`, an authenticated request whose `acr` claim is not
+    /// one of `mfa.auth_level_name` is refused with 403 and `X-Ocis-Mfa-Required: true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_mfa: bool,
 }
 
 /// How a route's endpoint is matched. YAML: `prefix` (also empty), `query`, `regex`.
