@@ -33,6 +33,8 @@ pub struct RouteInfo {
     pub unprotected: bool,
     /// The upstream gets the backend's authority as `Host`.
     pub apache_vhost: bool,
+    /// Refuse the request unless the user's `acr` claim shows step-up authentication.
+    pub require_mfa: bool,
     /// `policy/endpoint`, for logs and the access log.
     pub label: String,
     /// Where the proxy sends the request.
@@ -104,6 +106,7 @@ fn route_info(m: &RouteMatch<'_>) -> Result<RouteInfo, UpstreamUrlError> {
         target: m.target.clone(),
         unprotected: m.unprotected,
         apache_vhost: m.apache_vhost,
+        require_mfa: m.require_mfa,
         label: format!("{}/{}", m.policy, m.endpoint),
         upstream,
     })

@@ -1,7 +1,10 @@
 //! Identity logic that needs no network: reading claims by dotted paths, the cache key of a
-//! bearer token, role assignment from claims, and claim-managed space memberships.
+//! bearer token, role assignment from claims, claim-managed space memberships, step-up checks
+//! and the 401 answer.
 
+pub mod challenge;
 pub mod claims;
+pub mod mfa;
 pub mod roles;
 pub mod spaces;
 pub mod token_hash;

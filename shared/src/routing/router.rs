@@ -118,6 +118,8 @@ pub struct RouteMatch<'a> {
     pub unprotected: bool,
     /// Send the upstream authority as the `Host` header.
     pub apache_vhost: bool,
+    /// Step-up authentication is required (Gatehouse addition).
+    pub require_mfa: bool,
     pub endpoint: &'a str,
 }
 
@@ -140,6 +142,7 @@ struct CompiledRoute {
     target: Target,
     unprotected: bool,
     apache_vhost: bool,
+    require_mfa: bool,
 }
 
 /// Route indexes of one type, generic and per method, in configuration order.
@@ -377,6 +380,7 @@ fn compile_route(
         target: target?,
         unprotected: route.unprotected,
         apache_vhost: route.apache_vhost,
+        require_mfa: route.require_mfa,
     })
 }
 
@@ -519,6 +523,7 @@ fn route_match<'a>(policy: &'a CompiledPolicy, route: &'a CompiledRoute) -> Rout
         target: &route.target,
         unprotected: route.unprotected,
         apache_vhost: route.apache_vhost,
+        require_mfa: route.require_mfa,
         endpoint: &route.endpoint,
     }
 }
