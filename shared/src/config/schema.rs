@@ -75,7 +75,7 @@ pub struct Graph {
 }
 
 /// The `builtin` account backend keeps users and groups in the state store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuiltinAccounts {
     /// YAML file with users and groups created at start-up when missing; empty: none.
@@ -374,14 +374,6 @@ impl Default for Graph {
         Graph {
             url: "http://127.0.0.1:9120/graph".into(),
             timeout: GoDuration::secs(10),
-        }
-    }
-}
-
-impl Default for BuiltinAccounts {
-    fn default() -> Self {
-        BuiltinAccounts {
-            seed_file: String::new(),
         }
     }
 }
