@@ -15,12 +15,17 @@
 // - The signing key is RSA, identified by `IDP_KID` (default `k1`). With `IDP_KEYS_FILE` keys are
 //   kept in that file by kid, so restarting with the same kid reuses the key and restarting with
 //   another kid is a key rotation. `IDP_EXTRA_KIDS` (comma separated) publishes further keys in the
-//   JWKS without signing with them (rotation with overlap).
+//   JWKS without signing with them (rotation with overlap). `IDP_STORE_SIZE` bounds the in-memory
+//   store (default 200000 entries; the oldest tokens and grants are dropped beyond it).
 // - `/__admin/*` lets tests count requests per path and inject failures (status, Retry-After,
 //   delay) in front of the provider's own routes.
 //
 // Usage: node provider.mjs <port>
 import Provider, { errors } from 'oidc-provider';
+// Internals of the exactly pinned version: the in-memory store keeps only 1000 entries (about 330
+// password-grant JWTs with grant and twin), too few for load tests.
+import { setStorage } from 'oidc-provider/lib/adapters/memory_adapter.js';
+import LRU from 'oidc-provider/lib/helpers/lru.js';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 
@@ -177,6 +182,7 @@ const config = {
   ttl: { AccessToken: 600, IdToken: 600, AuthorizationCode: 60, Interaction: 600, Session: 3600, Grant: 3600, ClientCredentials: 600 },
 };
 
+setStorage(new LRU({ maxSize: Number(process.env.IDP_STORE_SIZE) || 200000 }));
 const provider = new Provider(issuer, config);
 
 // ---- resource-owner password grant ---------------------------------------------------------
@@ -233,6 +239,7 @@ provider.registerGrantType('password', async (ctx) => {
   if (resource) {
     const { exp } = JSON.parse(Buffer.from(accessToken.split('.')[1], 'base64url').toString('utf8'));
     OPAQUE_TWIN.set(accessToken, { opaque: await newAccessToken().save(), exp });
+    if (OPAQUE_TWIN.size % 1000 === 0) for (const jwt of OPAQUE_TWIN.keys()) twinFor(jwt);
   }
 
   const idClaims = { sub: username, ...user.claims };
