@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole Gatehouse test suite on a fresh Debian machine: installs every tool the tests
-# start (nginx, wrk, nats-server), checks formatting and lints, builds, and runs all tests.
+# start (nginx, wrk, nats-server, node with the test OpenID provider), checks formatting and
+# lints, builds, and runs all tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -29,6 +30,25 @@ fi
 export GATEHOUSE_NATS_SERVER=$tools/venv/bin/nats-server
 export GATEHOUSE_NGINX=/usr/sbin/nginx
 "$GATEHOUSE_NATS_SERVER" --version
+
+# Node.js and the test OpenID provider (npm oidc-provider, pinned by tests/idp/package-lock.json).
+# oidc-provider 9 needs crypto.hash (Node >= 20.12); Debian bookworm's own nodejs is 18.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+if ! node -e 'process.exit(typeof require("node:crypto").hash === "function" ? 0 : 1)'; then
+  echo "node $(node --version) is too old for oidc-provider 9: install Node.js >= 20.12 (e.g. NodeSource)" >&2
+  exit 1
+fi
+idp=$root/tests/idp
+idp_stamp=$idp/node_modules/.gatehouse-lock.sha256
+idp_lock=$(sha256sum "$idp/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$idp_stamp" 2>/dev/null)" != "$idp_lock" ]; then
+  (cd "$idp" && npm ci --no-audit --no-fund)
+  echo "$idp_lock" >"$idp_stamp"
+fi
+export GATEHOUSE_NODE=$(command -v node)
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest

@@ -8,8 +8,10 @@
 //! - [`lb`] nginx as a load balancer in front of nodes (and as the baseline proxy for benchmarks).
 //! - [`client`] a small HTTP client for assertions.
 //! - [`nats`] a real nats-server JetStream cluster.
+//! - [`idp`] a real OpenID provider (npm `oidc-provider`) with a password grant and test controls.
 
 pub mod client;
+pub mod idp;
 pub mod lb;
 pub mod nats;
 pub mod node;
