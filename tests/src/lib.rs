@@ -8,8 +8,10 @@
 //! - [`lb`] nginx as a load balancer in front of nodes (and as the baseline proxy for benchmarks).
 //! - [`client`] a small HTTP client for assertions.
 //! - [`nats`] a real nats-server JetStream cluster.
+//! - [`graph`] an in-memory LibreGraph (oCIS graph service) stand-in that records its calls.
 
 pub mod client;
+pub mod graph;
 pub mod lb;
 pub mod nats;
 pub mod node;
