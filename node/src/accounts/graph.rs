@@ -323,7 +323,7 @@ impl Directory for GraphDirectory {
             LookupKind::Username => self.get_user(value).await?.filter(|u| {
                 u.on_premises_sam_account_name
                     .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(value) || n == value)
+                    .is_some_and(|n| n.to_lowercase() == value.to_lowercase())
             }),
             LookupKind::Mail => {
                 let mut matching: Vec<GraphUser> = self
