@@ -827,3 +827,27 @@ fn settings_from_config() {
         BackendKind::Builtin
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_left_by_a_crashed_node_delays_provisioning_only_until_the_wait_ends() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    store
+        .create(
+            "provision:marie",
+            Bytes::from_static(b"crashed-node"),
+            Some(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let events = Arc::new(Recorder::default());
+    let resolver = AccountResolver::new(settings(true), store, events.clone())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let resolved = resolver.resolve(&marie(Value::Null), KEEP).await.unwrap();
+    let waited = started.elapsed();
+    assert!(resolved.created);
+    assert!(waited >= Duration::from_secs(5), "{waited:?}");
+    assert!(waited < Duration::from_secs(6), "{waited:?}");
+    assert_eq!(events.count("UserCreated"), 1);
+}
