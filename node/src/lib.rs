@@ -9,8 +9,10 @@
 //! - [`error`] is the single place where a failure becomes an HTTP response.
 //! - [`state`] opens the store shared with peer nodes (memory, noop, NATS JetStream KV).
 //! - [`telemetry`] logging and metrics; [`debug`] the debug server; [`health`] liveness/readiness state.
+//! - [`accounts`] claims → account: directory backends (LibreGraph, builtin), provisioning, group sync, roles.
 //! - [`context`] the per-connection and per-request facts the layers share.
 
+pub mod accounts;
 pub mod context;
 pub mod debug;
 pub mod error;

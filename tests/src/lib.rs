@@ -9,8 +9,10 @@
 //! - [`client`] a small HTTP client for assertions.
 //! - [`nats`] a real nats-server JetStream cluster.
 //! - [`idp`] a real OpenID provider (npm `oidc-provider`) with a password grant and test controls.
+//! - [`graph`] an in-memory LibreGraph (oCIS graph service) stand-in that records its calls.
 
 pub mod client;
+pub mod graph;
 pub mod idp;
 pub mod lb;
 pub mod nats;
