@@ -11,6 +11,7 @@
 //! - [`telemetry`] logging and metrics; [`debug`] the debug server; [`health`] liveness/readiness state.
 //! - [`context`] the per-connection and per-request facts the layers share.
 
+pub mod authn;
 pub mod context;
 pub mod debug;
 pub mod error;
