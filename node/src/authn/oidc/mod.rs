@@ -99,7 +99,11 @@ impl OidcSettings {
                 .collect(),
             skip_user_info: o.skip_user_info,
             jwks_refresh_interval: Duration::from_secs(o.jwks.refresh_interval.saturating_mul(60)),
-            jwks_refresh_timeout: Duration::from_secs(o.jwks.refresh_timeout),
+            // A zero timeout would fail every fetch; fall back to the per-call deadline.
+            jwks_refresh_timeout: Duration::from_secs(match o.jwks.refresh_timeout {
+                0 => 10,
+                t => t,
+            }),
             jwks_refresh_limit: Duration::from_secs(o.jwks.refresh_limit),
             jwks_refresh_unknown_kid: o.jwks.refresh_unknown_kid,
             user_info_ttl: o.user_info_cache.ttl.as_duration(),
