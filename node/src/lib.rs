@@ -9,10 +9,12 @@
 //! - [`error`] is the single place where a failure becomes an HTTP response.
 //! - [`state`] opens the store shared with peer nodes (memory, noop, NATS JetStream KV).
 //! - [`telemetry`] logging and metrics; [`debug`] the debug server; [`health`] liveness/readiness state.
+//! - [`authn`] authenticators (OIDC bearer tokens: discovery, JWKS, userinfo, claims cache).
 //! - [`accounts`] claims → account: directory backends (LibreGraph, builtin), provisioning, group sync, roles.
 //! - [`context`] the per-connection and per-request facts the layers share.
 
 pub mod accounts;
+pub mod authn;
 pub mod context;
 pub mod debug;
 pub mod error;
