@@ -46,6 +46,8 @@ const MIN_RETRY_ACK_WAIT: Duration = Duration::from_millis(1);
 /// Pause after a fast failure (no responders, JetStream error), doubling up to the maximum.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+/// Bound of the stream look-up and creation (JetStream API requests).
+const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the task re-checks the connection while waiting for it.
 const CONNECTION_POLL: Duration = Duration::from_millis(250);
 
@@ -394,7 +396,12 @@ async fn run(shared: Arc<Shared>, opts: EventPublisherOptions, addrs: Vec<async_
         let (id, event_type, bytes) = shared.head().await;
         shared.wait_connected().await;
         if !stream_ready {
-            match ensure_stream(&js, &opts.stream).await {
+            // The context's timeout is sized for acknowledgements; a request sent just as the
+            // connection drops must not hold the queue for that long.
+            let ensured = tokio::time::timeout(API_TIMEOUT, ensure_stream(&js, &opts.stream))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {API_TIMEOUT:?}")));
+            match ensured {
                 Ok(()) => stream_ready = true,
                 Err(e) => {
                     tracing::debug!(error = %e, "event stream not ready yet");
