@@ -5,11 +5,18 @@
 //!   Wrap it in [`gatehouse_shared::store::NearCache`] on the request path.
 //! - [`registry::ServiceRegistry`]: the oCIS go-micro service registry, mirrored in memory from a
 //!   KV watch so that resolving a service never waits for the network.
+//! - [`EventPublisher`]: the oCIS event bus producer (JetStream `main-queue`), fed through a
+//!   bounded queue so that raising an event never waits for the network.
 
 mod connect;
+mod events;
 mod kv;
 pub mod registry;
 
 pub use connect::ConnectError;
+pub use events::{
+    DEFAULT_ACK_TIMEOUT, DEFAULT_CAPACITY, EventPublisher, EventPublisherError,
+    EventPublisherOptions, EventTls, StreamSetup,
+};
 pub use kv::{NatsKvOptions, NatsKvStore};
 pub use registry::ServiceRegistry;
