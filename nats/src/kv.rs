@@ -219,10 +219,16 @@ async fn run_watch(inner: Arc<Inner>, mut watch: kv::Watch, start: u64) {
 
 fn map_publish_error(key: &str, e: &jetstream::context::PublishError) -> StoreError {
     use jetstream::context::PublishErrorKind as K;
-    match e.kind() {
-        K::WrongLastSequence => StoreError::Conflict {
+    // Newer servers answer a failed "expected last subject sequence 0" with error code 10164
+    // ("wrong last sequence: N"), which async-nats does not map to `WrongLastSequence`.
+    let wrong_sequence = e.kind() == K::WrongLastSequence
+        || (e.kind() == K::Other && e.to_string().contains("wrong last sequence"));
+    if wrong_sequence {
+        return StoreError::Conflict {
             key: key.to_owned(),
-        },
+        };
+    }
+    match e.kind() {
         K::MaxPayloadExceeded => StoreError::Invalid(format!("value too large: {e}")),
         _ => StoreError::Unavailable(e.to_string()),
     }

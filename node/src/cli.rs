@@ -20,11 +20,17 @@ use gatehouse_shared::config::{Config, ConfigSource, Loaded, load};
 use gatehouse_shared::routing::{Router, effective_policies};
 use gatehouse_shared::security::Csp;
 
-use gatehouse_nats::ServiceRegistry;
+use gatehouse_nats::{EventPublisher, EventPublisherOptions, ServiceRegistry};
+use gatehouse_node::identity::{Identity, IdentityStores};
+use gatehouse_shared::events::{EventSink, NoopSink};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 const COMMIT: Option<&str> = option_env!("GATEHOUSE_GIT_COMMIT");
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lower bound of the user-info bucket's max-age (see `serve`).
+const USERINFO_BUCKET_MIN_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Time queued events get to reach NATS when the node stops.
+const EVENT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(
@@ -162,7 +168,7 @@ fn deep_check(config: &Config) -> Vec<String> {
     if let Err(err) = gatehouse_node::proxy::tls::client_config(config.insecure_backends, ca_file) {
         problems.push(err.to_string());
     }
-    problems.extend(gatehouse_node::pipeline::identity_problems(config));
+    problems.extend(gatehouse_node::identity::config_problems(config));
     problems
 }
 
@@ -315,6 +321,63 @@ async fn serve(config: Config) -> ExitCode {
         )))
     };
 
+    // The user-info bucket outlives the oCIS cache TTL: every entry carries its own expiry (the
+    // token's), so the bucket's max-age only bounds what servers without per-key TTL keep.
+    let mut userinfo_cfg = config.oidc.user_info_cache.clone();
+    userinfo_cfg.ttl.0 = userinfo_cfg.ttl.0.max(USERINFO_BUCKET_MIN_AGE);
+    let userinfo_store = match gatehouse_node::state::open(
+        "user-info cache",
+        &userinfo_cfg,
+        metrics.clone(),
+        &health,
+    )
+    .await
+    {
+        Ok(store) => store,
+        Err(err) => {
+            eprintln!(
+                "gatehouse: oidc.user_info_cache: cannot open the {} store at {}: {err}",
+                userinfo_cfg.store,
+                userinfo_cfg.addresses.join(",")
+            );
+            shutdown.cancel();
+            return ExitCode::FAILURE;
+        }
+    };
+    let publisher = match EventPublisherOptions::from_config(&config.events) {
+        None => None,
+        Some(opts) => match EventPublisher::start(opts) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(err) => {
+                eprintln!("gatehouse: events.endpoint: {err}");
+                shutdown.cancel();
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let sink: Arc<dyn EventSink> = match &publisher {
+        Some(p) => p.clone(),
+        None => Arc::new(NoopSink),
+    };
+    let identity = match Identity::build(
+        &config,
+        IdentityStores {
+            userinfo: userinfo_store,
+            state: Arc::clone(&state_store),
+        },
+        sink,
+    )
+    .await
+    {
+        Ok(identity) => identity,
+        Err(err) => {
+            eprintln!("gatehouse: {err}");
+            shutdown.cancel();
+            return ExitCode::FAILURE;
+        }
+    };
+    identity.spawn_background(shutdown.clone());
+
     let registry = match connect_registry(&config, &health).await {
         Ok(registry) => registry,
         Err(message) => {
@@ -330,8 +393,18 @@ async fn serve(config: Config) -> ExitCode {
         // The server drains on its own signal handling; the debug server outlives the drain so
         // that `/readyz` reports it.
         shutdown: CancellationToken::new(),
+        identity,
     };
     let result = server::run(Arc::new(config), deps).await;
+    if let Some(p) = &publisher {
+        let deadline = tokio::time::Instant::now() + EVENT_FLUSH_TIMEOUT;
+        if !p.flush(deadline).await {
+            tracing::warn!(
+                pending = p.pending(),
+                "events still queued at exit were not published"
+            );
+        }
+    }
     shutdown.cancel();
     if let Some(task) = debug_task {
         let _ = task.await;

@@ -12,6 +12,11 @@ use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full};
 use tower::{Layer, Service};
 
+use std::time::Duration;
+
+use gatehouse_shared::auth::challenge::WEBDAV_UNAUTHENTICATED_BODY;
+use gatehouse_shared::auth::mfa::MFA_REQUIRED_HEADER;
+
 use crate::context::Body;
 
 /// Why the gateway could not produce the upstream's answer.
@@ -37,15 +42,47 @@ pub enum GatewayError {
         upstream: String,
         after_ms: u128,
     },
+    /// No authenticator accepted the request on a protected route (401 with challenges).
+    #[error("unauthenticated request to {path:?}")]
+    Unauthenticated {
+        path: String,
+        /// `WWW-Authenticate` values, in order.
+        challenges: Vec<String>,
+        /// Answer with the Sabre XML error body (WebDAV method).
+        webdav: bool,
+    },
+    /// The identity provider could not be asked (down, 429, 5xx) and nothing else accepted the
+    /// request. Retryable after `retry_after`.
+    #[error("identity provider unavailable: {reason}")]
+    IdentityUnavailable {
+        reason: String,
+        retry_after: Duration,
+    },
+    /// The user is known but may not do this (no role matches, step-up authentication missing).
+    #[error("forbidden: {reason}")]
+    Forbidden {
+        reason: String,
+        /// Answer with `X-Ocis-Mfa-Required: true`.
+        mfa_required: bool,
+    },
+    /// The account backend failed while resolving or provisioning the user.
+    #[error("account backend failed: {reason}")]
+    AccountBackend { reason: String, retryable: bool },
+    /// A fault of the gateway itself (a bug or an impossible state).
+    #[error("internal error: {reason}")]
+    Internal { reason: String },
 }
 
 impl GatewayError {
     /// Whether the same request may succeed when tried again.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamTimeout { .. }
-        )
+        match self {
+            GatewayError::UpstreamUnavailable { .. }
+            | GatewayError::UpstreamTimeout { .. }
+            | GatewayError::IdentityUnavailable { .. } => true,
+            GatewayError::AccountBackend { retryable, .. } => *retryable,
+            _ => false,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -54,6 +91,14 @@ impl GatewayError {
             GatewayError::NoRoute { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::IdentityUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            GatewayError::AccountBackend {
+                retryable: true, ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::AccountBackend { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -81,8 +126,75 @@ impl GatewayError {
             } => {
                 tracing::warn!(status = status.as_u16(), route = %route, upstream = %upstream, after_ms = *after_ms, "upstream response timeout");
             }
+            // The authenticator already logged why the credentials were refused.
+            GatewayError::Unauthenticated { path, .. } => {
+                tracing::debug!(status = status.as_u16(), path = %path, "unauthenticated");
+            }
+            GatewayError::IdentityUnavailable {
+                reason,
+                retry_after,
+            } => {
+                tracing::warn!(status = status.as_u16(), reason = %reason, retry_after_s = retry_after.as_secs(), "identity provider unavailable");
+            }
+            GatewayError::Forbidden {
+                reason,
+                mfa_required,
+            } => {
+                tracing::warn!(status = status.as_u16(), reason = %reason, mfa_required = *mfa_required, "request forbidden");
+            }
+            GatewayError::AccountBackend { reason, retryable } => {
+                tracing::warn!(status = status.as_u16(), reason = %reason, retryable = *retryable, "account backend failed");
+            }
+            GatewayError::Internal { reason } => {
+                tracing::error!(status = status.as_u16(), reason = %reason, "internal error");
+            }
         }
         let mut resp = match self {
+            GatewayError::Unauthenticated {
+                challenges, webdav, ..
+            } => {
+                let mut r = if webdav {
+                    let mut r = Response::new(full_body(WEBDAV_UNAUTHENTICATED_BODY));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("application/xml; charset=utf-8"),
+                    );
+                    r
+                } else {
+                    Response::new(empty_body())
+                };
+                for c in challenges {
+                    if let Ok(v) = header::HeaderValue::from_str(&c) {
+                        r.headers_mut().append(header::WWW_AUTHENTICATE, v);
+                    }
+                }
+                r
+            }
+            GatewayError::IdentityUnavailable { retry_after, .. } => {
+                let mut r = Response::new(empty_body());
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+                r
+            }
+            GatewayError::AccountBackend {
+                retryable: true, ..
+            } => {
+                let mut r = Response::new(empty_body());
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                r
+            }
+            GatewayError::Forbidden {
+                mfa_required: true, ..
+            } => {
+                let mut r = Response::new(empty_body());
+                r.headers_mut().insert(
+                    MFA_REQUIRED_HEADER,
+                    header::HeaderValue::from_static("true"),
+                );
+                r
+            }
             GatewayError::BadRequest { .. } => {
                 let mut r = Response::new(
                     Full::new(Bytes::from_static(b"400 bad request: invalid path\n"))
@@ -100,6 +212,12 @@ impl GatewayError {
         *resp.status_mut() = status;
         resp
     }
+}
+
+fn full_body(text: &'static str) -> Body {
+    Full::new(Bytes::from_static(text.as_bytes()))
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub fn empty_body() -> Body {

@@ -11,6 +11,7 @@
 //! - [`telemetry`] logging and metrics; [`debug`] the debug server; [`health`] liveness/readiness state.
 //! - [`authn`] authenticators (OIDC bearer tokens: discovery, JWKS, userinfo, claims cache).
 //! - [`accounts`] claims → account: directory backends (LibreGraph, builtin), provisioning, group sync, roles.
+//! - [`identity`] builds the authenticators and account services once per node and publishes identity events.
 //! - [`context`] the per-connection and per-request facts the layers share.
 
 pub mod accounts;
@@ -19,6 +20,7 @@ pub mod context;
 pub mod debug;
 pub mod error;
 pub mod health;
+pub mod identity;
 pub mod layers;
 pub mod pipeline;
 pub mod proxy;

@@ -10,13 +10,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tower::{Service, ServiceBuilder};
 
-use gatehouse_shared::auth::roles::{RoleDriver, RoleMapper};
-use gatehouse_shared::auth::spaces::SpaceClaimMapper;
 use gatehouse_shared::config::Config;
 
 use crate::context::Body;
 use crate::error::ErrorResponseLayer;
+use crate::identity::Identity;
 use crate::layers::access_log::{AccessLogBody, AccessLogLayer};
+use crate::layers::account::AccountLayer;
+use crate::layers::authenticate::AuthenticateLayer;
 use crate::layers::metrics::MetricsLayer;
 use crate::layers::redirect::RedirectLayer;
 use crate::layers::request_id::RequestIdLayer;
@@ -43,6 +44,7 @@ pub struct PipelineParts {
     /// `ocis_url`, the only host the HTTPS redirect targets; empty disables it.
     pub public_url: String,
     pub metrics: Arc<Metrics>,
+    pub identity: Identity,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,37 +60,6 @@ pub enum PipelineError {
     /// Names `backend_https_cacert` when that file is the cause.
     #[error(transparent)]
     UpstreamTls(#[from] UpstreamTlsError),
-    /// Role assignment or claim-managed spaces are misconfigured (one problem per line).
-    #[error("{}", .0.join("\n"))]
-    Identity(Vec<String>),
-}
-
-/// Configuration problems of role assignment and claim-managed spaces, each naming its key.
-/// Checked at start-up and by `gatehouse config check`, although authentication (which uses
-/// them) is not on the request path yet.
-pub fn identity_problems(config: &Config) -> Vec<String> {
-    let mut problems = Vec::new();
-    let roles = &config.role_assignment;
-    let mappings: Vec<(&str, &str)> = roles
-        .oidc_role_mapper
-        .role_mapping
-        .iter()
-        .map(|m| (m.role_name.as_str(), m.claim_value.as_str()))
-        .collect();
-    let mapper = roles
-        .driver
-        .parse::<RoleDriver>()
-        .and_then(|driver| RoleMapper::new(driver, &roles.oidc_role_mapper.role_claim, &mappings));
-    if let Err(e) = mapper {
-        problems.push(format!("role_assignment: {e}"));
-    }
-    let spaces = &config.claim_space_management;
-    if spaces.enabled
-        && let Err(e) = SpaceClaimMapper::new(&spaces.claim, &spaces.regexp, &spaces.mapping)
-    {
-        problems.push(format!("claim_space_management: {e}"));
-    }
-    problems
 }
 
 impl PipelineParts {
@@ -96,11 +67,8 @@ impl PipelineParts {
         config: &Config,
         registry: Option<Arc<dyn ServiceNodes>>,
         metrics: Arc<Metrics>,
+        identity: Identity,
     ) -> Result<Self, PipelineError> {
-        let identity = identity_problems(config);
-        if !identity.is_empty() {
-            return Err(PipelineError::Identity(identity));
-        }
         let policies = effective_policies(&config.policies, &config.additional_policies);
         let router = Router::new(&policies, config.policy_selector.as_ref())?;
         let csp_path = (!config.csp_config_file_location.is_empty())
@@ -118,6 +86,7 @@ impl PipelineParts {
             proxy: ProxyOptions::from_config(config)?,
             public_url: config.ocis_url.clone(),
             metrics,
+            identity,
         })
     }
 }
@@ -145,6 +114,9 @@ pub fn build(
         .layer(ErrorResponseLayer)
         .layer(RedirectLayer::new(&parts.public_url))
         .layer(parts.route)
-        // authentication (next issue) goes here: it reads `Routed::unprotected`.
+        .layer(AuthenticateLayer::new(
+            parts.identity.authenticators.clone(),
+        ))
+        .layer(AccountLayer::new(parts.identity.accounts.clone()))
         .service(Proxy::new(parts.resolver, parts.trusted, &parts.proxy))
 }

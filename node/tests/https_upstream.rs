@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gatehouse_node::health::Health;
+use gatehouse_node::identity::Identity as NodeIdentity;
 use gatehouse_node::pipeline::{self, PipelineParts};
 use gatehouse_node::server::{Server, ServerDeps, StartupError};
 use gatehouse_node::telemetry::Metrics;
@@ -174,9 +175,17 @@ fn config(routes: Vec<RouteConfig>) -> Config {
     c.http.addr = "127.0.0.1:0".into();
     c.http.tls = false;
     c.http.drain_timeout = GoDuration::secs(5);
+    c.token_manager.jwt_secret = "https-upstream-test".into();
     c.policies = vec![PolicyConfig {
         name: "ocis".into(),
-        routes,
+        // These tests are about the upstream connection, not authentication.
+        routes: routes
+            .into_iter()
+            .map(|r| RouteConfig {
+                unprotected: true,
+                ..r
+            })
+            .collect(),
     }];
     c.upstream.connect_timeout = GoDuration::secs(2);
     c.upstream.response_header_timeout = GoDuration::secs(10);
@@ -189,7 +198,8 @@ struct Gateway {
 }
 
 async fn gateway(config: &Config) -> Gateway {
-    let parts = PipelineParts::from_config(config, None, Metrics::new("test")).unwrap();
+    let identity = NodeIdentity::standalone(config).await.unwrap();
+    let parts = PipelineParts::from_config(config, None, Metrics::new("test"), identity).unwrap();
     let trusted = parts.trusted.clone();
     let server = Server::bind(&config.http, trusted, Health::new())
         .await
@@ -350,6 +360,7 @@ async fn an_invalid_ca_file_stops_start_up_naming_the_setting() {
             health: Health::new(),
             registry: None,
             shutdown: CancellationToken::new(),
+            identity: NodeIdentity::standalone(&c).await.unwrap(),
         };
         let err = tokio::time::timeout(DEADLINE, gatehouse_node::server::run(Arc::new(c), deps))
             .await

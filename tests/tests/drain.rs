@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 
 fn config(up: &Upstream) -> String {
     format!(
-        "policies:\n  - name: ocis\n    routes:\n      - endpoint: /up\n        backend: {}\n",
+        "policies:\n  - name: ocis\n    routes:\n      - endpoint: /up\n        backend: {}\n        unprotected: true\n",
         up.url()
     )
 }

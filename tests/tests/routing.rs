@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gatehouse_tests::client::{self, empty, get, get_with, send};
+use gatehouse_tests::idp::{Idp, TokenOptions};
 use gatehouse_tests::node::GatehouseNode;
 use gatehouse_tests::upstream::Upstream;
 
@@ -68,7 +69,15 @@ impl Backends {
 #[tokio::test]
 async fn each_default_route_reaches_its_service() {
     let backends = Backends::start().await;
-    let node = GatehouseNode::start(&backends.services_yaml()).await;
+    let idp = Idp::start();
+    let yaml = format!(
+        "{}oidc:\n  issuer: {}\n  skip_user_info: true\nauto_provision_accounts: true\n",
+        backends.services_yaml(),
+        idp.issuer()
+    );
+    let node = GatehouseNode::start(&yaml).await;
+    let token = idp.user_token("einstein", TokenOptions::jwt()).await;
+    let auth = format!("Bearer {}", token.access_token());
 
     // (method, path and query, expected service) — spec §1.2 in order, plus fallbacks.
     let cases: &[(&str, &str, &str)] = &[
@@ -142,7 +151,7 @@ async fn each_default_route_reaches_its_service() {
     ];
     let mut failures = Vec::new();
     for (method, uri, want) in cases {
-        let reply = send(method, &node.url(uri), &[], empty()).await;
+        let reply = send(method, &node.url(uri), &[("authorization", &auth)], empty()).await;
         let got = backends.who_got(method, uri);
         if reply.status != 200 || got != vec![*want] {
             failures.push(format!(
@@ -207,12 +216,15 @@ policies:
     routes:
       - endpoint: /api
         backend: {url}/service1/?tenant=7
+        unprotected: true
       - type: regex
         endpoint: '\/user\/(\d+)'
         backend: {url}
+        unprotected: true
       - type: query
         endpoint: /q?format=json
         backend: {url}/query
+        unprotected: true
 "#,
         url = up.url()
     );
@@ -232,7 +244,7 @@ policies:
 async fn forwarding_and_hop_by_hop_headers() {
     let up = Upstream::start("up").await;
     let yaml = format!(
-        "policies:\n  - name: ocis\n    routes:\n      - endpoint: /\n        backend: {}\n",
+        "policies:\n  - name: ocis\n    routes:\n      - endpoint: /\n        backend: {}\n        unprotected: true\n",
         up.url()
     );
     let node = GatehouseNode::start(&yaml).await;
@@ -278,7 +290,7 @@ async fn forwarding_and_hop_by_hop_headers() {
 async fn trusted_proxy_forwarding_is_believed() {
     let up = Upstream::start("up").await;
     let yaml = format!(
-        "http:\n  trusted_proxies: [\"127.0.0.1/32\"]\npolicies:\n  - name: ocis\n    routes:\n      - endpoint: /\n        backend: {}\n",
+        "http:\n  trusted_proxies: [\"127.0.0.1/32\"]\npolicies:\n  - name: ocis\n    routes:\n      - endpoint: /\n        backend: {}\n        unprotected: true\n",
         up.url()
     );
     let node = GatehouseNode::start(&yaml).await;
@@ -317,8 +329,10 @@ policies:
     routes:
       - endpoint: /dead
         backend: http://127.0.0.1:{dead_port}
+        unprotected: true
       - endpoint: /slow
         backend: {}
+        unprotected: true
 "#,
         slow.url()
     );
@@ -351,7 +365,7 @@ policies:
 async fn security_headers_request_id_and_https_redirect() {
     let up = Upstream::start("up").await;
     let yaml = format!(
-        "ocis_url: https://cloud.example.test\npolicies:\n  - name: ocis\n    routes:\n      - endpoint: /\n        backend: {}\n",
+        "ocis_url: https://cloud.example.test\npolicies:\n  - name: ocis\n    routes:\n      - endpoint: /\n        backend: {}\n        unprotected: true\n",
         up.url()
     );
     let node = GatehouseNode::start(&yaml).await;
@@ -415,10 +429,11 @@ async fn bad_paths_are_refused_or_normalised_before_routing() {
         );
     }
     // Dot segments are resolved first, so the unprotected `/status` route cannot be used as a
-    // springboard: the request is routed (and forwarded) as the protected `/dav/` route.
+    // springboard: the request is routed as the protected `/dav/` route and, without
+    // credentials, refused there.
     let r = get(&node.url("/status/../dav/files/x")).await;
-    assert_eq!(r.status, 200);
-    assert_eq!(backends.who_got("GET", "/dav/files/x"), vec!["ocdav"]);
+    assert_eq!(r.status, 401);
+    assert!(SERVICES.iter().all(|s| backends.0[s].count() == 0));
     let routed = gatehouse_tests::wait_until(Duration::from_secs(5), || async {
         node.access_log()
             .iter()
@@ -432,7 +447,7 @@ async fn bad_paths_are_refused_or_normalised_before_routing() {
 async fn metrics_and_access_log() {
     let up = Upstream::start("up").await;
     let yaml = format!(
-        "policies:\n  - name: ocis\n    routes:\n      - endpoint: /\n        backend: {}\n",
+        "policies:\n  - name: ocis\n    routes:\n      - endpoint: /\n        backend: {}\n        unprotected: true\n",
         up.url()
     );
     let node = GatehouseNode::start(&yaml).await;

@@ -1,6 +1,8 @@
 //! One tower layer per pipeline concern; `crate::pipeline` composes them in the order they run.
 
 pub mod access_log;
+pub mod account;
+pub mod authenticate;
 pub mod metrics;
 pub mod redirect;
 pub mod request_id;

@@ -58,6 +58,8 @@ pub struct ServerDeps {
     pub registry: Option<Arc<dyn ServiceNodes>>,
     /// Cancelled to start the drain (signals do the same).
     pub shutdown: CancellationToken,
+    /// Authenticators and account services, built once per node.
+    pub identity: crate::identity::Identity,
 }
 
 /// Why the node could not start serving. None of these is retryable without a change of
@@ -411,7 +413,12 @@ impl<S: RequestService> Handler<S> {
 /// and returns `Ok(())`.
 pub async fn run(config: Arc<Config>, deps: ServerDeps) -> Result<(), StartupError> {
     tls::install_crypto_provider();
-    let parts = PipelineParts::from_config(&config, deps.registry.clone(), deps.metrics.clone())?;
+    let parts = PipelineParts::from_config(
+        &config,
+        deps.registry.clone(),
+        deps.metrics.clone(),
+        deps.identity.clone(),
+    )?;
     let trusted = parts.trusted.clone();
     let server = Server::bind(&config.http, trusted, deps.health.clone()).await?;
     spawn_signal_watch(deps.shutdown.clone())?;

@@ -408,7 +408,7 @@ pub static SECTIONS: &[Section] = &[
                 "Key-value bucket name."),
             set("state_store.table", &["PROXY_STATE_STORE_TABLE"], string!(state_store.table), "Key prefix inside the bucket."),
             set("state_store.ttl", &["PROXY_STATE_STORE_TTL"], duration!(state_store.ttl),
-                "Bucket-wide maximum age of an entry."),
+                "Bucket-wide maximum age of an entry; `0s` (the default) keeps entries until they are deleted or their own expiry passes. Accounts of the builtin backend and role assignments live here, so do not set a maximum age shorter than they must last."),
             set("state_store.disable_persistence", &["PROXY_STATE_STORE_DISABLE_PERSISTENCE"],
                 boolean!(state_store.disable_persistence), "Keep the bucket in memory on the NATS servers."),
             set("state_store.username", &["OCIS_CACHE_AUTH_USERNAME", "PROXY_STATE_STORE_AUTH_USERNAME"],
@@ -690,7 +690,7 @@ mod tests {
         assert_eq!(c.pre_signed_url.signing_keys.ttl, GoDuration::secs(30));
         assert_eq!(
             c.state_store.ttl,
-            GoDuration::secs(24 * 3600),
+            GoDuration::default(),
             "state TTL is not inherited"
         );
     }

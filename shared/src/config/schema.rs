@@ -358,7 +358,7 @@ impl Default for Config {
             service_registry: ServiceRegistry::default(),
             state_store: StoreConfig {
                 database: "gatehouse-state".into(),
-                ttl: GoDuration::secs(24 * 3600),
+                ttl: GoDuration::default(),
                 ..StoreConfig::default()
             },
             upstream: Upstream::default(),

@@ -347,6 +347,7 @@ fn accepted_variants_are_normalised() {
             "oidc:\n  access_token_verify_method: none\n  user_info_cache: {store: mem}\n",
             "state_store: {store: ''}\n",
             "account_backend: graph\n",
+            "service_account: {service_account_id: sa}\n",
             "log: {level: INFO}\n",
         ))
         .unwrap()

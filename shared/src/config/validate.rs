@@ -179,6 +179,17 @@ fn accounts(config: &mut Config, p: &mut Problems<'_>) {
             );
         }
     }
+    if matches!(config.account_backend.as_str(), "cs3" | "graph")
+        && config.service_account.service_account_id.is_empty()
+    {
+        p.add(
+            "service_account.service_account_id",
+            format!(
+                "required by account_backend: {} (LibreGraph is called as the service account)",
+                config.account_backend
+            ),
+        );
+    }
     if config.graph.timeout.is_zero() {
         p.add("graph.timeout", "must be positive");
     }

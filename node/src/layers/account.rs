@@ -1,0 +1,263 @@
+//! Account resolution: turns an authenticated identity into the user backends are told about.
+//!
+//! For a request the authentication layer accepted it decides the user's role from the claims,
+//! resolves (and, with auto-provisioning, creates or updates) the account, applies the step-up
+//! rule of the route, and replaces `x-access-token` with a token the gateway mints for that
+//! user — role, quota and claim-managed spaces included. Every header a client could use to
+//! impersonate that result (`x-access-token`, the MFA markers, `X-Ocis-Autoprop-*`) is removed
+//! from requests on protected routes first, whether or not anyone authenticated.
+//!
+//! A login whose claims were not cached yet (a new session) publishes `UserSignedIn` and, with
+//! claim-managed spaces, the membership changes since the user's previous session.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+use gatehouse_shared::auth::mfa::{MFA_AUTOPROP_HEADER, MFA_HEADER, MfaPolicy, is_reserved_header};
+use gatehouse_shared::auth::roles::RoleMapper;
+use gatehouse_shared::auth::spaces::SpaceClaimMapper;
+use gatehouse_shared::events::envelope::{is_valid_traceparent, new_traceparent};
+use gatehouse_shared::store::Store;
+use gatehouse_shared::token::{MintCache, OpaqueEntry, RevaUser};
+
+use crate::accounts::{AccountError, AccountResolver, reva_user};
+use crate::context::Body;
+use crate::error::GatewayError;
+use crate::identity::events::{IdentityEvents, TRACEPARENT};
+use crate::layers::authenticate::Identity;
+use crate::layers::route::Routed;
+
+/// Opaque entry of the minted user carrying the role quota in bytes (as CreateHome sends it).
+pub const QUOTA_OPAQUE_KEY: &str = "quota";
+/// Opaque entry carrying the claim-managed space memberships (`{space id: role}` as JSON).
+pub const SPACES_OPAQUE_KEY: &str = "claim-managed-spaces";
+
+/// Everything the account layer needs; built once per node and shared by every worker.
+pub struct AccountServices {
+    pub resolver: AccountResolver,
+    pub roles: RoleMapper,
+    pub spaces: Option<SpaceClaimMapper>,
+    pub mfa: MfaPolicy,
+    /// Role id → quota in bytes.
+    pub quotas: BTreeMap<String, u64>,
+    pub mint: MintCache,
+    /// The IdP of provisioned users (`oidc.issuer`), the `iss` of minted tokens.
+    pub idp: String,
+    pub events: IdentityEvents,
+    /// Where the last published space memberships of each user are kept.
+    pub state: Arc<dyn Store>,
+}
+
+#[derive(Clone)]
+pub struct AccountLayer {
+    services: Arc<AccountServices>,
+}
+
+impl AccountLayer {
+    pub fn new(services: Arc<AccountServices>) -> Self {
+        Self { services }
+    }
+}
+
+impl<S> Layer<S> for AccountLayer {
+    type Service = Account<S>;
+    fn layer(&self, inner: S) -> Account<S> {
+        Account {
+            inner,
+            services: self.services.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Account<S> {
+    inner: S,
+    services: Arc<AccountServices>,
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
+
+impl<S, B> Service<Request<B>> for Account<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = futures::future::Either<S::Future, BoxFuture>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let Some(routed) = req.extensions().get::<Routed>().cloned() else {
+            return futures::future::Either::Left(self.inner.call(req));
+        };
+        if routed.unprotected {
+            // Unprotected routes keep client headers: `/data` transfer tokens arrive as
+            // `x-access-token` (spec §6.4).
+            return futures::future::Either::Left(self.inner.call(req));
+        }
+        strip_reserved_headers(req.headers_mut());
+        let Some(identity) = req.extensions_mut().remove::<Identity>() else {
+            return futures::future::Either::Left(self.inner.call(req));
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let services = self.services.clone();
+        futures::future::Either::Right(Box::pin(async move {
+            let traceparent = req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .filter(|tp| is_valid_traceparent(tp))
+                .map_or_else(new_traceparent, str::to_owned);
+            let prepared = TRACEPARENT
+                .scope(traceparent, services.prepare(&identity, routed.require_mfa))
+                .await?;
+            let headers = req.headers_mut();
+            headers.insert("x-access-token", prepared.token);
+            let mfa = HeaderValue::from_static(if prepared.mfa { "true" } else { "false" });
+            headers.insert(MFA_HEADER, mfa);
+            if prepared.mfa {
+                headers.insert(MFA_AUTOPROP_HEADER, HeaderValue::from_static("true"));
+            }
+            inner.call(req).await
+        }))
+    }
+}
+
+fn strip_reserved_headers(headers: &mut http::HeaderMap) {
+    let reserved: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| is_reserved_header(k.as_str()))
+        .cloned()
+        .collect();
+    for name in reserved {
+        headers.remove(&name);
+    }
+}
+
+/// What the account layer adds to a request.
+struct Prepared {
+    token: HeaderValue,
+    mfa: bool,
+}
+
+impl AccountServices {
+    async fn prepare(
+        &self,
+        identity: &Identity,
+        require_mfa: bool,
+    ) -> Result<Prepared, GatewayError> {
+        let claims = identity.claims.as_ref();
+        let decision = self.roles.assign(claims).map_err(|e| {
+            tracing::warn!(error = %e, "login refused: no role for these claims");
+            GatewayError::Forbidden {
+                reason: e.to_string(),
+                mfa_required: false,
+            }
+        })?;
+        let mfa = self.mfa.satisfied(claims);
+        if require_mfa && !mfa {
+            return Err(GatewayError::Forbidden {
+                reason: "route requires step-up authentication and the acr claim does not show it"
+                    .into(),
+                mfa_required: true,
+            });
+        }
+        let empty = serde_json::Map::new();
+        let map = claims.as_object().unwrap_or(&empty);
+        let resolved = self
+            .resolver
+            .resolve(map, decision)
+            .await
+            .map_err(account_error)?;
+        let account = &resolved.account;
+        let mut user = reva_user(account, &self.idp);
+        if let Some(quota) = self.quotas.get(&account.role_id) {
+            set_opaque(&mut user, QUOTA_OPAQUE_KEY, Bytes::from(quota.to_string()));
+        }
+        if let Some(spaces) = &self.spaces {
+            match spaces.memberships(claims) {
+                Ok(memberships) => {
+                    let desired: BTreeMap<String, String> = memberships
+                        .iter()
+                        .map(|(id, role)| ((*id).to_owned(), role.as_str().to_owned()))
+                        .collect();
+                    if let Ok(json) = serde_json::to_vec(&desired) {
+                        set_opaque(&mut user, SPACES_OPAQUE_KEY, Bytes::from(json));
+                    }
+                    if identity.new_session {
+                        self.events
+                            .space_memberships(&*self.state, &account.id, &desired)
+                            .await;
+                    }
+                }
+                // Memberships are left alone; oCIS would remove them all here.
+                Err(e) => {
+                    tracing::warn!(user = %account.id, error = %e, "claim-managed spaces skipped")
+                }
+            }
+        }
+        let token = self
+            .mint
+            .token_for(&user)
+            .map_err(|e| GatewayError::Internal {
+                reason: format!("minting the x-access-token failed: {e}"),
+            })?;
+        let token = HeaderValue::from_str(&token).map_err(|e| GatewayError::Internal {
+            reason: format!("minted token is not a header value: {e}"),
+        })?;
+        if identity.new_session {
+            self.events.signed_in(&account.id);
+        }
+        Ok(Prepared { token, mfa })
+    }
+}
+
+fn set_opaque(user: &mut RevaUser, key: &str, value: Bytes) {
+    user.opaque.get_or_insert_with(Default::default).map.insert(
+        key.to_owned(),
+        OpaqueEntry {
+            decoder: if key == QUOTA_OPAQUE_KEY {
+                "plain".into()
+            } else {
+                "json".into()
+            },
+            value: value.to_vec(),
+        },
+    );
+}
+
+fn account_error(e: AccountError) -> GatewayError {
+    let reason = e.to_string();
+    match e {
+        AccountError::NotFound { .. }
+        | AccountError::Disabled { .. }
+        | AccountError::ClaimMissing { .. } => {
+            tracing::warn!(reason = %reason, "login refused");
+            GatewayError::Unauthenticated {
+                path: String::new(),
+                challenges: Vec::new(),
+                webdav: false,
+            }
+        }
+        other => GatewayError::AccountBackend {
+            reason,
+            retryable: other.is_retryable(),
+        },
+    }
+}

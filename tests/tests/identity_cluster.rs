@@ -1,0 +1,246 @@
+//! Identity on a cluster: three gateway nodes sharing the claims cache, accounts, provisioning
+//! leases and group-sync marks through a real 3-node NATS JetStream cluster, with a real OpenID
+//! provider and (for the `graph` backend) the LibreGraph fixture.
+
+use std::time::Duration;
+
+use gatehouse_shared::token::verify;
+use gatehouse_tests::client::get_with;
+use gatehouse_tests::graph::GraphFixture;
+use gatehouse_tests::idp::{Idp, TokenOptions};
+use gatehouse_tests::nats::NatsCluster;
+use gatehouse_tests::node::{GatehouseNode, NodeOptions};
+use gatehouse_tests::upstream::Upstream;
+
+const SECRET: &str = "cluster-test-secret";
+
+struct Cluster {
+    nats: NatsCluster,
+    idp: Idp,
+    up: Upstream,
+    nodes: Vec<GatehouseNode>,
+}
+
+/// `backend` is the YAML selecting the account backend (empty: builtin).
+async fn cluster(backend: &str, env: &[(&str, &str)]) -> Cluster {
+    let nats = NatsCluster::start(3);
+    let idp = Idp::start();
+    let up = Upstream::start("backend").await;
+    let addresses = nats
+        .client_urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let events = nats.client_url(0).trim_start_matches("nats://").to_owned();
+    let yaml = format!(
+        "policies:
+  - name: ocis
+    routes:
+      - endpoint: /
+        backend: {up}
+oidc:
+  issuer: {iss}
+  user_info_cache: {{store: nats-js-kv, addresses: [{addresses}], replicas: 3}}
+state_store: {{store: nats-js-kv, addresses: [{addresses}], replicas: 3}}
+events: {{endpoint: \"{events}\"}}
+auto_provision_accounts: true
+token_manager: {{jwt_secret: {SECRET}}}
+{backend}",
+        up = up.url(),
+        iss = idp.issuer(),
+    );
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let mut opts = NodeOptions::new(&yaml);
+        for (k, v) in env {
+            opts = opts.env(k, v);
+        }
+        nodes.push(GatehouseNode::start_with(opts).await);
+    }
+    Cluster {
+        nats,
+        idp,
+        up,
+        nodes,
+    }
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// The user id inside every `x-access-token` the upstream received.
+fn backend_user_ids(up: &Upstream) -> Vec<String> {
+    up.requests()
+        .iter()
+        .map(|r| {
+            let token = r.headers["x-access-token"].to_str().unwrap();
+            let claims = verify(SECRET.as_bytes(), token, Duration::from_secs(5)).unwrap();
+            claims.user.id.unwrap().opaque_id
+        })
+        .collect()
+}
+
+/// Event types (`Metadata.eventtype`) published on `main-queue` so far.
+async fn published_event_types(nats: &NatsCluster) -> Vec<String> {
+    let client = async_nats::connect(nats.client_urls()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let name = js
+        .stream_by_subject("main-queue")
+        .await
+        .unwrap_or_else(|e| panic!("no stream captures main-queue: {e}"));
+    let stream = js.get_stream(name).await.unwrap();
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut types = Vec::new();
+    for seq in 1..=last {
+        let Ok(msg) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let envelope: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        types.push(
+            envelope["Metadata"]["eventtype"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    types
+}
+
+#[tokio::test]
+async fn a_token_validated_on_one_node_is_a_cache_hit_on_the_others() {
+    // An opaque token, so that every validation is a visible userinfo call at the IdP.
+    let c = cluster("", &[("PROXY_OIDC_ACCESS_TOKEN_VERIFY_METHOD", "none")]).await;
+    let t = c.idp.user_token("marie", TokenOptions::opaque()).await;
+    c.idp.reset_stats().await;
+    let auth = bearer(t.access_token());
+    let r = get_with(&c.nodes[0].url("/a"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 200, "{}", c.nodes[0].logs());
+    assert_eq!(c.idp.count("/me").await, 1);
+    for (i, node) in c.nodes.iter().enumerate().skip(1) {
+        let r = get_with(&node.url("/b"), &[("authorization", &auth)]).await;
+        assert_eq!(r.status, 200, "node {i}: {}", node.logs());
+    }
+    assert_eq!(
+        c.idp.count("/me").await,
+        1,
+        "nodes 2 and 3 used the shared cache"
+    );
+    let ids = backend_user_ids(&c.up);
+    assert_eq!(ids.len(), 3);
+    assert!(ids.iter().all(|id| id == &ids[0]), "one account: {ids:?}");
+    let _ = &c.nats;
+}
+
+#[tokio::test]
+async fn fifty_simultaneous_first_logins_create_the_user_once() {
+    let c = cluster("", &[("PROXY_OIDC_SKIP_USER_INFO", "true")]).await;
+    let mut tokens = Vec::new();
+    for _ in 0..50 {
+        tokens.push(
+            c.idp
+                .user_token("marie", TokenOptions::jwt())
+                .await
+                .access_token()
+                .to_owned(),
+        );
+    }
+    let tasks: Vec<_> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let url = c.nodes[i % 3].url(&format!("/login/{i}"));
+            let auth = bearer(t);
+            tokio::spawn(async move { get_with(&url, &[("authorization", &auth)]).await.status })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap(), 200, "login {i}");
+    }
+    let ids = backend_user_ids(&c.up);
+    assert_eq!(ids.len(), 50);
+    assert!(ids.iter().all(|id| id == &ids[0]), "one account: {ids:?}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let types = loop {
+        let types = published_event_types(&c.nats).await;
+        let signed_in = types.iter().filter(|t| *t == "events.UserSignedIn").count();
+        if signed_in >= 50 || std::time::Instant::now() > deadline {
+            break types;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        types.iter().filter(|t| *t == "events.UserSignedIn").count(),
+        50,
+        "{types:?}"
+    );
+    assert_eq!(
+        types.iter().filter(|t| *t == "events.UserCreated").count(),
+        1,
+        "{types:?}"
+    );
+    // marie's four groups, each created once.
+    assert_eq!(
+        types.iter().filter(|t| *t == "events.GroupCreated").count(),
+        4,
+        "{types:?}"
+    );
+}
+
+#[tokio::test]
+async fn graph_provisioning_and_group_sync_happen_once_cluster_wide() {
+    let graph = GraphFixture::start().await;
+    graph.set_delay(Duration::from_millis(20));
+    let backend = format!(
+        "account_backend: graph\ngraph: {{url: \"{}\"}}\n\
+         service_account: {{service_account_id: gatehouse-sa, service_account_secret: s}}\n",
+        graph.url()
+    );
+    let c = cluster(&backend, &[("PROXY_OIDC_SKIP_USER_INFO", "true")]).await;
+    let mut tokens = Vec::new();
+    for _ in 0..9 {
+        tokens.push(
+            c.idp
+                .user_token("einstein", TokenOptions::jwt())
+                .await
+                .access_token()
+                .to_owned(),
+        );
+    }
+    let tasks: Vec<_> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let url = c.nodes[i % 3].url("/x");
+            let auth = bearer(t);
+            tokio::spawn(async move { get_with(&url, &[("authorization", &auth)]).await.status })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    assert_eq!(graph.count("POST", "/users"), 1, "{:#?}", graph.calls());
+    // One sync for the whole cluster: each of einstein's four groups is created and joined once.
+    // A second sync racing the first would find the memberships missing and add them again.
+    assert_eq!(
+        graph.count("POST", "/groups"),
+        8,
+        "4 groups + 4 memberships: {:#?}",
+        graph.calls()
+    );
+    let joins = graph
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST" && c.path.ends_with("/members/$ref"))
+        .count();
+    assert_eq!(joins, 4, "{:#?}", graph.calls());
+    let user = graph.user_by_name("einstein").expect("provisioned");
+    let mut groups = graph.group_names_of(&user.id);
+    groups.sort();
+    assert_eq!(
+        groups,
+        ["physics-lovers", "sailing-lovers", "users", "violin-haters"]
+    );
+}
