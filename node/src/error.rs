@@ -331,4 +331,84 @@ mod tests {
             assert_eq!(body.is_empty(), empty, "status {status}");
         }
     }
+
+    #[tokio::test]
+    async fn identity_failures_become_the_ocis_answers() {
+        let resp = GatewayError::Unauthenticated {
+            path: "/remote.php/webdav".into(),
+            challenges: vec![
+                "Bearer realm=\"h\", charset=\"UTF-8\"".into(),
+                "Basic realm=\"h\", charset=\"UTF-8\"".into(),
+            ],
+            webdav: true,
+        }
+        .into_response();
+        assert_eq!(resp.status(), 401);
+        let challenges: Vec<_> = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .collect();
+        assert_eq!(challenges.len(), 2);
+        assert_eq!(challenges[0], "Bearer realm=\"h\", charset=\"UTF-8\"");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, WEBDAV_UNAUTHENTICATED_BODY.as_bytes());
+
+        let resp = GatewayError::Unauthenticated {
+            path: "/graph".into(),
+            challenges: vec![],
+            webdav: false,
+        }
+        .into_response();
+        assert!(resp.headers().get(header::WWW_AUTHENTICATE).is_none());
+        assert!(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .is_empty()
+        );
+
+        let resp = GatewayError::IdentityUnavailable {
+            reason: "429".into(),
+            retry_after: Duration::from_millis(1500),
+        }
+        .into_response();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2", "rounded up");
+        let resp = GatewayError::IdentityUnavailable {
+            reason: "down".into(),
+            retry_after: Duration::ZERO,
+        }
+        .into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1", "never 0");
+
+        let resp = GatewayError::Forbidden {
+            reason: "acr".into(),
+            mfa_required: true,
+        }
+        .into_response();
+        assert_eq!(resp.status(), 403);
+        assert_eq!(resp.headers()[MFA_REQUIRED_HEADER], "true");
+        let resp = GatewayError::Forbidden {
+            reason: "no role".into(),
+            mfa_required: false,
+        }
+        .into_response();
+        assert!(resp.headers().get(MFA_REQUIRED_HEADER).is_none());
+
+        let retryable = GatewayError::AccountBackend {
+            reason: "graph down".into(),
+            retryable: true,
+        };
+        assert!(retryable.is_retryable());
+        assert_eq!(retryable.into_response().status(), 503);
+        let permanent = GatewayError::AccountBackend {
+            reason: "bad answer".into(),
+            retryable: false,
+        };
+        assert!(!permanent.is_retryable());
+        assert_eq!(permanent.into_response().status(), 502);
+    }
 }

@@ -3,9 +3,10 @@
 //! membership changes.
 //!
 //! Publishing never waits for NATS: events go into the publisher's bounded queue. Every event
-//! carries the `traceparent` of the request that caused it; the account layer makes it available
-//! to the account backends' callbacks through a task-local, so the backends need not know about
-//! tracing.
+//! carries the `traceparent` of the request that caused it and the client's `Initiator-ID` (oCIS
+//! web sends one so that it can ignore its own events); the account layer makes both available to
+//! the account backends' callbacks through a task-local, so the backends need not know about
+//! requests.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,9 +19,16 @@ use gatehouse_shared::token::{RevaUserId, UserType};
 
 use crate::accounts::{Account, AccountEvents, Group};
 
+/// What events caused by the current request carry.
+#[derive(Debug, Clone)]
+pub struct EventContext {
+    pub traceparent: String,
+    pub initiator_id: Option<String>,
+}
+
 tokio::task_local! {
-    /// The `traceparent` of the request being resolved.
-    pub static TRACEPARENT: String;
+    /// The context of the request being resolved.
+    pub static EVENT_CONTEXT: EventContext;
 }
 
 /// Publishes identity events; cheap to clone.
@@ -52,12 +60,13 @@ impl IdentityEvents {
         }
     }
 
-    fn publish(&self, event: Event, initiator: Option<&str>) {
-        let traceparent = TRACEPARENT
-            .try_with(Clone::clone)
-            .unwrap_or_else(|_| new_traceparent());
+    fn publish(&self, event: Event) {
+        let context = EVENT_CONTEXT.try_with(Clone::clone).ok();
+        let traceparent = context
+            .as_ref()
+            .map_or_else(new_traceparent, |c| c.traceparent.clone());
         let mut out = OutgoingEvent::new(event).with_traceparent(traceparent);
-        if let Some(id) = initiator {
+        if let Some(id) = context.and_then(|c| c.initiator_id) {
             out = out.with_initiator(id);
         }
         let kind = out.event.type_name();
@@ -67,7 +76,7 @@ impl IdentityEvents {
     }
 
     pub fn signed_in(&self, user_id: &str) {
-        self.publish(Event::user_signed_in(self.user(user_id)), Some(user_id));
+        self.publish(Event::user_signed_in(self.user(user_id)));
     }
 
     /// Publishes how `desired` differs from what was last published for the user, then records
@@ -93,22 +102,15 @@ impl IdentityEvents {
         let me = self.user(user_id);
         for (space, role) in desired {
             match previous.get(space) {
-                None => self.publish(
-                    Event::space_shared(me.clone(), me.clone(), space),
-                    Some(user_id),
-                ),
-                Some(old) if old != role => self.publish(
-                    Event::space_share_updated(me.clone(), me.clone(), space),
-                    Some(user_id),
-                ),
+                None => self.publish(Event::space_shared(me.clone(), me.clone(), space)),
+                Some(old) if old != role => {
+                    self.publish(Event::space_share_updated(me.clone(), me.clone(), space))
+                }
                 Some(_) => {}
             }
         }
         for space in previous.keys().filter(|s| !desired.contains_key(*s)) {
-            self.publish(
-                Event::space_unshared(me.clone(), me.clone(), space),
-                Some(user_id),
-            );
+            self.publish(Event::space_unshared(me.clone(), me.clone(), space));
         }
         match serde_json::to_vec(desired) {
             Ok(json) => {
@@ -125,27 +127,99 @@ impl IdentityEvents {
 
 impl AccountEvents for IdentityEvents {
     fn user_created(&self, user: &Account) {
-        self.publish(
-            Event::user_created(Some(self.user(&user.id)), user.id.clone()),
-            Some(&user.id),
-        );
+        self.publish(Event::user_created(
+            Some(self.user(&user.id)),
+            user.id.clone(),
+        ));
     }
 
     fn group_created(&self, group: &Group) {
-        self.publish(Event::group_created(None, group.id.clone()), None);
+        self.publish(Event::group_created(None, group.id.clone()));
     }
 
     fn member_added(&self, group: &Group, user_id: &str) {
-        self.publish(
-            Event::group_member_added(None, group.id.clone(), user_id),
-            Some(user_id),
-        );
+        self.publish(Event::group_member_added(None, group.id.clone(), user_id));
     }
 
     fn member_removed(&self, group: &Group, user_id: &str) {
-        self.publish(
-            Event::group_member_removed(None, group.id.clone(), user_id),
-            Some(user_id),
+        self.publish(Event::group_member_removed(None, group.id.clone(), user_id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_shared::events::RecordingSink;
+    use gatehouse_shared::store::MemoryStore;
+
+    fn memberships(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(s, r)| ((*s).to_owned(), (*r).to_owned()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn space_membership_changes_are_published_once() {
+        let sink = Arc::new(RecordingSink::new());
+        let events = IdentityEvents::new(sink.clone(), "https://idp");
+        let store = MemoryStore::new();
+
+        let first = memberships(&[("a", "viewer"), ("b", "manager")]);
+        events.space_memberships(&store, "u1", &first).await;
+        assert_eq!(
+            sink.take()
+                .iter()
+                .map(|e| e.event.type_name())
+                .collect::<Vec<_>>(),
+            ["events.SpaceShared", "events.SpaceShared"]
+        );
+
+        // The same memberships again: nothing to say.
+        events.space_memberships(&store, "u1", &first).await;
+        assert!(sink.take().is_empty());
+
+        let second = memberships(&[("a", "editor"), ("c", "viewer")]);
+        let context = EventContext {
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+            initiator_id: Some("web-tab-1".to_owned()),
+        };
+        EVENT_CONTEXT
+            .scope(context, events.space_memberships(&store, "u1", &second))
+            .await;
+        let published = sink.take();
+        let mut types: Vec<_> = published.iter().map(|e| e.event.type_name()).collect();
+        types.sort_unstable();
+        assert_eq!(
+            types,
+            [
+                "events.SpaceShareUpdated",
+                "events.SpaceShared",
+                "events.SpaceUnshared"
+            ]
+        );
+        assert!(published.iter().all(|e| e.traceparent.as_deref()
+            == Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")));
+        assert!(
+            published
+                .iter()
+                .all(|e| e.initiator_id.as_deref() == Some("web-tab-1"))
+        );
+    }
+
+    #[test]
+    fn events_outside_a_request_get_a_fresh_traceparent() {
+        let sink = Arc::new(RecordingSink::new());
+        let events = IdentityEvents::new(sink.clone(), "https://idp");
+        events.signed_in("u1");
+        let published = sink.take();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].event.type_name(), "events.UserSignedIn");
+        assert_eq!(published[0].initiator_id, None);
+        let tp = published[0].traceparent.clone().unwrap();
+        assert!(
+            gatehouse_shared::events::envelope::is_valid_traceparent(&tp),
+            "{tp}"
         );
     }
 }

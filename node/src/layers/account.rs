@@ -30,7 +30,7 @@ use gatehouse_shared::token::{MintCache, OpaqueEntry, RevaUser};
 use crate::accounts::{AccountError, AccountResolver, reva_user};
 use crate::context::Body;
 use crate::error::GatewayError;
-use crate::identity::events::{IdentityEvents, TRACEPARENT};
+use crate::identity::events::{EVENT_CONTEXT, EventContext, IdentityEvents};
 use crate::layers::authenticate::Identity;
 use crate::layers::route::Routed;
 
@@ -124,8 +124,18 @@ where
                 .and_then(|v| v.to_str().ok())
                 .filter(|tp| is_valid_traceparent(tp))
                 .map_or_else(new_traceparent, str::to_owned);
-            let prepared = TRACEPARENT
-                .scope(traceparent, services.prepare(&identity, routed.require_mfa))
+            let initiator_id = req
+                .headers()
+                .get("initiator-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= 128)
+                .map(str::to_owned);
+            let context = EventContext {
+                traceparent,
+                initiator_id,
+            };
+            let prepared = EVENT_CONTEXT
+                .scope(context, services.prepare(&identity, routed.require_mfa))
                 .await?;
             let headers = req.headers_mut();
             headers.insert("x-access-token", prepared.token);
