@@ -15,6 +15,7 @@ use gatehouse_shared::config::Config;
 use crate::context::Body;
 use crate::error::ErrorResponseLayer;
 use crate::identity::Identity;
+use crate::identity::memo::IdentityMemo;
 use crate::layers::access_log::{AccessLogBody, AccessLogLayer};
 use crate::layers::account::AccountLayer;
 use crate::layers::authenticate::AuthenticateLayer;
@@ -103,6 +104,8 @@ pub fn build(
 + Send
 + Sync
 + 'static {
+    // One memo per worker: `build` runs once for each worker runtime.
+    let memo = Arc::new(IdentityMemo::new());
     ServiceBuilder::new()
         .layer(RequestIdLayer::default())
         .map_response(|r: Response<AccessLogBody<Body>>| {
@@ -116,7 +119,8 @@ pub fn build(
         .layer(parts.route)
         .layer(AuthenticateLayer::new(
             parts.identity.authenticators.clone(),
+            memo.clone(),
         ))
-        .layer(AccountLayer::new(parts.identity.accounts.clone()))
+        .layer(AccountLayer::new(parts.identity.accounts.clone(), memo))
         .service(Proxy::new(parts.resolver, parts.trusted, &parts.proxy))
 }

@@ -7,6 +7,7 @@
 //! key, like every other configuration error.
 
 pub mod events;
+pub mod memo;
 
 use std::sync::Arc;
 

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
@@ -31,7 +32,8 @@ use crate::accounts::{AccountError, AccountResolver, reva_user};
 use crate::context::Body;
 use crate::error::GatewayError;
 use crate::identity::events::{EVENT_CONTEXT, EventContext, IdentityEvents};
-use crate::layers::authenticate::Identity;
+use crate::identity::memo::{IdentityMemo, Prepared};
+use crate::layers::authenticate::{Identity, MemoHit};
 use crate::layers::route::Routed;
 
 /// Opaque entry of the minted user carrying the role quota in bytes (as CreateHome sends it).
@@ -58,11 +60,13 @@ pub struct AccountServices {
 #[derive(Clone)]
 pub struct AccountLayer {
     services: Arc<AccountServices>,
+    memo: Arc<IdentityMemo>,
 }
 
 impl AccountLayer {
-    pub fn new(services: Arc<AccountServices>) -> Self {
-        Self { services }
+    /// `memo` is the worker's memo, shared with its authentication layer.
+    pub fn new(services: Arc<AccountServices>, memo: Arc<IdentityMemo>) -> Self {
+        Self { services, memo }
     }
 }
 
@@ -72,6 +76,7 @@ impl<S> Layer<S> for AccountLayer {
         Account {
             inner,
             services: self.services.clone(),
+            memo: self.memo.clone(),
         }
     }
 }
@@ -80,6 +85,7 @@ impl<S> Layer<S> for AccountLayer {
 pub struct Account<S> {
     inner: S,
     services: Arc<AccountServices>,
+    memo: Arc<IdentityMemo>,
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
@@ -111,12 +117,22 @@ where
             return futures::future::Either::Left(self.inner.call(req));
         }
         strip_reserved_headers(req.headers_mut());
+        if let Some(MemoHit(prepared)) = req.extensions_mut().remove::<MemoHit>() {
+            if routed.require_mfa && !prepared.mfa {
+                return futures::future::Either::Right(Box::pin(std::future::ready(Err(
+                    mfa_required(),
+                ))));
+            }
+            apply(req.headers_mut(), &prepared);
+            return futures::future::Either::Left(self.inner.call(req));
+        }
         let Some(identity) = req.extensions_mut().remove::<Identity>() else {
             return futures::future::Either::Left(self.inner.call(req));
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let services = self.services.clone();
+        let memo = self.memo.clone();
         futures::future::Either::Right(Box::pin(async move {
             let traceparent = req
                 .headers()
@@ -137,15 +153,32 @@ where
             let prepared = EVENT_CONTEXT
                 .scope(context, services.prepare(&identity, routed.require_mfa))
                 .await?;
-            let headers = req.headers_mut();
-            headers.insert("x-access-token", prepared.token);
-            let mfa = HeaderValue::from_static(if prepared.mfa { "true" } else { "false" });
-            headers.insert(MFA_HEADER, mfa);
-            if prepared.mfa {
-                headers.insert(MFA_AUTOPROP_HEADER, HeaderValue::from_static("true"));
+            if let Some(bearer) = &identity.bearer {
+                let exp = identity
+                    .claims
+                    .get("exp")
+                    .and_then(serde_json::Value::as_u64);
+                memo.put(bearer, prepared.clone(), exp, Instant::now());
             }
+            apply(req.headers_mut(), &prepared);
             inner.call(req).await
         }))
+    }
+}
+
+fn apply(headers: &mut http::HeaderMap, prepared: &Prepared) {
+    headers.insert("x-access-token", prepared.token.clone());
+    let mfa = HeaderValue::from_static(if prepared.mfa { "true" } else { "false" });
+    headers.insert(MFA_HEADER, mfa);
+    if prepared.mfa {
+        headers.insert(MFA_AUTOPROP_HEADER, HeaderValue::from_static("true"));
+    }
+}
+
+fn mfa_required() -> GatewayError {
+    GatewayError::Forbidden {
+        reason: "route requires step-up authentication and the acr claim does not show it".into(),
+        mfa_required: true,
     }
 }
 
@@ -158,12 +191,6 @@ fn strip_reserved_headers(headers: &mut http::HeaderMap) {
     for name in reserved {
         headers.remove(&name);
     }
-}
-
-/// What the account layer adds to a request.
-struct Prepared {
-    token: HeaderValue,
-    mfa: bool,
 }
 
 impl AccountServices {
@@ -182,11 +209,7 @@ impl AccountServices {
         })?;
         let mfa = self.mfa.satisfied(claims);
         if require_mfa && !mfa {
-            return Err(GatewayError::Forbidden {
-                reason: "route requires step-up authentication and the acr claim does not show it"
-                    .into(),
-                mfa_required: true,
-            });
+            return Err(mfa_required());
         }
         let empty = serde_json::Map::new();
         let map = claims.as_object().unwrap_or(&empty);

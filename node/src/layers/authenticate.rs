@@ -15,7 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Request, Response, header};
 use tower::{Layer, Service};
@@ -27,6 +27,7 @@ use gatehouse_shared::auth::challenge::{
 use crate::authn::oidc::{Authenticated, OidcAuthenticator, OidcError};
 use crate::context::Body;
 use crate::error::GatewayError;
+use crate::identity::memo::{IdentityMemo, Prepared};
 use crate::layers::route::Routed;
 
 /// How long clients are asked to wait when the IdP is unavailable and it named no time itself.
@@ -41,11 +42,13 @@ pub struct Authenticators {
 #[derive(Clone)]
 pub struct AuthenticateLayer {
     auth: Arc<Authenticators>,
+    memo: Arc<IdentityMemo>,
 }
 
 impl AuthenticateLayer {
-    pub fn new(auth: Arc<Authenticators>) -> Self {
-        Self { auth }
+    /// `memo` is the worker's memo, shared with its account layer.
+    pub fn new(auth: Arc<Authenticators>, memo: Arc<IdentityMemo>) -> Self {
+        Self { auth, memo }
     }
 }
 
@@ -55,6 +58,7 @@ impl<S> Layer<S> for AuthenticateLayer {
         Authenticate {
             inner,
             auth: self.auth.clone(),
+            memo: self.memo.clone(),
         }
     }
 }
@@ -63,7 +67,13 @@ impl<S> Layer<S> for AuthenticateLayer {
 pub struct Authenticate<S> {
     inner: S,
     auth: Arc<Authenticators>,
+    memo: Arc<IdentityMemo>,
 }
+
+/// The memoised outcome for the request's bearer token (see [`IdentityMemo`]): the account
+/// layer applies it without resolving anything.
+#[derive(Debug, Clone)]
+pub struct MemoHit(pub Prepared);
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
 
@@ -84,12 +94,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let protected = req
             .extensions()
             .get::<Routed>()
             .is_some_and(|r| !r.unprotected);
         if !protected || skips_authentication(req.uri().path(), req.method()) {
+            return futures::future::Either::Left(self.inner.call(req));
+        }
+        if self.auth.oidc.is_some()
+            && let Some(hit) =
+                bearer_token(req.headers()).and_then(|t| self.memo.get(t, Instant::now()))
+        {
+            req.extensions_mut().insert(MemoHit(hit));
             return futures::future::Either::Left(self.inner.call(req));
         }
         let clone = self.inner.clone();
@@ -120,6 +137,8 @@ pub struct Identity {
     pub claims: Arc<serde_json::Value>,
     /// The claims were not cached yet: this request starts a session (`UserSignedIn`).
     pub new_session: bool,
+    /// The bearer token, under which the account layer memoises the outcome.
+    pub bearer: Option<Box<str>>,
 }
 
 enum Outcome {
@@ -148,6 +167,7 @@ impl Authenticators {
                     return Outcome::Accepted(Identity {
                         claims: Arc::new(serde_json::Value::Object((*claims).clone())),
                         new_session,
+                        bearer: Some(token.into()),
                     });
                 }
                 Err(OidcError::Unavailable {
