@@ -32,6 +32,10 @@ const WARMUP: Duration = Duration::from_secs(1);
 const BENCH_USER: &str = "einstein";
 /// Seconds a token must still be valid after the last measured request.
 const TOKEN_MARGIN_SECS: u64 = 30;
+/// Targets measured per run (each after a warm-up at most as long as [`WARMUP`]).
+const TARGETS: u64 = 6;
+/// Units of the CPU times in `/proc/<pid>/stat` (`USER_HZ`: 100 on x86 and arm, part of the ABI).
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct Run {
@@ -43,6 +47,12 @@ struct Run {
     errors: u64,
     /// Responses with a status wrk counts as an error (4xx, 5xx).
     non_2xx: u64,
+    /// Requests completed during the measurement.
+    requests: u64,
+    /// CPU time (user + system, all threads) the gatehouse node used per request; set for the
+    /// gatehouse targets only. Unlike req/s it does not depend on how much CPU wrk and the
+    /// upstream took on this shared machine.
+    node_cpu_us_per_req: Option<f64>,
 }
 
 fn parse_ms(v: &str) -> f64 {
@@ -113,6 +123,8 @@ fn parse_report(target: &str, text: &str) -> Run {
         p99_ms: 0.0,
         errors: 0,
         non_2xx: 0,
+        requests: 0,
+        node_cpu_us_per_req: None,
     };
     for line in text.lines() {
         let t = line.trim();
@@ -127,9 +139,25 @@ fn parse_report(target: &str, text: &str) -> Run {
             run.errors += sum_of_numbers(v);
         } else if let Some(v) = t.strip_prefix("Socket errors:") {
             run.errors += sum_of_numbers(v);
+        } else if let Some((n, _)) = t.split_once(" requests in ") {
+            run.requests = n.trim().parse().unwrap_or(0);
         }
     }
     run
+}
+
+/// CPU time (user + system, all threads) process `pid` has used so far, from `/proc/<pid>/stat`.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name, which may itself contain spaces: state is
+    // the first, utime the 12th, stime the 13th.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_secs_f64(
+        (utime + stime) as f64 / CLOCK_TICKS_PER_SEC,
+    ))
 }
 
 fn unix_now() -> u64 {
@@ -198,7 +226,7 @@ async fn bench(secs: u64, conns: u32) -> Result<(), String> {
 
     let token = idp.user_token(BENCH_USER, TokenOptions::jwt()).await;
     let expires = token.access_claims()["exp"].as_u64().unwrap_or(0);
-    let needed = unix_now() + 5 * (WARMUP.as_secs() + secs) + TOKEN_MARGIN_SECS;
+    let needed = unix_now() + TARGETS * (WARMUP.as_secs() + secs) + TOKEN_MARGIN_SECS;
     if needed > expires {
         return Err(format!(
             "the provider's tokens expire at {expires}, before the end of the run (~{needed}): \
@@ -234,30 +262,51 @@ async fn bench(secs: u64, conns: u32) -> Result<(), String> {
     wrk.run("warmup", &node.url(protected), &auth_headers, WARMUP);
     idp.reset_stats().await;
 
+    let on_node = |target: &str, url: &str, headers: &[(&str, &str)]| {
+        let before = process_cpu(node.pid());
+        let mut run = wrk.run(target, url, headers, d);
+        if let (Some(before), Some(after)) = (before, process_cpu(node.pid()))
+            && run.requests > 0
+        {
+            run.node_cpu_us_per_req =
+                Some((after - before).as_secs_f64() * 1e6 / run.requests as f64);
+        }
+        run
+    };
     let runs = vec![
         wrk.run("upstream direct", &upstream.url(open), &[], d),
         wrk.run("nginx reverse proxy", &nginx.url(open), &[], d),
         wrk.run("hyper floor (same headers)", &floor_url(open), &[], d),
-        wrk.run("gatehouse unprotected", &node.url(open), &[], d),
-        wrk.run(
+        on_node("gatehouse unprotected", &node.url(open), &[]),
+        // Control: the same bytes from the client and to the upstream as the authenticated
+        // target except the minted x-access-token, and no authentication work.
+        on_node(
+            "gatehouse unprotected + the same Authorization header",
+            &node.url(open),
+            &auth_headers,
+        ),
+        on_node(
             "gatehouse authenticated (cached token)",
             &node.url(protected),
             &auth_headers,
-            d,
         ),
     ];
     let idp_userinfo = idp.count("/me").await;
     let idp_jwks = idp.count("/jwks").await;
 
-    println!("| target | req/s | p50 ms | p99 ms | errors |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| target | req/s | p50 ms | p99 ms | node CPU µs/req | errors |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in &runs {
+        let cpu = r
+            .node_cpu_us_per_req
+            .map_or_else(String::new, |us| format!("{us:.1}"));
         println!(
-            "| {} | {:.0} | {:.3} | {:.3} | {} |",
+            "| {} | {:.0} | {:.3} | {:.3} | {cpu} | {} |",
             r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
         );
     }
-    let (ng, fl, gh, au) = (&runs[1], &runs[2], &runs[3], &runs[4]);
+    let (ng, fl, gh, hd, au) = (&runs[1], &runs[2], &runs[3], &runs[4], &runs[5]);
+    let cpu = |r: &Run| r.node_cpu_us_per_req.unwrap_or(f64::NAN);
     println!();
     println!(
         "gatehouse / nginx: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x (target: throughput >= 1.0x, p99 <= 1.5x)",
@@ -278,6 +327,12 @@ async fn bench(secs: u64, conns: u32) -> Result<(), String> {
         if auth_ratio >= 0.90 { "met" } else { "NOT met" },
         au.p50_ms / gh.p50_ms,
         au.p99_ms / gh.p99_ms
+    );
+    println!(
+        "authenticated / unprotected: node CPU per request {:.2}x; authenticated / unprotected with the same header: throughput {:.2}x, node CPU per request {:.2}x",
+        cpu(au) / cpu(gh),
+        au.requests_per_sec / hd.requests_per_sec,
+        cpu(au) / cpu(hd)
     );
     println!(
         "authenticated / nginx: throughput {:.2}x, p50 {:.2}x, p99 {:.2}x",
@@ -362,6 +417,23 @@ Transfer/sec:     10.00MB
         assert!((run.p99_ms - 1.66).abs() < 1e-9);
         assert_eq!(run.non_2xx, 17);
         assert_eq!(run.errors, 20);
+        assert_eq!(run.requests, 384889);
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_grows() {
+        let pid = std::process::id();
+        let before = process_cpu(pid).expect("own /proc stat");
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = process_cpu(pid).expect("own /proc stat");
+        assert!(
+            after - before >= Duration::from_millis(50),
+            "{before:?} -> {after:?}"
+        );
     }
 
     #[test]
