@@ -98,6 +98,10 @@ async fn jwt_login_provisions_the_user_and_backends_get_a_minted_token() {
     assert_eq!(claims.user.roles().unwrap(), [ROLE_USER]);
     let last = up.last().unwrap();
     assert!(last.headers.get("x-ocis-autoprop-anything").is_none());
+    assert!(
+        last.headers.get("authorization").is_none(),
+        "the IdP token is not handed to backends"
+    );
     assert_eq!(last.headers["x-multi-factor-authentication"], "true");
 
     // The same user again: same account, no second provisioning.

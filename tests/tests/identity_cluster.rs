@@ -21,7 +21,9 @@ struct Cluster {
     nodes: Vec<GatehouseNode>,
 }
 
-/// `backend` is the YAML selecting the account backend (empty: builtin).
+/// `backend` is the YAML selecting the account backend (empty: builtin). Store operations get
+/// 2 s instead of the production 200 ms: these tests check exactly-once behaviour on a shared
+/// 2-core machine, not latency, and a timed-out store call is (correctly) a 503.
 async fn cluster(backend: &str, env: &[(&str, &str)]) -> Cluster {
     let nats = NatsCluster::start(3);
     let idp = Idp::start();
@@ -41,8 +43,8 @@ async fn cluster(backend: &str, env: &[(&str, &str)]) -> Cluster {
         backend: {up}
 oidc:
   issuer: {iss}
-  user_info_cache: {{store: nats-js-kv, addresses: [{addresses}], replicas: 3}}
-state_store: {{store: nats-js-kv, addresses: [{addresses}], replicas: 3}}
+  user_info_cache: {{store: nats-js-kv, addresses: [{addresses}], replicas: 3, op_timeout: 2s}}
+state_store: {{store: nats-js-kv, addresses: [{addresses}], replicas: 3, op_timeout: 2s}}
 events: {{endpoint: \"{events}\"}}
 auto_provision_accounts: true
 token_manager: {{jwt_secret: {SECRET}}}

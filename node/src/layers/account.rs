@@ -7,6 +7,9 @@
 //! impersonate that result (`x-access-token`, the MFA markers, `X-Ocis-Autoprop-*`) is removed
 //! from requests on protected routes first, whether or not anyone authenticated.
 //!
+//! The bearer token that authenticated the request is removed: backends learn the user only from
+//! the minted token, and an IdP token handed to every backend could be replayed by any of them.
+//!
 //! A login whose claims were not cached yet (a new session) publishes `UserSignedIn` and, with
 //! claim-managed spaces, the membership changes since the user's previous session.
 
@@ -124,6 +127,7 @@ where
                 ))));
             }
             apply(req.headers_mut(), &prepared);
+            req.headers_mut().remove(http::header::AUTHORIZATION);
             return futures::future::Either::Left(self.inner.call(req));
         }
         let Some(identity) = req.extensions_mut().remove::<Identity>() else {
@@ -153,14 +157,16 @@ where
             let prepared = EVENT_CONTEXT
                 .scope(context, services.prepare(&identity, routed.require_mfa))
                 .await?;
+            apply(req.headers_mut(), &prepared);
             if let Some(bearer) = &identity.bearer {
                 let exp = identity
                     .claims
                     .get("exp")
                     .and_then(serde_json::Value::as_u64);
-                memo.put(bearer, prepared.clone(), exp, Instant::now());
+                memo.put(bearer, prepared, exp, Instant::now());
+                // Backends learn the user from the minted token; the IdP token stays here.
+                req.headers_mut().remove(http::header::AUTHORIZATION);
             }
-            apply(req.headers_mut(), &prepared);
             inner.call(req).await
         }))
     }
