@@ -11,6 +11,7 @@
 //! single-threaded runtime), so its lock is never contended.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,20 +31,50 @@ pub struct Prepared {
     pub mfa: bool,
 }
 
+/// Entries are filed under a hash of the token's last [`HASHED_SUFFIX`] bytes (for a JWT, the
+/// signature: distinct for distinct tokens) and matched on the whole token. A token is about
+/// 1 KiB, and hashing all of it was a measurable share of a request.
 #[derive(Debug, Default)]
 pub struct IdentityMemo {
-    entries: Mutex<HashMap<Box<str>, (Prepared, Instant)>>,
+    entries: Mutex<Entries>,
+    hasher: RandomState,
 }
+
+#[derive(Debug, Default)]
+struct Entries {
+    by_suffix: HashMap<u64, Vec<Entry>>,
+    len: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    token: Box<str>,
+    prepared: Prepared,
+    until: Instant,
+}
+
+const HASHED_SUFFIX: usize = 48;
 
 impl IdentityMemo {
     pub fn new() -> Self {
         Self::default()
     }
 
+    fn slot(&self, token: &str) -> u64 {
+        let bytes = token.as_bytes();
+        self.hasher
+            .hash_one(&bytes[bytes.len().saturating_sub(HASHED_SUFFIX)..])
+    }
+
     pub fn get(&self, bearer: &str, now: Instant) -> Option<Prepared> {
+        let slot = self.slot(bearer);
         let entries = self.lock();
-        let (prepared, until) = entries.get(bearer)?;
-        (now < *until).then(|| prepared.clone())
+        let entry = entries
+            .by_suffix
+            .get(&slot)?
+            .iter()
+            .find(|e| &*e.token == bearer)?;
+        (now < entry.until).then(|| entry.prepared.clone())
     }
 
     /// Remembers `prepared` for `bearer` until `MEMO_TTL` from `now`, or the token's `exp`
@@ -58,17 +89,35 @@ impl IdentityMemo {
         if keep.is_zero() {
             return;
         }
+        let slot = self.slot(bearer);
         let mut entries = self.lock();
-        if entries.len() >= CAPACITY && !entries.contains_key(bearer) {
-            entries.retain(|_, (_, until)| *until > now);
-            if entries.len() >= CAPACITY {
-                entries.clear();
+        if entries.len >= CAPACITY {
+            entries.by_suffix.retain(|_, list| {
+                list.retain(|e| e.until > now);
+                !list.is_empty()
+            });
+            entries.len = entries.by_suffix.values().map(Vec::len).sum();
+            if entries.len >= CAPACITY {
+                entries.by_suffix.clear();
+                entries.len = 0;
             }
         }
-        entries.insert(bearer.into(), (prepared, now + keep));
+        let list = entries.by_suffix.entry(slot).or_default();
+        let entry = Entry {
+            token: bearer.into(),
+            prepared,
+            until: now + keep,
+        };
+        match list.iter_mut().find(|e| &*e.token == bearer) {
+            Some(existing) => *existing = entry,
+            None => {
+                list.push(entry);
+                entries.len += 1;
+            }
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, (Prepared, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         // A panic while holding this lock cannot leave the map inconsistent.
         self.entries
             .lock()
@@ -135,6 +184,20 @@ mod tests {
     }
 
     #[test]
+    fn tokens_sharing_a_suffix_are_told_apart() {
+        let memo = IdentityMemo::new();
+        let now = Instant::now();
+        let tail = "s".repeat(HASHED_SUFFIX);
+        let (a, b) = (format!("a{tail}"), format!("b{tail}"));
+        memo.put(&a, prepared("for-a"), exp_in(600), now);
+        assert!(memo.get(&b, now).is_none());
+        memo.put(&b, prepared("for-b"), exp_in(600), now);
+        assert_eq!(memo.get(&a, now).unwrap().token, "for-a");
+        assert_eq!(memo.get(&b, now).unwrap().token, "for-b");
+        assert!(memo.get("short", now).is_none());
+    }
+
+    #[test]
     fn a_full_memo_makes_room() {
         let memo = IdentityMemo::new();
         let now = Instant::now();
@@ -143,6 +206,6 @@ mod tests {
         }
         memo.put("new", prepared("b"), exp_in(600), now);
         assert_eq!(memo.get("new", now).unwrap().token, "b");
-        assert!(memo.lock().len() <= CAPACITY);
+        assert!(memo.lock().len <= CAPACITY);
     }
 }

@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use gatehouse_shared::auth::mfa::{MFA_AUTOPROP_HEADER, MFA_HEADER, MfaPolicy, is_reserved_header};
@@ -173,11 +173,15 @@ where
 }
 
 fn apply(headers: &mut http::HeaderMap, prepared: &Prepared) {
-    headers.insert("x-access-token", prepared.token.clone());
+    // Static names: parsing a custom header name from a string allocates.
+    const ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-access-token");
+    const MFA: HeaderName = HeaderName::from_static(MFA_HEADER);
+    const MFA_AUTOPROP: HeaderName = HeaderName::from_static(MFA_AUTOPROP_HEADER);
+    headers.insert(ACCESS_TOKEN, prepared.token.clone());
     let mfa = HeaderValue::from_static(if prepared.mfa { "true" } else { "false" });
-    headers.insert(MFA_HEADER, mfa);
+    headers.insert(MFA, mfa);
     if prepared.mfa {
-        headers.insert(MFA_AUTOPROP_HEADER, HeaderValue::from_static("true"));
+        headers.insert(MFA_AUTOPROP, HeaderValue::from_static("true"));
     }
 }
 
