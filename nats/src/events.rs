@@ -140,6 +140,20 @@ impl EventPublisherOptions {
                 root_ca: non_empty(&config.tls_root_ca_certificate).map(PathBuf::from),
                 insecure: config.tls_insecure,
             }),
+            stream: match StreamSetup::default() {
+                StreamSetup::Ensure {
+                    name,
+                    duplicate_window,
+                    max_age,
+                    ..
+                } => StreamSetup::Ensure {
+                    name,
+                    replicas: config.stream_replicas.max(1),
+                    duplicate_window,
+                    max_age,
+                },
+                existing => existing,
+            },
             ..Self::default()
         })
     }
@@ -635,6 +649,13 @@ mod tests {
                 root_ca: None,
                 insecure: true
             })
+        );
+        c.stream_replicas = 3;
+        let o = EventPublisherOptions::from_config(&c).unwrap();
+        assert!(
+            matches!(o.stream, StreamSetup::Ensure { replicas: 3, ref name, .. } if name == MAIN_QUEUE),
+            "{:?}",
+            o.stream
         );
         c.endpoint = " ".into();
         assert_eq!(EventPublisherOptions::from_config(&c), None);

@@ -45,7 +45,7 @@ oidc:
   issuer: {iss}
   user_info_cache: {{store: nats-js-kv, addresses: [{addresses}], replicas: 3, op_timeout: 2s}}
 state_store: {{store: nats-js-kv, addresses: [{addresses}], replicas: 3, op_timeout: 2s}}
-events: {{endpoint: \"{events}\"}}
+events: {{endpoint: \"{events}\", stream_replicas: 3}}
 auto_provision_accounts: true
 token_manager: {{jwt_secret: {SECRET}}}
 {backend}",

@@ -445,6 +445,8 @@ pub static SECTIONS: &[Section] = &[
         intro: "JetStream settings Gatehouse adds to the oCIS store definitions.",
         gatehouse: true,
         settings: &[
+            set("events.stream_replicas", &["PROXY_EVENTS_STREAM_REPLICAS"], usize!(events.stream_replicas),
+                "Replicas of the `main-queue` stream when no stream captures that subject and Gatehouse creates it (1 to 5; use 3 on a 3-node NATS cluster)."),
             set("oidc.user_info_cache.replicas", &["PROXY_OIDC_USERINFO_CACHE_REPLICAS"],
                 usize!(oidc.user_info_cache.replicas), "JetStream replicas when Gatehouse creates the bucket (1 to 5)."),
             set("oidc.user_info_cache.op_timeout", &["PROXY_OIDC_USERINFO_CACHE_OP_TIMEOUT"],

@@ -261,6 +261,8 @@ pub struct Events {
     pub enable_tls: bool,
     pub username: String,
     pub password: String,
+    /// Gatehouse addition: replicas of the `main-queue` stream when Gatehouse creates it.
+    pub stream_replicas: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -543,6 +545,7 @@ impl Default for Events {
             enable_tls: false,
             username: String::new(),
             password: String::new(),
+            stream_replicas: 1,
         }
     }
 }

@@ -190,6 +190,12 @@ fn accounts(config: &mut Config, p: &mut Problems<'_>) {
             ),
         );
     }
+    if !(1..=5).contains(&config.events.stream_replicas) {
+        p.add(
+            "events.stream_replicas",
+            format!("{} is not between 1 and 5", config.events.stream_replicas),
+        );
+    }
     if config.graph.timeout.is_zero() {
         p.add("graph.timeout", "must be positive");
     }
