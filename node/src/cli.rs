@@ -366,6 +366,7 @@ async fn serve(config: Config) -> ExitCode {
             state: Arc::clone(&state_store),
         },
         sink,
+        metrics.clone(),
     )
     .await
     {

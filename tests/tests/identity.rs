@@ -271,6 +271,30 @@ async fn opaque_tokens_are_checked_once_at_userinfo() {
         assert_eq!(t.await.unwrap(), 200);
     }
     assert_eq!(idp.count("/me").await, 1);
+
+    // What the node reports about it.
+    let metrics = get(&gw.debug_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"gatehouse_idp_requests_total{endpoint="userinfo",outcome="ok"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"gatehouse_authentications_total{result="accepted"}"#
+        ),
+        Some(25.0)
+    );
+}
+
+/// The value of one series in a Prometheus text exposition.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
 #[tokio::test]
@@ -327,6 +351,29 @@ async fn idp_rate_limit_is_answered_with_503_and_honoured() {
     let r = get_with(&gw.url("/x"), &[("authorization", &auth)]).await;
     assert_eq!(r.status, 503);
     assert_eq!(idp.count("/me").await, 1, "no call while Retry-After runs");
+    let metrics = get(&gw.debug_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"gatehouse_idp_requests_total{endpoint="userinfo",outcome="unavailable"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"gatehouse_idp_requests_total{endpoint="userinfo",outcome="backoff"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"gatehouse_authentications_total{result="idp_unavailable"}"#
+        ),
+        Some(2.0)
+    );
 
     idp.clear_failures().await;
     let ok = wait_until(Duration::from_secs(10), || async {

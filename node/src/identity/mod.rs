@@ -25,6 +25,7 @@ use crate::accounts::{AccountResolver, AccountSettings};
 use crate::authn::oidc::{OidcAuthenticator, OidcSettings};
 use crate::layers::account::AccountServices;
 use crate::layers::authenticate::Authenticators;
+use crate::telemetry::Metrics;
 
 use self::events::IdentityEvents;
 
@@ -62,6 +63,7 @@ impl Identity {
         config: &Config,
         stores: IdentityStores,
         sink: Arc<dyn EventSink>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, IdentityError> {
         let problems = config_problems(config);
         if !problems.is_empty() {
@@ -93,8 +95,12 @@ impl Identity {
             None
         } else {
             Some(
-                OidcAuthenticator::new(OidcSettings::from_config(config), stores.userinfo.clone())
-                    .map_err(|e| one(format!("oidc: {e}")))?,
+                OidcAuthenticator::observed(
+                    OidcSettings::from_config(config),
+                    stores.userinfo.clone(),
+                    Some(metrics.clone()),
+                )
+                .map_err(|e| one(format!("oidc: {e}")))?,
             )
         };
 
@@ -111,6 +117,7 @@ impl Identity {
             authenticators: Arc::new(Authenticators {
                 oidc: oidc.clone(),
                 challenges,
+                metrics,
             }),
             accounts: Arc::new(AccountServices {
                 resolver,
@@ -134,7 +141,13 @@ impl Identity {
             userinfo: Arc::new(MemoryStore::new()),
             state: Arc::new(MemoryStore::new()),
         };
-        Self::build(config, stores, Arc::new(NoopSink)).await
+        Self::build(
+            config,
+            stores,
+            Arc::new(NoopSink),
+            Metrics::new("standalone"),
+        )
+        .await
     }
 
     /// Starts the background work (JWKS refresh) on the current runtime until `shutdown`.

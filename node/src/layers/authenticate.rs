@@ -29,6 +29,7 @@ use crate::context::Body;
 use crate::error::GatewayError;
 use crate::identity::memo::{IdentityMemo, Prepared};
 use crate::layers::route::Routed;
+use crate::telemetry::{AuthResult, Metrics};
 
 /// How long clients are asked to wait when the IdP is unavailable and it named no time itself.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -37,6 +38,7 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 pub struct Authenticators {
     pub oidc: Option<OidcAuthenticator>,
     pub challenges: ChallengePolicy,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Clone)]
@@ -106,6 +108,7 @@ where
             && let Some(hit) =
                 bearer_token(req.headers()).and_then(|t| self.memo.get(t, Instant::now()))
         {
+            self.auth.metrics.authentication(AuthResult::Accepted);
             req.extensions_mut().insert(MemoHit(hit));
             return futures::future::Either::Left(self.inner.call(req));
         }
@@ -116,14 +119,21 @@ where
             let mut req = req;
             match auth.authenticate(req.headers()).await {
                 Outcome::Accepted(identity) => {
+                    auth.metrics.authentication(AuthResult::Accepted);
                     req.extensions_mut().insert(identity);
                 }
                 Outcome::Refused { transient } => {
                     if !is_public_path(req.uri().path()) {
+                        auth.metrics.authentication(if transient.is_some() {
+                            AuthResult::IdpUnavailable
+                        } else {
+                            AuthResult::Refused
+                        });
                         return Err(auth.refusal(&req, transient));
                     }
                     // Public paths pass on anonymously, as the oCIS public-share
                     // authenticator lets them.
+                    auth.metrics.authentication(AuthResult::Anonymous);
                 }
             }
             inner.call(req).await

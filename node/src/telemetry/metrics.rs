@@ -10,8 +10,10 @@
 //! - The registry is owned by [`Metrics`] instead of being a process-global default, so tests (and
 //!   several nodes in one test process) do not share counters.
 //!
-//! State-store metrics (`gatehouse_store_*`) are fed through [`StoreObserver`], and on Linux the
-//! standard `process_*` collector (RSS, open fds, CPU seconds) is registered as well.
+//! State-store metrics (`gatehouse_store_*`) are fed through [`StoreObserver`], identity-provider
+//! calls (`gatehouse_idp_*`) through [`IdpObserver`], authentication results
+//! (`gatehouse_authentications_total`) by the authentication layer, and on Linux the standard
+//! `process_*` collector (RSS, open fds, CPU seconds) is registered as well.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -23,6 +25,7 @@ use prometheus::{
 };
 
 use super::{Outcome, StoreObserver};
+use crate::authn::oidc::IdpObserver;
 
 /// The value of the `method` label a request method is counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +161,39 @@ pub struct Metrics {
     per_method: [OnceLock<MethodMetrics>; MethodLabel::ALL.len()],
     store_ops: IntCounterVec,
     store_duration: HistogramVec,
+    idp_requests: IntCounterVec,
+    idp_duration: HistogramVec,
+    /// `gatehouse_authentications_total`, one counter per [`AuthResult`], resolved up front.
+    authentications: [IntCounter; AuthResult::ALL.len()],
+}
+
+/// How the authentication step ended for a request on a protected route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    Accepted,
+    Refused,
+    /// The identity provider could not be asked (503).
+    IdpUnavailable,
+    /// Nothing accepted the request, and it passed on anonymously (a public path).
+    Anonymous,
+}
+
+impl AuthResult {
+    pub const ALL: [AuthResult; 4] = [
+        AuthResult::Accepted,
+        AuthResult::Refused,
+        AuthResult::IdpUnavailable,
+        AuthResult::Anonymous,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::Accepted => "accepted",
+            AuthResult::Refused => "refused",
+            AuthResult::IdpUnavailable => "idp_unavailable",
+            AuthResult::Anonymous => "anonymous",
+        }
+    }
 }
 
 impl Metrics {
@@ -213,8 +249,37 @@ impl Metrics {
         )
         .expect(VALID);
 
+        let idp_requests = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_idp_requests_total",
+                "Requests to the identity provider by endpoint and outcome (ok, rejected, unavailable, backoff: not sent while backing off)",
+            ),
+            &["endpoint", "outcome"],
+        )
+        .expect(VALID);
+        let idp_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_idp_request_duration_seconds",
+                "How long requests to the identity provider took",
+            ),
+            &["endpoint"],
+        )
+        .expect(VALID);
+        let auth = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_authentications_total",
+                "Requests on protected routes by authentication result",
+            ),
+            &["result"],
+        )
+        .expect(VALID);
+        let authentications = AuthResult::ALL.map(|r| auth.with_label_values(&[r.as_str()]));
+
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(idp_requests.clone()),
+            Box::new(idp_duration.clone()),
+            Box::new(auth),
             Box::new(errors.clone()),
             Box::new(duration.clone()),
             Box::new(build_info.clone()),
@@ -240,6 +305,9 @@ impl Metrics {
             per_method: Default::default(),
             store_ops,
             store_duration,
+            idp_requests,
+            idp_duration,
+            authentications,
         };
         // oCIS exports the GET series at 0 before the first request.
         metrics.method(&Method::GET);
@@ -276,6 +344,25 @@ impl Metrics {
             tracing::error!(error = %err, "encoding metrics failed");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Metrics {
+    pub fn authentication(&self, result: AuthResult) {
+        self.authentications[result as usize].inc();
+    }
+}
+
+impl IdpObserver for Metrics {
+    fn idp_request(&self, endpoint: &str, outcome: &'static str, elapsed: Option<Duration>) {
+        self.idp_requests
+            .with_label_values(&[endpoint, outcome])
+            .inc();
+        if let Some(elapsed) = elapsed {
+            self.idp_duration
+                .with_label_values(&[endpoint])
+                .observe(elapsed.as_secs_f64());
+        }
     }
 }
 

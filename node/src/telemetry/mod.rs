@@ -5,4 +5,4 @@ pub mod logging;
 pub mod metrics;
 
 pub use gatehouse_shared::store::{Outcome, StoreObserver};
-pub use metrics::{MethodLabel, MethodMetrics, Metrics};
+pub use metrics::{AuthResult, MethodLabel, MethodMetrics, Metrics};

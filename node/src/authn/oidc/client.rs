@@ -13,7 +13,7 @@
 //! without reaching the provider, which gives a struggling provider room to recover instead of
 //! a retry storm from every node. The first success opens it and resets the back-off.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -95,6 +95,14 @@ pub struct IdpClient {
     client: Client<Connector, Empty<Bytes>>,
     gate: Mutex<Gate>,
     max_body: usize,
+    observer: Option<Arc<dyn IdpObserver>>,
+}
+
+/// Told about every call to the identity provider (metrics). `outcome` is `ok`, `rejected`
+/// (a permanent answer), `unavailable` (transient) or `backoff` (not sent: backing off);
+/// `elapsed` is `None` for calls that were not sent.
+pub trait IdpObserver: Send + Sync {
+    fn idp_request(&self, endpoint: &str, outcome: &'static str, elapsed: Option<Duration>);
 }
 
 impl IdpClient {
@@ -111,7 +119,18 @@ impl IdpClient {
             client: builder.build(Connector::new(tls, Some(connect_timeout))),
             gate: Mutex::new(Gate::default()),
             max_body,
+            observer: None,
         })
+    }
+
+    pub fn set_observer(&mut self, observer: Arc<dyn IdpObserver>) {
+        self.observer = Some(observer);
+    }
+
+    fn observe(&self, what: &str, outcome: &'static str, elapsed: Option<Duration>) {
+        if let Some(o) = &self.observer {
+            o.idp_request(what, outcome, elapsed);
+        }
     }
 
     fn gate(&self) -> std::sync::MutexGuard<'_, Gate> {
@@ -130,8 +149,10 @@ impl IdpClient {
         gated: bool,
     ) -> Result<IdpResponse, CallError> {
         if gated && let Some(remaining) = self.gate().check(Instant::now()) {
+            self.observe(what, "backoff", None);
             return Err(CallError::Gated { remaining });
         }
+        let started = Instant::now();
         let mut result = match tokio::time::timeout(timeout, self.exchange(what, url, bearer)).await
         {
             Ok(r) => r,
@@ -140,6 +161,12 @@ impl IdpClient {
                 retry_after: None,
             }),
         };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CallError::Transient { .. }) => "unavailable",
+            Err(_) => "rejected",
+        };
+        self.observe(what, outcome, Some(started.elapsed()));
         if gated {
             match &mut result {
                 Ok(_) => self.gate().succeeded(),

@@ -19,6 +19,8 @@
 
 pub mod client;
 mod negative;
+
+pub use client::IdpObserver;
 #[cfg(test)]
 mod tests;
 
@@ -226,6 +228,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl OidcAuthenticator {
     pub fn new(settings: OidcSettings, cache: Arc<dyn Store>) -> Result<Self, OidcSetupError> {
+        Self::observed(settings, cache, None)
+    }
+
+    /// Like [`OidcAuthenticator::new`], reporting every call to the provider to `observer`.
+    pub fn observed(
+        settings: OidcSettings,
+        cache: Arc<dyn Store>,
+        observer: Option<Arc<dyn IdpObserver>>,
+    ) -> Result<Self, OidcSetupError> {
         if settings.issuer.is_empty() {
             return Err(OidcSetupError::NoIssuer);
         }
@@ -241,11 +252,14 @@ impl OidcAuthenticator {
                 "oidc.insecure is set: the identity provider's certificate is not verified"
             );
         }
-        let http = IdpClient::new(
+        let mut http = IdpClient::new(
             settings.insecure,
             settings.request_timeout,
             settings.max_body,
         )?;
+        if let Some(observer) = observer {
+            http.set_observer(observer);
+        }
         let negative = NegativeCache::new(settings.negative_ttl, settings.negative_capacity);
         Ok(Self {
             inner: Arc::new(Inner {
