@@ -16,6 +16,21 @@ pub const JWKS_ROTATED: &str = include_str!("testdata/jwks_rotated.json");
 /// Only `rsa2`.
 pub const JWKS_RSA2: &str = include_str!("testdata/jwks_rsa2.json");
 
+/// The issuer the unit tests use.
+pub const ISS: &str = "https://idp.example.com";
+/// The fixed "now" of the unit tests (Unix seconds).
+pub const NOW: u64 = 1_700_000_000;
+
+/// [`NOW`] as a `SystemTime`.
+pub fn now() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(NOW)
+}
+
+/// The key set of [`JWKS`].
+pub fn keys() -> super::KeySet {
+    super::KeySet::parse(JWKS.as_bytes()).expect("the committed test JWKS parses")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TestKey {
     Rsa1,

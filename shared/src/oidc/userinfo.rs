@@ -80,23 +80,10 @@ pub fn merge_claims(
 
 #[cfg(test)]
 mod tests {
-    use std::time::UNIX_EPOCH;
-
     use serde_json::json;
 
     use super::*;
-    use crate::oidc::testing::{self, JWKS, TestKey};
-
-    const ISS: &str = "https://idp.example.com";
-    const NOW: u64 = 1_700_000_000;
-
-    fn now() -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(NOW)
-    }
-
-    fn keys() -> KeySet {
-        KeySet::parse(JWKS.as_bytes()).unwrap()
-    }
+    use crate::oidc::testing::{self, ISS, NOW, TestKey, keys, now};
 
     fn obj(v: Value) -> Claims {
         v.as_object().unwrap().clone()

@@ -216,23 +216,10 @@ fn audience_accepted(claims: &Claims, allowed: &[String]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
-
     use serde_json::json;
 
     use super::*;
-    use crate::oidc::testing::{self, JWKS, JWKS_ROTATED, TestKey};
-
-    const ISS: &str = "https://idp.example.com";
-    const NOW: u64 = 1_700_000_000;
-
-    fn now() -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(NOW)
-    }
-
-    fn keys() -> KeySet {
-        KeySet::parse(JWKS.as_bytes()).unwrap()
-    }
+    use crate::oidc::testing::{self, ISS, JWKS_ROTATED, NOW, TestKey, keys, now};
 
     fn policy() -> VerifyPolicy {
         VerifyPolicy {
