@@ -5,12 +5,13 @@
 //! check ([`discovery`]), the IdP key set ([`jwks`]), access-token verification ([`verify`]),
 //! the userinfo answer and how it is merged with the token's claims ([`userinfo`]), and the
 //! msgpack form in which claims are shared with oCIS nodes through the user-info cache
-//! ([`cache`]). The node fetches the documents and calls these functions; it makes no security
+//! ([`cache`]), and back-channel logout tokens ([`logout`]). The node fetches the documents and calls these functions; it makes no security
 //! decision of its own.
 
 pub mod cache;
 pub mod discovery;
 pub mod jwks;
+pub mod logout;
 #[doc(hidden)]
 pub mod testing;
 pub mod userinfo;
@@ -19,6 +20,7 @@ pub mod verify;
 pub use cache::{CacheCodecError, Cached, decode_claims, encode_claims, read_cached};
 pub use discovery::{Discovery, DiscoveryError, discovery_url};
 pub use jwks::{JwksError, Key, KeySet};
+pub use logout::{Logout, LogoutTokenError, verify_logout_token};
 pub use userinfo::{UserinfoError, merge_claims, parse_userinfo};
 pub use verify::{MAX_TOKEN_LEN, VerifyError, VerifyPolicy, verify};
 
