@@ -69,7 +69,7 @@ pub fn verify_logout_token(
     let announced = if signing_algs.is_empty() {
         alg == "RS256"
     } else {
-        signing_algs.iter().any(|a| *a == alg)
+        signing_algs.contains(&alg)
     };
     if !announced {
         return Err(LogoutTokenError::AlgorithmNotAnnounced(alg));
@@ -183,7 +183,8 @@ mod tests {
             f(c.as_object_mut().unwrap());
             rs256(&c)
         };
-        let cases: Vec<(&str, String, fn(&LogoutTokenError) -> bool)> = vec![
+        type Expect = fn(&LogoutTokenError) -> bool;
+        let cases: Vec<(&str, String, Expect)> = vec![
             (
                 "issuer mismatch",
                 with(&|c| {
