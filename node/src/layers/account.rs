@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
@@ -231,7 +230,12 @@ impl AccountServices {
         let account = &resolved.account;
         let mut user = reva_user(account, &self.idp);
         if let Some(quota) = self.quotas.get(&account.role_id) {
-            set_opaque(&mut user, QUOTA_OPAQUE_KEY, Bytes::from(quota.to_string()));
+            set_opaque(
+                &mut user,
+                QUOTA_OPAQUE_KEY,
+                "plain",
+                quota.to_string().into_bytes(),
+            );
         }
         if let Some(spaces) = &self.spaces {
             match spaces.memberships(claims) {
@@ -241,7 +245,7 @@ impl AccountServices {
                         .map(|(id, role)| ((*id).to_owned(), role.as_str().to_owned()))
                         .collect();
                     if let Ok(json) = serde_json::to_vec(&desired) {
-                        set_opaque(&mut user, SPACES_OPAQUE_KEY, Bytes::from(json));
+                        set_opaque(&mut user, SPACES_OPAQUE_KEY, "json", json);
                     }
                     if identity.new_session {
                         self.events
@@ -271,16 +275,12 @@ impl AccountServices {
     }
 }
 
-fn set_opaque(user: &mut RevaUser, key: &str, value: Bytes) {
+fn set_opaque(user: &mut RevaUser, key: &str, decoder: &str, value: Vec<u8>) {
     user.opaque.get_or_insert_with(Default::default).map.insert(
         key.to_owned(),
         OpaqueEntry {
-            decoder: if key == QUOTA_OPAQUE_KEY {
-                "plain".into()
-            } else {
-                "json".into()
-            },
-            value: value.to_vec(),
+            decoder: decoder.to_owned(),
+            value,
         },
     );
 }
