@@ -491,7 +491,9 @@ fn parse_rfc3339(s: &str) -> Option<SystemTime> {
 
 fn days_in_month(year: u32, month: u32) -> u32 {
     match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
+            29
+        }
         2 => 28,
         4 | 6 | 9 | 11 => 30,
         _ => 31,
@@ -530,4 +532,595 @@ fn parse_seconds(s: &str) -> Option<Duration> {
         return None;
     }
     Some(Duration::from_nanos(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2020-02-02T12:30:00Z, the `now` of oCIS's expiry test.
+    const EXPIRY_NOW: u64 = 1_580_646_600;
+    /// 2019-05-14T11:02:00Z, the `now` of oCIS's validate test.
+    const VALIDATE_NOW: u64 = 1_557_831_720;
+    const KEY: &[u8] = b"1234567890";
+    const ALICE: &str =
+        "OC-Credential=alice&OC-Date=2019-05-14T11:01:58.135Z&OC-Expires=1200&OC-Verb=GET";
+    /// PBKDF2 over `https://cloud.example.net/?` + ALICE (encoded) with KEY, computed with Python's
+    /// `hashlib.pbkdf2_hmac('sha512', url, key, 10000, 32)`.
+    const ALICE_SIG: &str = "17691a3ce357b7ac1124c7a7177fc41e038b3d85abdd7cd045e18834ee805ef5";
+
+    fn secs(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn methods(m: &[&str]) -> Vec<String> {
+        m.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn req<'a>(method: &'a str, query: &'a str) -> SignedUrlRequest<'a> {
+        SignedUrlRequest {
+            method,
+            host: "cloud.example.net",
+            path: "/",
+            query,
+        }
+    }
+
+    /// `check` then `verify_signature`, as the authenticator will run them.
+    fn validate(r: &SignedUrlRequest, now: SystemTime, key: &[u8]) -> Result<(), SignedUrlError> {
+        let params = check(r, &methods(&["get"]), None, now)?;
+        verify_signature(r, &params, key)
+    }
+
+    #[test]
+    fn applies_only_with_a_non_empty_signature() {
+        for (query, expected) in [
+            ("", false),
+            ("OC-Signature=something", true),
+            ("a=1&OC-Signature=something", true),
+            ("OC-Signature=", false),
+            ("OC-Signature", false),
+            ("oc-signature=something", false),
+        ] {
+            assert_eq!(applies(query), expected, "{query}");
+        }
+    }
+
+    #[test]
+    fn required_parameters_in_order_with_ocis_texts() {
+        let all = [
+            ("OC-Signature", "sig"),
+            ("OC-Credential", "alice"),
+            ("OC-Date", "2020-02-02T12:29:00.000Z"),
+            ("OC-Expires", "61"),
+            ("OC-Verb", "GET"),
+        ];
+        let build = |skip: &[&str]| {
+            all.iter()
+                .filter(|(k, _)| !skip.contains(k))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        };
+        let run = |query: &str| {
+            check(
+                &req("GET", query),
+                &methods(&["GET"]),
+                None,
+                secs(EXPIRY_NOW),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(run(&build(&[])), Ok(()));
+        for (name, _) in all {
+            assert_eq!(
+                run(&build(&[name])),
+                Err(format!("required {name} parameter not found")),
+                "{name}"
+            );
+            let empty = build(&[]).replace(&format!("{name}="), &format!("{name}=&x-{name}="));
+            assert_eq!(
+                run(&empty),
+                Err(format!("required {name} parameter not found")),
+                "empty {name}"
+            );
+        }
+        assert_eq!(
+            run(""),
+            Err("required OC-Signature parameter not found".into())
+        );
+        assert_eq!(
+            run(&build(&["OC-Credential", "OC-Verb"])),
+            Err("required OC-Credential parameter not found".into())
+        );
+        assert_eq!(
+            run(&build(&["OC-Verb", "OC-Expires"])),
+            Err("required OC-Expires parameter not found".into())
+        );
+    }
+
+    #[test]
+    fn verb_must_match_the_method_case_insensitively() {
+        for (method, verb, ok) in [
+            ("GET", "GET", true),
+            ("GET", "get", true),
+            ("POST", "GET", false),
+        ] {
+            let query = format!(
+                "OC-Signature=s&OC-Credential=a&OC-Date=2020-02-02T12:29:00Z&OC-Expires=61&OC-Verb={verb}"
+            );
+            let got = check(
+                &req(method, &query),
+                &methods(&["GET", "POST"]),
+                None,
+                secs(EXPIRY_NOW),
+            );
+            match got {
+                Ok(p) => assert!(ok, "{method} {verb} passed: {p:?}"),
+                Err(e) => {
+                    assert!(!ok, "{method} {verb}: {e}");
+                    assert_eq!(
+                        e.to_string(),
+                        "required OC-Verb parameter did not match request method"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn method_must_be_in_the_allowed_list() {
+        let query =
+            "OC-Signature=s&OC-Credential=a&OC-Date=2020-02-02T12:29:00Z&OC-Expires=61&OC-Verb=GET";
+        for (allowed, ok) in [
+            (vec![], false),
+            (vec!["POST"], false),
+            (vec!["GET"], true),
+            (vec!["get"], true),
+            (vec!["POST", "GET"], true),
+        ] {
+            let got = check(
+                &req("GET", query),
+                &methods(&allowed),
+                None,
+                secs(EXPIRY_NOW),
+            );
+            match got {
+                Ok(_) => assert!(ok, "{allowed:?}"),
+                Err(e) => {
+                    assert!(!ok, "{allowed:?}: {e}");
+                    assert_eq!(
+                        e.to_string(),
+                        "request method is not listed in PreSignedURLConfig AllowedHTTPMethods"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_at_2020_02_02_12_30() {
+        let cases: [(&str, &str, Result<(), SignedUrlError>); 11] = [
+            ("2020-02-02T12:29:00.000Z", "61", Ok(())),
+            (
+                "2020-02-02T12:29:00.000Z",
+                "invalid",
+                Err(SignedUrlError::InvalidExpires("invalid".into())),
+            ),
+            (
+                "2020-02-02TTT12:29:00.000Z",
+                "61",
+                Err(SignedUrlError::InvalidDate(
+                    "2020-02-02TTT12:29:00.000Z".into(),
+                )),
+            ),
+            (
+                "2020-02-02T12:29:00.000Z",
+                "59",
+                Err(SignedUrlError::Expired),
+            ),
+            // exactly at the expiry instant: oCIS requires now strictly before it
+            (
+                "2020-02-02T12:29:00.000Z",
+                "60",
+                Err(SignedUrlError::Expired),
+            ),
+            (
+                "2020-02-01T12:29:00.000Z",
+                "61",
+                Err(SignedUrlError::Expired),
+            ),
+            // a day ahead: oCIS accepts, we reject (beyond MAX_FUTURE_SKEW)
+            (
+                "2020-02-03T12:29:00.000Z",
+                "61",
+                Err(SignedUrlError::DateInFuture),
+            ),
+            // a client clock a little ahead is tolerated
+            ("2020-02-02T12:34:00.000Z", "61", Ok(())),
+            (
+                "2020-02-02T12:35:01.000Z",
+                "61",
+                Err(SignedUrlError::DateInFuture),
+            ),
+            ("2020-02-02T13:29:00%2B01:00", "61", Ok(())),
+            // an unencoded `+` is a space in a query
+            (
+                "2020-02-02T13:29:00+01:00",
+                "61",
+                Err(SignedUrlError::InvalidDate(
+                    "2020-02-02T13:29:00 01:00".into(),
+                )),
+            ),
+        ];
+        for (date, expires, expected) in cases {
+            let query = format!(
+                "OC-Signature=s&OC-Credential=a&OC-Date={date}&OC-Expires={expires}&OC-Verb=GET"
+            );
+            let got = check(
+                &req("GET", &query),
+                &methods(&["GET"]),
+                None,
+                secs(EXPIRY_NOW),
+            );
+            assert_eq!(got.map(|_| ()), expected, "{date} + {expires}");
+        }
+        assert_eq!(
+            SignedUrlError::InvalidExpires("invalid".into()).to_string(),
+            r#"time: invalid duration "invalids""#
+        );
+    }
+
+    #[test]
+    fn max_lifetime_is_enforced_when_configured() {
+        let run = |expires: &str, max: Option<u64>| {
+            let query = format!(
+                "OC-Signature=s&OC-Credential=a&OC-Date=2020-02-02T12:29:00Z&OC-Expires={expires}&OC-Verb=GET"
+            );
+            check(
+                &req("GET", &query),
+                &methods(&["GET"]),
+                max.map(Duration::from_secs),
+                secs(EXPIRY_NOW),
+            )
+            .map(|p| p.lifetime)
+        };
+        assert_eq!(run("3600", Some(3600)), Ok(Duration::from_secs(3600)));
+        assert_eq!(
+            run("3601", Some(3600)),
+            Err(SignedUrlError::LifetimeTooLong {
+                lifetime: Duration::from_secs(3601),
+                max: Duration::from_secs(3600)
+            })
+        );
+        assert_eq!(run("31536000", None), Ok(Duration::from_secs(31_536_000)));
+        // an expired URL reports expiry, whatever its lifetime
+        assert_eq!(run("1", Some(0)), Err(SignedUrlError::Expired));
+    }
+
+    #[test]
+    fn expires_is_a_non_negative_decimal_number_of_seconds() {
+        for (text, expected) in [
+            ("1200", Some(Duration::from_secs(1200))),
+            ("+60", Some(Duration::from_secs(60))),
+            ("1.5", Some(Duration::from_millis(1500))),
+            (".5", Some(Duration::from_millis(500))),
+            ("2.", Some(Duration::from_secs(2))),
+            ("0.0000000019", Some(Duration::from_nanos(1))),
+            ("9223372036", Some(Duration::from_secs(9_223_372_036))),
+            ("9223372037", None),
+            ("99999999999999999999999", None),
+            ("-5", None),
+            ("1m", None),
+            ("1h1m", None),
+            (".", None),
+            ("1.2.3", None),
+            (" 5", None),
+        ] {
+            assert_eq!(parse_seconds(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn dates_are_strict_rfc3339() {
+        for (text, expected) in [
+            ("2020-02-02T12:30:00Z", Some(secs(EXPIRY_NOW))),
+            ("2020-02-02T12:30:00.000Z", Some(secs(EXPIRY_NOW))),
+            ("2020-02-02T14:30:00+02:00", Some(secs(EXPIRY_NOW))),
+            ("2020-02-02T10:00:00-02:30", Some(secs(EXPIRY_NOW))),
+            (
+                "2019-05-14T11:01:58.135Z",
+                Some(secs(1_557_831_718) + Duration::from_millis(135)),
+            ),
+            (
+                "2019-05-14T11:01:58.1234567891Z",
+                Some(secs(1_557_831_718) + Duration::from_nanos(123_456_789)),
+            ),
+            ("2020-02-29T00:00:00Z", Some(secs(1_582_934_400))),
+            (
+                "1969-12-31T23:59:59Z",
+                UNIX_EPOCH.checked_sub(Duration::from_secs(1)),
+            ),
+            ("2019-02-29T00:00:00Z", None),
+            ("2020-04-31T00:00:00Z", None),
+            ("2020-13-01T00:00:00Z", None),
+            ("2020-02-02T24:00:00Z", None),
+            ("2020-02-02T12:30:60Z", None),
+            ("2020-02-02T12:30:00", None),
+            ("2020-02-02T12:30:00z", None),
+            ("2020-02-02t12:30:00Z", None),
+            ("2020-02-02T12:30:00.Z", None),
+            ("2020-02-02T12:30:00+0200", None),
+            ("2020-02-02T12:30:00+24:00", None),
+            ("2020-02-02T12:30:00Zjunk", None),
+            ("2020-2-02T12:30:00Z", None),
+            ("2020-02-02T1:30:00Z", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_rfc3339(text), expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn key_derivation_matches_ocis_vectors() {
+        // password, salt, expected: spec §4.3 (oCIS's createSignature test and its validate URLs)
+        for (url, key, expected) in [
+            (
+                "something",
+                "somerandomkey",
+                "27d2ebea381384af3179235114801dcd00f91e46f99fca72575301cf3948101d",
+            ),
+            (
+                "http://cloud.example.net/?OC-Credential=alice&OC-Date=2019-05-14T11%3A01%3A58.135Z&OC-Expires=1200&OC-Verb=GET",
+                "1234567890",
+                "f9e53a1ee23caef10f72ec392c1b537317491b687bfdd224c782be197d9ca2b6",
+            ),
+            (
+                "http://localhost:33001/try?id=1&id=2&OC-Credential=user&OC-Date=2024-02-07T12%3A03%3A11.966Z&OC-Expires=2&OC-Verb=GET",
+                "1234567890",
+                "86e21a1efbf0be989a206109cfedf70a22f338dc8995e849ce002032bc6741c5",
+            ),
+        ] {
+            assert_eq!(derive_signature(url, key.as_bytes()), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn canonical_url_sorts_remaining_params_and_fixes_the_signing_order() {
+        let query = "OC-Verb=GET&b=x+y&OC-Algo=PBKDF2%2F10000-SHA512&a=2&OC-Signature=s&a=1\
+                     &OC-Expires=1200&c=%3a%2F%24&OC-Date=2019-05-14T11%3A01%3A58.135Z\
+                     &OC-Credential=al%20ice&d&bad=%zz&semi=1;x=2&A=up";
+        let r = SignedUrlRequest {
+            method: "GET",
+            host: "cloud.example.net:9200",
+            path: "/remote.php/dav/files/al%20ice/a$b.txt",
+            query,
+        };
+        let params = check(&r, &methods(&["GET"]), None, secs(VALIDATE_NOW)).unwrap();
+        assert_eq!(params.credential, "al ice");
+        assert_eq!(params.algo.as_deref(), Some("PBKDF2/10000-SHA512"));
+        assert_eq!(
+            canonical_urls(&r, &params),
+            vec![
+                "https://cloud.example.net:9200/remote.php/dav/files/al%20ice/a$b.txt?A=up&a=2&a=1&b=x+y&c=%3A%2F%24&d=\
+                 &OC-Credential=al+ice&OC-Date=2019-05-14T11%3A01%3A58.135Z&OC-Expires=1200&OC-Verb=GET"
+                    .to_owned(),
+                "https://cloud.example.net:9200/remote.php/dav/files/al%20ice/a%24b.txt?A=up&a=2&a=1&b=x+y&c=%3A%2F%24&d=\
+                 &OC-Credential=al+ice&OC-Date=2019-05-14T11%3A01%3A58.135Z&OC-Expires=1200&OC-Verb=GET"
+                    .to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn canonical_path_is_gos_escaped_path() {
+        for (raw, expected) in [
+            ("/", "/"),
+            ("/a%20b/c", "/a%20b/c"),
+            ("/a%2Fb", "/a%2Fb"),
+            ("/!$&'()*+,;=:@[]~", "/!$&'()*+,;=:@[]~"),
+            ("/a b", "/a%20b"),
+            ("/ä", "/%C3%A4"),
+            ("/a%41 b", "/aA%20b"),
+            ("/a\"b%21", "/a%22b%21"),
+            ("/a b%zz", "/a b%zz"),
+            ("", ""),
+        ] {
+            assert_eq!(escaped_path(raw), expected, "{raw:?}");
+        }
+        let query = format!("{ALICE}&OC-Signature=s");
+        let r = SignedUrlRequest {
+            method: "GET",
+            host: "h",
+            path: "*",
+            query: &query,
+        };
+        let params = check(&r, &methods(&["GET"]), None, secs(VALIDATE_NOW)).unwrap();
+        assert!(canonical_urls(&r, &params)[0].starts_with("https://h/*?OC-Credential"));
+    }
+
+    #[test]
+    fn validate_like_ocis() {
+        let ocis_truncated = "f9e53a1ee23caef10f72ec392c1b537317491b687bfdd224c782be197d9ca2b";
+        let cases: Vec<(&str, String, u64, Result<(), SignedUrlError>)> = vec![
+            (
+                "missing signature",
+                ALICE.to_owned(),
+                EXPIRY_NOW,
+                Err(SignedUrlError::MissingParameter(OC_SIGNATURE)),
+            ),
+            (
+                "expired",
+                format!("{ALICE}&OC-Signature={ALICE_SIG}"),
+                EXPIRY_NOW,
+                Err(SignedUrlError::Expired),
+            ),
+            (
+                "wrong signature",
+                format!("{ALICE}&OC-Signature={}", &ALICE_SIG[..63]),
+                VALIDATE_NOW,
+                Err(SignedUrlError::SignatureMismatch),
+            ),
+            (
+                "oCIS's signature over the http:// URL",
+                format!("{ALICE}&OC-Signature={}6", ocis_truncated),
+                VALIDATE_NOW,
+                Err(SignedUrlError::SignatureMismatch),
+            ),
+            (
+                "uppercase hex",
+                format!("{ALICE}&OC-Signature={}", ALICE_SIG.to_uppercase()),
+                VALIDATE_NOW,
+                Err(SignedUrlError::SignatureMismatch),
+            ),
+            (
+                "valid",
+                format!("{ALICE}&OC-Signature={ALICE_SIG}"),
+                VALIDATE_NOW,
+                Ok(()),
+            ),
+            (
+                "valid, parameters in another order",
+                format!(
+                    "OC-Signature={ALICE_SIG}&OC-Verb=GET&OC-Expires=1200&OC-Date=2019-05-14T11%3A01%3A58.135Z&OC-Credential=alice"
+                ),
+                VALIDATE_NOW,
+                Ok(()),
+            ),
+            (
+                "valid with OC-Algo",
+                format!("{ALICE}&OC-Algo=PBKDF2%2F10000-SHA512&OC-Signature={ALICE_SIG}"),
+                VALIDATE_NOW,
+                Ok(()),
+            ),
+            (
+                "OC-Algo names another algorithm: still ignored",
+                format!("{ALICE}&OC-Algo=MD5&OC-Signature={ALICE_SIG}"),
+                VALIDATE_NOW,
+                Ok(()),
+            ),
+            (
+                "an unsigned extra parameter",
+                format!("{ALICE}&x=1&OC-Signature={ALICE_SIG}"),
+                VALIDATE_NOW,
+                Err(SignedUrlError::SignatureMismatch),
+            ),
+        ];
+        for (name, query, now, expected) in cases {
+            assert_eq!(
+                validate(&req("GET", &query), secs(now), KEY),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn validate_repeated_params() {
+        // https:// variant of oCIS's `id=1&id=2` case, signature computed with Python.
+        let sig = "5b57acada7a997d8bf189b76906f5f046af4795d85e0b536d8857200404b3b30";
+        let query = format!(
+            "id=1&id=2&OC-Credential=user&OC-Date=2024-02-07T12%3A03%3A11.966Z&OC-Expires=2&OC-Verb=GET&OC-Signature={sig}"
+        );
+        let mut r = SignedUrlRequest {
+            method: "GET",
+            host: "localhost:33001",
+            path: "/try",
+            query: &query,
+        };
+        assert_eq!(validate(&r, secs(1_707_307_392), KEY), Ok(()));
+        let swapped = query.replacen("id=1&id=2", "id=2&id=1", 1);
+        r.query = &swapped;
+        assert_eq!(
+            validate(&r, secs(1_707_307_392), KEY),
+            Err(SignedUrlError::SignatureMismatch)
+        );
+    }
+
+    #[test]
+    fn dollar_workaround_accepts_the_first_dollar_encoded() {
+        // Signed over `/a%24b/c$d` (Python), received as `/a$b/c$d`.
+        let sig = "787278675c76da9021a1517e699c210a418ace22c90d2b0f2a75be90e4520c20";
+        let query = format!("{ALICE}&OC-Signature={sig}");
+        let r = SignedUrlRequest {
+            method: "GET",
+            host: "cloud.example.net",
+            path: "/a$b/c$d",
+            query: &query,
+        };
+        assert_eq!(validate(&r, secs(VALIDATE_NOW), KEY), Ok(()));
+        let other = SignedUrlRequest {
+            path: "/a$b/c%24d",
+            ..r
+        };
+        assert_eq!(
+            validate(&other, secs(VALIDATE_NOW), KEY),
+            Err(SignedUrlError::SignatureMismatch)
+        );
+    }
+
+    #[test]
+    fn the_key_and_the_scheme_matter() {
+        let query = format!("{ALICE}&OC-Signature={ALICE_SIG}");
+        let r = req("GET", &query);
+        assert_eq!(validate(&r, secs(VALIDATE_NOW), KEY), Ok(()));
+        // oCIS accepts any signature when the stored key is empty
+        assert_eq!(
+            validate(&r, secs(VALIDATE_NOW), b""),
+            Err(SignedUrlError::EmptyKey)
+        );
+        assert_eq!(
+            validate(&r, secs(VALIDATE_NOW), b"1234567891"),
+            Err(SignedUrlError::SignatureMismatch)
+        );
+        let other_host = SignedUrlRequest {
+            host: "cloud.example.org",
+            ..r
+        };
+        assert_eq!(
+            validate(&other_host, secs(VALIDATE_NOW), KEY),
+            Err(SignedUrlError::SignatureMismatch)
+        );
+    }
+
+    #[test]
+    fn errors_are_unauthorized_and_final() {
+        for e in [
+            SignedUrlError::MissingParameter(OC_VERB),
+            SignedUrlError::Expired,
+            SignedUrlError::EmptyKey,
+            SignedUrlError::SignatureMismatch,
+        ] {
+            assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+            assert!(!e.is_retryable());
+        }
+        assert!(
+            !SignedUrlError::SignatureMismatch
+                .to_string()
+                .contains(ALICE_SIG)
+        );
+    }
+
+    #[test]
+    fn non_utf8_signing_values_are_refused() {
+        let query = "OC-Signature=s&OC-Credential=%FF&OC-Date=2020-02-02T12:29:00Z&OC-Expires=61&OC-Verb=GET";
+        assert_eq!(
+            check(
+                &req("GET", query),
+                &methods(&["GET"]),
+                None,
+                secs(EXPIRY_NOW)
+            ),
+            Err(SignedUrlError::InvalidEncoding(OC_CREDENTIAL))
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
 }
