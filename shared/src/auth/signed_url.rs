@@ -9,7 +9,7 @@
 //!
 //! The work is split so that the cheap part runs first and without I/O: [`check`] rejects
 //! malformed, mismatched and expired URLs before the caller resolves the user or reads the key
-//! from the store (oCIS does those backend calls first); [`verify_signature`] then costs two
+//! from the store (oCIS does those backend calls first); [`verify_signature`] then costs one or two
 //! 10 000-round key derivations and belongs off the async executor.
 //!
 //! Deliberate differences from oCIS:
