@@ -6,5 +6,6 @@ pub mod challenge;
 pub mod claims;
 pub mod mfa;
 pub mod roles;
+pub mod signed_url;
 pub mod spaces;
 pub mod token_hash;
