@@ -108,16 +108,21 @@ fn backend_user_ids(up: &Upstream) -> Vec<String> {
         .collect()
 }
 
-/// Event types (`Metadata.eventtype`) published on `main-queue` so far.
+/// Event types (`Metadata.eventtype`) published on `main-queue` so far; empty while no stream
+/// captures the subject yet (a gateway node creates it with its first event).
 async fn published_event_types(nats: &NatsCluster) -> Vec<String> {
     let client = async_nats::connect(nats.client_urls()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let name = js
-        .stream_by_subject("main-queue")
-        .await
-        .unwrap_or_else(|e| panic!("no stream captures main-queue: {e}"));
-    let stream = js.get_stream(name).await.unwrap();
-    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let Ok(name) = js.stream_by_subject("main-queue").await else {
+        return Vec::new();
+    };
+    let Ok(mut stream) = js.get_stream(name).await else {
+        return Vec::new();
+    };
+    let Ok(info) = stream.info().await else {
+        return Vec::new();
+    };
+    let last = info.state.last_sequence;
     let mut types = Vec::new();
     for seq in 1..=last {
         let Ok(msg) = stream.get_raw_message(seq).await else {
