@@ -1818,7 +1818,7 @@ async fn hostile_corpus_is_refused_and_the_node_keeps_serving() {
         kid: idp.kid().to_string(),
     };
 
-    // Controls: the valid token works, and so does the background route.
+    // Control: the valid token the injection cases use is accepted.
     let control = req(
         "GET",
         "/files/x",
@@ -1877,9 +1877,10 @@ async fn hostile_corpus_is_refused_and_the_node_keeps_serving() {
     assert!(!logs.contains("panicked"), "the node panicked:\n{logs}");
     println!("{} known failures not run", known.len());
     println!(
-        "{} cases in {corpus_time:?} (test {:?}): {per_category:?}",
+        "{} cases in {corpus_time:?} (test {:?}): {per_category:?}; {} background requests",
         corpus.len(),
-        started.elapsed()
+        started.elapsed(),
+        seen.len()
     );
     assert!(
         failures.is_empty(),
