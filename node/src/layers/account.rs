@@ -191,6 +191,9 @@ fn mfa_required() -> GatewayError {
     }
 }
 
+/// Removes the headers only the gateway may set, and their names from `Connection`: a client
+/// listing `x-access-token` there would otherwise have the proxy's hop-by-hop removal strip the
+/// token the gateway sets.
 fn strip_reserved_headers(headers: &mut http::HeaderMap) {
     let reserved: Vec<http::HeaderName> = headers
         .keys()
@@ -199,6 +202,31 @@ fn strip_reserved_headers(headers: &mut http::HeaderMap) {
         .collect();
     for name in reserved {
         headers.remove(&name);
+    }
+    let connection: Vec<HeaderValue> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .cloned()
+        .collect();
+    let names_reserved = connection.iter().any(|v| {
+        v.to_str()
+            .map_or(true, |s| s.split(',').any(|t| is_reserved_header(t.trim())))
+    });
+    if !names_reserved {
+        return;
+    }
+    headers.remove(http::header::CONNECTION);
+    let kept: Vec<&str> = connection
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !is_reserved_header(t))
+        .collect();
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+    {
+        headers.insert(http::header::CONNECTION, v);
     }
 }
 
@@ -302,5 +330,46 @@ fn account_error(e: AccountError) -> GatewayError {
             reason,
             retryable: other.is_retryable(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_cannot_name_gateway_headers_as_hop_by_hop() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-access-token", HeaderValue::from_static("forged"));
+        h.insert(
+            "x-ocis-autoprop-mfa-authenticated",
+            HeaderValue::from_static("true"),
+        );
+        h.append(
+            http::header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Access-Token"),
+        );
+        h.append(
+            http::header::CONNECTION,
+            HeaderValue::from_static("x-multi-factor-authentication, x-custom"),
+        );
+        strip_reserved_headers(&mut h);
+        assert!(h.get("x-access-token").is_none());
+        assert!(h.get("x-ocis-autoprop-mfa-authenticated").is_none());
+        let connection: Vec<_> = h.get_all(http::header::CONNECTION).iter().collect();
+        assert_eq!(connection, ["keep-alive, x-custom"]);
+
+        let mut only = http::HeaderMap::new();
+        only.insert(
+            http::header::CONNECTION,
+            HeaderValue::from_static("x-access-token"),
+        );
+        strip_reserved_headers(&mut only);
+        assert!(only.get(http::header::CONNECTION).is_none());
+
+        let mut untouched = http::HeaderMap::new();
+        untouched.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        strip_reserved_headers(&mut untouched);
+        assert_eq!(untouched[http::header::CONNECTION], "close");
     }
 }
