@@ -25,6 +25,10 @@ pub enum GatewayError {
     /// The request path cannot be normalised (encoded separators, `..` above the root, …). Not retryable.
     #[error("bad request path {path:?}")]
     BadRequest { path: String },
+    /// The client's request body could not be parsed while it was being forwarded (a malformed
+    /// chunk). Not retryable.
+    #[error("malformed request body on route {route}: {reason}")]
+    MalformedBody { route: String, reason: String },
     /// The policy selector or the router found nothing for the request (oCIS answers 500).
     #[error("no route for {path:?}: {reason}")]
     NoRoute { path: String, reason: String },
@@ -87,7 +91,9 @@ impl GatewayError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest { .. } | GatewayError::MalformedBody { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::NoRoute { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -108,6 +114,9 @@ impl GatewayError {
         match &self {
             GatewayError::BadRequest { path } => {
                 tracing::warn!(status = status.as_u16(), path = %path, "rejected request path");
+            }
+            GatewayError::MalformedBody { route, reason } => {
+                tracing::warn!(status = status.as_u16(), route = %route, reason = %reason, "malformed request body");
             }
             GatewayError::NoRoute { path, reason } => {
                 tracing::warn!(status = status.as_u16(), path = %path, reason = %reason, "routing failed");

@@ -161,6 +161,12 @@ impl Inner {
         };
         let mut resp = match result {
             Ok(r) => r,
+            Err(e) if is_malformed_client_body(&e) => {
+                return Err(GatewayError::MalformedBody {
+                    route: routed.label.clone(),
+                    reason: error_chain(&e),
+                });
+            }
             Err(e) => {
                 if e.is_connect() {
                     chosen.report_refused();
@@ -254,6 +260,25 @@ fn unavailable(routed: &Routed, chosen: &Chosen, reason: String) -> GatewayError
         upstream: chosen.base.url.to_string(),
         reason,
     }
+}
+
+/// Whether forwarding failed because reading the client's own request body failed (a malformed
+/// chunk, say). The client library reports that as an error of the body it was given (a "user"
+/// error) caused by the server-side error of the client connection. A malformed or lost upstream
+/// *response* has no such wrapper and stays an upstream failure.
+fn is_malformed_client_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut in_user_body = false;
+    while let Some(err) = current {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if in_user_body {
+                return true;
+            }
+            in_user_body = h.is_user();
+        }
+        current = err.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
