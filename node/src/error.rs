@@ -25,6 +25,9 @@ pub enum GatewayError {
     /// The request path cannot be normalised (encoded separators, `..` above the root, …). Not retryable.
     #[error("bad request path {path:?}")]
     BadRequest { path: String },
+    /// The `Host` header is missing (HTTP/1.1), repeated or not an authority. Not retryable.
+    #[error("bad Host header: {reason}")]
+    BadHost { reason: String },
     /// The client's request body could not be parsed while it was being forwarded (a malformed
     /// chunk). Not retryable.
     #[error("malformed request body on route {route}: {reason}")]
@@ -91,9 +94,9 @@ impl GatewayError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::BadRequest { .. } | GatewayError::MalformedBody { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            GatewayError::BadRequest { .. }
+            | GatewayError::BadHost { .. }
+            | GatewayError::MalformedBody { .. } => StatusCode::BAD_REQUEST,
             GatewayError::NoRoute { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -114,6 +117,9 @@ impl GatewayError {
         match &self {
             GatewayError::BadRequest { path } => {
                 tracing::warn!(status = status.as_u16(), path = %path, "rejected request path");
+            }
+            GatewayError::BadHost { reason } => {
+                tracing::warn!(status = status.as_u16(), reason = %reason, "rejected Host header");
             }
             GatewayError::MalformedBody { route, reason } => {
                 tracing::warn!(status = status.as_u16(), route = %route, reason = %reason, "malformed request body");

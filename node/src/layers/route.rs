@@ -141,6 +141,7 @@ impl Shared {
     }
 
     fn route<B>(&self, req: &mut Request<B>) -> Result<Routed, GatewayError> {
+        check_host(req)?;
         let normalized = match normalize_path(req.uri().path()) {
             Ok(std::borrow::Cow::Borrowed(_)) => None,
             Ok(std::borrow::Cow::Owned(p)) => Some(p),
@@ -196,6 +197,34 @@ impl Shared {
             reason: e.to_string(),
         })?;
         self.routed(&m)
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, and any `Host` is a valid
+/// authority (no path, no user info). Anything else is refused with 400 before routing, so
+/// that the gateway and a backend can never disagree about which host was addressed.
+fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let bad = |reason: &str| GatewayError::BadHost {
+        reason: reason.to_owned(),
+    };
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == http::Version::HTTP_11 => Err(bad("no Host header")),
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(bad("more than one Host header")),
+        (Some(value), None) => {
+            let valid = value
+                .to_str()
+                .ok()
+                .filter(|v| !v.is_empty() && !v.contains('@'))
+                .and_then(|v| v.parse::<http::uri::Authority>().ok())
+                .is_some();
+            if valid {
+                Ok(())
+            } else {
+                Err(bad("the Host header is not a valid authority"))
+            }
+        }
     }
 }
 
