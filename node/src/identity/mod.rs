@@ -65,25 +65,15 @@ impl Identity {
         sink: Arc<dyn EventSink>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, IdentityError> {
-        let problems = config_problems(config);
-        if !problems.is_empty() {
-            return Err(IdentityError::Config(problems));
-        }
-        let one = |p: String| IdentityError::Config(vec![p]);
-        let roles = role_mapper(config).map_err(one)?;
+        let ConfiguredRules {
+            roles,
+            spaces,
+            challenges,
+        } = ConfiguredRules::from_config(config).map_err(IdentityError::Config)?;
         for warning in roles.warnings() {
             tracing::warn!("{warning}");
         }
-        let spaces_cfg = &config.claim_space_management;
-        let spaces = if spaces_cfg.enabled {
-            Some(
-                SpaceClaimMapper::new(&spaces_cfg.claim, &spaces_cfg.regexp, &spaces_cfg.mapping)
-                    .map_err(|e| one(format!("claim_space_management: {e}")))?,
-            )
-        } else {
-            None
-        };
-        let challenges = challenge_policy(config).map_err(one)?;
+        let one = |p: String| IdentityError::Config(vec![p]);
         let secret = jwt_secret(config);
         let lifetime = config.token_manager.token_lifetime.0;
         let mint = Minter::new(secret.as_bytes(), lifetime)
@@ -161,20 +151,44 @@ impl Identity {
 /// Configuration problems of the identity settings, each naming its key. Checked at start-up
 /// and by `gatehouse config check`.
 pub fn config_problems(config: &Config) -> Vec<String> {
-    let mut problems = Vec::new();
-    if let Err(p) = role_mapper(config) {
-        problems.push(p);
+    ConfiguredRules::from_config(config)
+        .err()
+        .unwrap_or_default()
+}
+
+/// The identity rules built from configuration alone (no I/O), once: checked by
+/// [`config_problems`] and used by [`Identity::build`].
+struct ConfiguredRules {
+    roles: RoleMapper,
+    spaces: Option<SpaceClaimMapper>,
+    challenges: ChallengePolicy,
+}
+
+impl ConfiguredRules {
+    /// Every problem is reported, not only the first.
+    fn from_config(config: &Config) -> Result<Self, Vec<String>> {
+        let roles = role_mapper(config);
+        let spaces_cfg = &config.claim_space_management;
+        let spaces = if spaces_cfg.enabled {
+            SpaceClaimMapper::new(&spaces_cfg.claim, &spaces_cfg.regexp, &spaces_cfg.mapping)
+                .map(Some)
+                .map_err(|e| format!("claim_space_management: {e}"))
+        } else {
+            Ok(None)
+        };
+        let challenges = challenge_policy(config);
+        match (roles, spaces, challenges) {
+            (Ok(roles), Ok(spaces), Ok(challenges)) => Ok(Self {
+                roles,
+                spaces,
+                challenges,
+            }),
+            (roles, spaces, challenges) => Err([roles.err(), spaces.err(), challenges.err()]
+                .into_iter()
+                .flatten()
+                .collect()),
+        }
     }
-    let spaces = &config.claim_space_management;
-    if spaces.enabled
-        && let Err(e) = SpaceClaimMapper::new(&spaces.claim, &spaces.regexp, &spaces.mapping)
-    {
-        problems.push(format!("claim_space_management: {e}"));
-    }
-    if let Err(p) = challenge_policy(config) {
-        problems.push(p);
-    }
-    problems
 }
 
 fn role_mapper(config: &Config) -> Result<RoleMapper, String> {

@@ -203,18 +203,18 @@ fn strip_reserved_headers(headers: &mut http::HeaderMap) {
     for name in reserved {
         headers.remove(&name);
     }
-    let connection: Vec<HeaderValue> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .cloned()
-        .collect();
-    let names_reserved = connection.iter().any(|v| {
+    let names_reserved = headers.get_all(http::header::CONNECTION).iter().any(|v| {
         v.to_str()
             .map_or(true, |s| s.split(',').any(|t| is_reserved_header(t.trim())))
     });
     if !names_reserved {
         return;
     }
+    let connection: Vec<HeaderValue> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .cloned()
+        .collect();
     headers.remove(http::header::CONNECTION);
     let kept: Vec<&str> = connection
         .iter()
