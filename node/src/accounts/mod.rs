@@ -251,6 +251,23 @@ pub fn reva_user(account: &Account, idp: &str) -> RevaUser {
     user
 }
 
+/// Value of a group-sync marker once its sync has finished; before that it holds the syncing
+/// node's id.
+const GROUP_SYNC_DONE: &[u8] = b"done";
+
+/// What `sync_groups` did for one login.
+enum GroupSync {
+    /// No groups claim to sync from.
+    Skipped,
+    Synced {
+        changed: bool,
+    },
+    /// Another node synced within the interval and has finished.
+    DoneElsewhere,
+    /// Another node is syncing right now.
+    RunningElsewhere,
+}
+
 pub fn role_key(user_id: &str) -> String {
     format!("role:{user_id}")
 }
@@ -417,14 +434,35 @@ impl AccountResolver {
         let mut user = user;
         let mut changed = false;
         let mut synced = false;
+        let mut reread = false;
+        // False while another node's group sync is under way: what was read may predate it.
+        let mut cacheable = true;
         if self.settings.auto_provision {
             if !created {
                 changed |= self.update_profile(&user, claims).await?;
             }
-            (synced, changed) = match self.sync_groups(&user, claims).await? {
-                Some(group_changes) => (true, changed | group_changes),
-                None => (false, changed),
-            };
+            match self.sync_groups(&user, claims).await? {
+                GroupSync::Synced {
+                    changed: group_changes,
+                } => {
+                    synced = true;
+                    changed |= group_changes;
+                }
+                GroupSync::DoneElsewhere => reread = true,
+                GroupSync::RunningElsewhere => cacheable = false,
+                GroupSync::Skipped => {}
+            }
+        }
+        if reread && !changed {
+            // Another node finished a sync, possibly after `user` was read: use its result.
+            user = self
+                .directory
+                .find_user(LookupKind::UserId, &user.id)
+                .await?
+                .ok_or_else(|| AccountError::Backend {
+                    reason: format!("user {:?} vanished while being resolved", user.id),
+                    retryable: true,
+                })?;
         }
         if changed {
             let old = user.clone();
@@ -446,7 +484,7 @@ impl AccountResolver {
         let account = to_account(user, role_id);
         // A node that found someone else's fresh user may have read it before that node's
         // group sync: caching it could serve stale groups for a whole cache lifetime.
-        if !provisioned || synced {
+        if (!provisioned || synced) && cacheable {
             self.cache(&cache_key, &account).await;
         }
         Ok(Resolved { account, created })
@@ -693,35 +731,52 @@ impl AccountResolver {
         &self,
         user: &DirectoryUser,
         claims: &Map<String, Value>,
-    ) -> Result<Option<bool>, AccountError> {
+    ) -> Result<GroupSync, AccountError> {
         if !self.groups_claim_present(claims) {
-            return Ok(None);
+            return Ok(GroupSync::Skipped);
         }
         let claims_value = Value::Object(claims.clone());
         let GroupsClaim::Sync(desired) =
             GroupsClaim::from_claims(&claims_value, &self.settings.provision_claims.groups)
         else {
-            return Ok(None);
+            return Ok(GroupSync::Skipped);
         };
         let marker = group_sync_key(&user.id);
+        let ttl = Some(self.settings.group_sync_interval);
         match self
             .state
-            .create(
-                &marker,
-                Bytes::from(self.node_id.clone()),
-                Some(self.settings.group_sync_interval),
-            )
+            .create(&marker, Bytes::from(self.node_id.clone()), ttl)
             .await
         {
             Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => return Ok(None),
+            Err(StoreError::Conflict { .. }) => {
+                let done = matches!(
+                    self.state.get(&marker).await,
+                    Ok(Some(entry)) if entry.value == GROUP_SYNC_DONE
+                );
+                return Ok(if done {
+                    GroupSync::DoneElsewhere
+                } else {
+                    GroupSync::RunningElsewhere
+                });
+            }
             Err(e) => {
                 tracing::warn!(user = %user.id, error = %e, "group sync skipped: no sync marker");
-                return Ok(None);
+                return Ok(GroupSync::Skipped);
             }
         }
         match self.apply_groups(user, &desired).await {
-            Ok(changed) => Ok(Some(changed)),
+            Ok(changed) => {
+                // The marker now tells other nodes that what they read from now on is synced.
+                if let Err(e) = self
+                    .state
+                    .put(&marker, Bytes::from_static(GROUP_SYNC_DONE), ttl)
+                    .await
+                {
+                    tracing::warn!(key = %marker, error = %e, "cannot mark the group sync done");
+                }
+                Ok(GroupSync::Synced { changed })
+            }
             Err(e) => {
                 if let Err(e) = self.state.delete(&marker).await {
                     tracing::warn!(key = %marker, error = %e, "cannot drop the group sync marker");
