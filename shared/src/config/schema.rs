@@ -62,6 +62,8 @@ pub struct Config {
     pub builtin_accounts: BuiltinAccounts,
     /// The secret the `x-access-token` for backends is signed with (oCIS `token_manager`).
     pub token_manager: TokenManager,
+    /// The share service that validates public-share tokens.
+    pub public_shares: PublicShares,
 }
 
 /// Where the `graph` account backend reaches LibreGraph.
@@ -80,6 +82,27 @@ pub struct Graph {
 pub struct BuiltinAccounts {
     /// YAML file with users and groups created at start-up when missing; empty: none.
     pub seed_file: String,
+    /// Create the oCIS demo users (einstein, marie, …) with their well-known passwords.
+    pub demo_users: bool,
+}
+
+/// Where public-share tokens are validated (docs/public-shares.md defines the contract).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublicShares {
+    /// Base URL of the share service; empty: requests carrying a share token are refused.
+    pub url: String,
+    /// Time allowed for one validation call.
+    pub timeout: GoDuration,
+}
+
+impl Default for PublicShares {
+    fn default() -> Self {
+        PublicShares {
+            url: String::new(),
+            timeout: GoDuration::secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,6 +250,11 @@ pub struct PreSignedUrl {
     pub enabled: bool,
     pub allowed_http_methods: Vec<String>,
     pub signing_keys: StoreConfig,
+    // Gatehouse additions.
+    /// Longest `OC-Expires` accepted; zero: no limit (as oCIS).
+    pub max_lifetime: GoDuration,
+    /// Serve `GET /ocs/v{1,2}.php/cloud/user/signing-key` from the gateway (for clusters without oCIS `ocs`).
+    pub serve_signing_keys: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -293,6 +321,8 @@ pub struct ClaimSpaceManagement {
 pub struct Mfa {
     pub enabled: bool,
     pub auth_level_name: Vec<String>,
+    /// How long a step-up proven by an OIDC request carries over to the user's signed URLs.
+    pub session_duration: GoDuration,
 }
 
 /// Resolution of `service` names through the oCIS NATS registry (bucket `service-registry`).
@@ -367,6 +397,7 @@ impl Default for Config {
             graph: Graph::default(),
             builtin_accounts: BuiltinAccounts::default(),
             token_manager: TokenManager::default(),
+            public_shares: PublicShares::default(),
         }
     }
 }
@@ -520,6 +551,8 @@ impl Default for PreSignedUrl {
                 disable_persistence: true,
                 ..StoreConfig::default()
             },
+            max_lifetime: GoDuration::secs(7 * 24 * 3600),
+            serve_signing_keys: false,
         }
     }
 }
@@ -564,6 +597,7 @@ impl Default for Mfa {
         Mfa {
             enabled: false,
             auth_level_name: strings(&["advanced"]),
+            session_duration: GoDuration::secs(3600),
         }
     }
 }

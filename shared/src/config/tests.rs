@@ -487,3 +487,40 @@ fn masking_hides_non_empty_secrets_only() {
     assert_eq!(Config::default().masked(), Config::default());
     assert_eq!(c.debug.token, "t", "the original is untouched");
 }
+
+#[test]
+fn development_features_and_share_service_are_checked() {
+    let fx = Fixture::new();
+    let err = fx
+        .load_text(concat!(
+            "account_backend: graph\n",
+            "graph: {url: 'http://graph:9120/graph'}\n",
+            "service_account: {service_account_id: sa}\n",
+            "enable_basic_auth: true\n",
+            "builtin_accounts: {demo_users: true}\n",
+            "public_shares: {url: 'ftp://shares', timeout: 0s}\n",
+            "mfa: {session_duration: 0s}\n",
+        ))
+        .unwrap_err();
+    assert!(
+        problem(&err, "enable_basic_auth")
+            .message
+            .contains("account_backend: builtin")
+    );
+    for key in [
+        "builtin_accounts.demo_users",
+        "public_shares.url",
+        "public_shares.timeout",
+        "mfa.session_duration",
+    ] {
+        problem(&err, key);
+    }
+    assert_eq!(err.0.len(), 5, "{err}");
+
+    let c = fx
+        .load_text("enable_basic_auth: true\nbuiltin_accounts: {demo_users: true}\n")
+        .unwrap()
+        .config;
+    assert!(c.enable_basic_auth && c.builtin_accounts.demo_users);
+    assert_eq!(c.pre_signed_url.max_lifetime.as_duration().as_secs(), 7 * 24 * 3600);
+}

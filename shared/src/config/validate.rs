@@ -199,6 +199,38 @@ fn accounts(config: &mut Config, p: &mut Problems<'_>) {
     if config.graph.timeout.is_zero() {
         p.add("graph.timeout", "must be positive");
     }
+    let builtin = config.account_backend == "builtin";
+    if config.enable_basic_auth && !builtin {
+        p.add(
+            "enable_basic_auth",
+            format!(
+                "needs account_backend: builtin (LibreGraph cannot check passwords), not {}",
+                config.account_backend
+            ),
+        );
+    }
+    if config.builtin_accounts.demo_users && !builtin {
+        p.add(
+            "builtin_accounts.demo_users",
+            format!(
+                "needs account_backend: builtin, not {}",
+                config.account_backend
+            ),
+        );
+    }
+    let share_url = &config.public_shares.url;
+    if !share_url.is_empty()
+        && (!(share_url.starts_with("http://") || share_url.starts_with("https://"))
+            || share_url.len() <= "https://".len())
+    {
+        p.add("public_shares.url", format!("{share_url:?} is not an http(s) URL"));
+    }
+    if config.public_shares.timeout.is_zero() {
+        p.add("public_shares.timeout", "must be positive");
+    }
+    if config.mfa.session_duration.is_zero() {
+        p.add("mfa.session_duration", "must be positive");
+    }
     if config.token_manager.token_lifetime.is_zero() {
         p.add("token_manager.token_lifetime", "must be positive");
     }
