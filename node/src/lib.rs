@@ -18,6 +18,7 @@ pub mod accounts;
 pub mod authn;
 pub mod context;
 pub mod debug;
+pub mod endpoints;
 pub mod error;
 pub mod health;
 pub mod identity;

@@ -490,6 +490,48 @@ impl AccountResolver {
         Ok(Resolved { account, created })
     }
 
+    /// The existing account whose `kind` attribute is `value`, with its stored role (the
+    /// default role when none was stored yet). For logins that carry no claims — basic auth,
+    /// signed URLs — so nothing is provisioned or synced. Answers from the shared account cache
+    /// when it can.
+    pub async fn lookup(&self, kind: LookupKind, value: &str) -> Result<Account, AccountError> {
+        let cache_key = account_cache_key(kind, value);
+        if let Some(account) = self.cached(&cache_key).await
+            && !account.role_id.is_empty()
+        {
+            return Ok(account);
+        }
+        let user = self
+            .directory
+            .find_user(kind, value)
+            .await?
+            .ok_or_else(|| AccountError::NotFound {
+                claim: kind.as_str(),
+                value: value.to_owned(),
+            })?;
+        if !user.enabled {
+            return Err(AccountError::Disabled {
+                user: user.username,
+            });
+        }
+        let (role_id, _) = self
+            .apply_role(
+                &user.id,
+                RoleDecision::KeepExistingOrDefault {
+                    default: BuiltinRole::User,
+                },
+            )
+            .await?;
+        let account = to_account(user, role_id);
+        self.cache(&cache_key, &account).await;
+        Ok(account)
+    }
+
+    /// The directory behind this resolver (for authenticators that check passwords).
+    pub fn directory(&self) -> &Arc<dyn Directory> {
+        &self.directory
+    }
+
     async fn cached(&self, key: &str) -> Option<Account> {
         match self.state.get(key).await {
             Ok(Some(entry)) => serde_json::from_slice(&entry.value).ok(),

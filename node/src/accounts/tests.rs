@@ -851,3 +851,37 @@ async fn a_lease_left_by_a_crashed_node_delays_provisioning_only_until_the_wait_
     assert!(waited < Duration::from_secs(6), "{waited:?}");
     assert_eq!(events.count("UserCreated"), 1);
 }
+
+#[tokio::test]
+async fn lookup_finds_existing_users_only_and_caches_them() {
+    let cluster = Cluster::new();
+    let (node, directory) = cluster.counting_node(settings(true));
+    assert_eq!(
+        node.resolver
+            .lookup(LookupKind::Username, "marie")
+            .await
+            .unwrap_err(),
+        AccountError::NotFound {
+            claim: "username",
+            value: "marie".into()
+        },
+        "lookup never provisions"
+    );
+    let created = resolve(&node, &marie(json!(["physics"])), assign(BuiltinRole::Admin))
+        .await
+        .account;
+    let found = node
+        .resolver
+        .lookup(LookupKind::Username, "Marie")
+        .await
+        .unwrap();
+    assert_eq!(found.id, created.id);
+    assert_eq!(found.role_id, ADMIN, "the stored role, not the default");
+    assert_eq!(found.group_names, ["physics"]);
+    directory.calls.store(0, Ordering::SeqCst);
+    node.resolver
+        .lookup(LookupKind::Username, "marie")
+        .await
+        .unwrap();
+    assert_eq!(directory.calls.load(Ordering::SeqCst), 0, "answered from the cache");
+}

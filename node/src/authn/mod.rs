@@ -7,5 +7,11 @@
 //! (for OIDC: `gatehouse_shared::oidc`), where they are tested without a network.
 //!
 //! - [`oidc`] bearer tokens from an OpenID Connect provider (spec §4.1).
+//! - [`signed_url`] pre-signed URLs signed with a per-user key from the shared store (spec §4.3).
+//! - [`public_share`] public-share tokens checked by a share service (spec §4.4).
+//! - [`basic`] HTTP Basic against the builtin accounts, for development (spec §4.2).
 
+pub mod basic;
 pub mod oidc;
+pub mod public_share;
+pub mod signed_url;

@@ -1,0 +1,1 @@
+//! HTTP Basic authentication for development (spec §4.2).

@@ -1,0 +1,1 @@
+//! Back-channel logout (spec §7.3).

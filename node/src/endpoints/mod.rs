@@ -1,0 +1,11 @@
+//! Requests the gateway answers itself instead of forwarding (oCIS "static routes", spec §7):
+//! they sit at the end of the pipeline, behind routing, authentication and account resolution,
+//! exactly where the reverse proxy would otherwise take the request.
+//!
+//! - [`logout`] `POST /backchannel_logout` (spec §7.3).
+//! - [`well_known`] `GET /.well-known/openid-configuration` passed through from the IdP (spec §7.2).
+//! - [`signing_key`] `GET /ocs/v{1,2}.php/cloud/user/signing-key` (spec §4.3), when configured.
+
+pub mod logout;
+pub mod signing_key;
+pub mod well_known;

@@ -1,0 +1,1 @@
+//! The `/.well-known/openid-configuration` passthrough (spec §7.2).

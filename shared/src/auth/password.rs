@@ -1,0 +1,1 @@
+//! Salted slow password hashes for the builtin account backend.
