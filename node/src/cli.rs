@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use gatehouse_node::server::{self, ServerDeps};
 use gatehouse_node::upstream::ServiceNodes;
-use gatehouse_shared::config::{Config, ConfigSource, Loaded, load};
+use gatehouse_shared::config::{Config, ConfigSource, Loaded, PreSignedUrl, StoreConfig, load};
 use gatehouse_shared::routing::{Router, effective_policies};
 use gatehouse_shared::security::Csp;
 
@@ -55,7 +55,12 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway until SIGTERM/SIGINT, then drain and exit.
-    Server,
+    Server {
+        /// Development mode: Basic auth on and the oCIS demo users (einstein/relativity,
+        /// marie/radioactivity, admin/admin, …) created in the builtin account backend.
+        #[arg(long)]
+        dev: bool,
+    },
     /// Ask the debug server of a running node whether it is healthy (exit 0 if so).
     Health,
     /// Print the version and the git commit of the build.
@@ -88,11 +93,16 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
-        Command::Server => {
+        Command::Server { dev } => {
             let Ok(loaded) = load_config(cli.config) else {
                 return ExitCode::FAILURE;
             };
-            with_runtime(serve(loaded.config))
+            let mut config = loaded.config;
+            if dev && let Err(message) = development_mode(&mut config) {
+                eprintln!("gatehouse: --dev: {message}");
+                return ExitCode::FAILURE;
+            }
+            with_runtime(serve(config))
         }
         Command::Health => {
             let Ok(loaded) = load_config(cli.config) else {
@@ -101,6 +111,43 @@ pub fn main() -> ExitCode {
             with_runtime(health(loaded.config))
         }
     }
+}
+
+/// Signed URLs, the signing-key endpoint and step-up inheritance all use the signing-key store.
+fn needs_signing_keys(config: &Config) -> bool {
+    config.pre_signed_url.enabled || config.pre_signed_url.serve_signing_keys || config.mfa.enabled
+}
+
+/// The signing-key store to open. Its oCIS default is NATS (the `ocs` service writes keys
+/// there); a node whose own state lives in memory — no NATS at all, as with the embedded
+/// defaults — keeps the keys in memory too, with a warning, rather than failing to start.
+fn signing_key_store_config(config: &Config) -> StoreConfig {
+    let cfg = &config.pre_signed_url.signing_keys;
+    let untouched = *cfg == PreSignedUrl::default().signing_keys;
+    if untouched && config.state_store.store == "memory" {
+        tracing::warn!(
+            "pre_signed_url.signing_keys is left at its NATS default but this node has no NATS \
+             state store: signing keys are kept in memory, per node"
+        );
+        return StoreConfig {
+            store: "memory".into(),
+            ..cfg.clone()
+        };
+    }
+    cfg.clone()
+}
+
+/// `--dev`: what a newcomer needs for an authenticated request without an IdP.
+fn development_mode(config: &mut Config) -> Result<(), String> {
+    if config.account_backend != "builtin" {
+        return Err(format!(
+            "account_backend: the demo users need the builtin backend, not {}",
+            config.account_backend
+        ));
+    }
+    config.enable_basic_auth = true;
+    config.builtin_accounts.demo_users = true;
+    Ok(())
 }
 
 fn version_line() -> String {
@@ -344,6 +391,23 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let signing_keys = if needs_signing_keys(&config) {
+        let cfg = signing_key_store_config(&config);
+        match gatehouse_node::state::open("signing keys", &cfg, metrics.clone(), &health).await {
+            Ok(store) => Some(store),
+            Err(err) => {
+                eprintln!(
+                    "gatehouse: pre_signed_url.signing_keys: cannot open the {} store at {}: {err}",
+                    cfg.store,
+                    cfg.addresses.join(",")
+                );
+                shutdown.cancel();
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let publisher = match EventPublisherOptions::from_config(&config.events) {
         None => None,
         Some(opts) => match EventPublisher::start(opts) {
@@ -364,6 +428,7 @@ async fn serve(config: Config) -> ExitCode {
         IdentityStores {
             userinfo: userinfo_store,
             state: Arc::clone(&state_store),
+            signing_keys,
         },
         sink,
         metrics.clone(),

@@ -19,6 +19,7 @@ use crate::identity::memo::IdentityMemo;
 use crate::layers::access_log::{AccessLogBody, AccessLogLayer};
 use crate::layers::account::AccountLayer;
 use crate::layers::authenticate::AuthenticateLayer;
+use crate::layers::endpoints::EndpointsLayer;
 use crate::layers::metrics::MetricsLayer;
 use crate::layers::redirect::RedirectLayer;
 use crate::layers::request_id::RequestIdLayer;
@@ -122,5 +123,6 @@ pub fn build(
             memo.clone(),
         ))
         .layer(AccountLayer::new(parts.identity.accounts.clone(), memo))
+        .layer(EndpointsLayer::new(parts.identity.endpoints.clone()))
         .service(Proxy::new(parts.resolver, parts.trusted, &parts.proxy))
 }

@@ -18,7 +18,8 @@
 //   JWKS without signing with them (rotation with overlap). `IDP_STORE_SIZE` bounds the in-memory
 //   store (default 200000 entries; the oldest tokens and grants are dropped beyond it).
 // - `/__admin/*` lets tests count requests per path and inject failures (status, Retry-After,
-//   delay) in front of the provider's own routes.
+//   delay) in front of the provider's own routes, and end a session by sending a back-channel
+//   logout token, signed with the provider's key, to a relying party.
 //
 // Usage: node provider.mjs <port>
 import Provider, { errors } from 'oidc-provider';
@@ -26,7 +27,7 @@ import Provider, { errors } from 'oidc-provider';
 // password-grant JWTs with grant and twin), too few for load tests.
 import { setStorage } from 'oidc-provider/lib/adapters/memory_adapter.js';
 import LRU from 'oidc-provider/lib/helpers/lru.js';
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, randomUUID, sign as cryptoSign } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync, renameSync } from 'node:fs';
 
 const port = Number(process.argv[2] || 9130);
@@ -95,6 +96,13 @@ function loadKeys() {
   return { signingKid, keys };
 }
 const { signingKid, keys } = loadKeys();
+
+function signJwt(header, claims) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const input = `${b64(header)}.${b64(claims)}`;
+  const key = createPrivateKey({ key: keys[0], format: 'jwk' });
+  return `${input}.${cryptoSign('sha256', Buffer.from(input), key).toString('base64url')}`;
+}
 
 // ---- per-token data handed from the password grant to the token formatters -----------------
 const TOKEN_EXTRA = new WeakMap(); // AccessToken -> claims merged into the token
@@ -310,6 +318,38 @@ async function admin(ctx) {
         remaining: spec.count ?? null,
       });
       ctx.status = 204;
+      return;
+    }
+    case 'POST /__admin/backchannel-logout': {
+      // Ends a session the way an OpenID provider does: signs a logout token with its own key
+      // and POSTs it to the relying party's back-channel logout URI (`target`).
+      let spec;
+      try {
+        spec = await readJson(ctx);
+      } catch {
+        ctx.status = 400; ctx.body = { error: 'body is not JSON' };
+        return;
+      }
+      if (typeof spec.target !== 'string' || (spec.sid == null && spec.sub == null)) {
+        ctx.status = 400;
+        ctx.body = { error: 'expected {"target": url, "sid"?: string, "sub"?: string}' };
+        return;
+      }
+      const now = Math.floor(Date.now() / 1000);
+      const claims = {
+        iss: issuer, aud: 'gw-test', iat: now, exp: now + 120, jti: randomUUID(),
+        events: { 'http://schemas.openid.net/event/backchannel-logout': {} },
+      };
+      if (spec.sid != null) claims.sid = spec.sid;
+      if (spec.sub != null) claims.sub = spec.sub;
+      const token = signJwt({ alg: 'RS256', typ: 'logout+jwt', kid: signingKid }, claims);
+      const started = Date.now();
+      const res = await fetch(spec.target, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ logout_token: token }).toString(),
+      });
+      ctx.body = { status: res.status, body: await res.text(), ms: Date.now() - started };
       return;
     }
     default:

@@ -401,6 +401,29 @@ impl Idp {
         self.admin_post("/__admin/clear", None).await;
     }
 
+    /// Ends a session as the provider does: it signs a back-channel logout token naming `sid`
+    /// and/or `sub` with its own key and POSTs it to `target`. Returns the relying party's
+    /// status and body.
+    pub async fn backchannel_logout(
+        &self,
+        target: &str,
+        sid: Option<&str>,
+        sub: Option<&str>,
+    ) -> (u16, String) {
+        let spec = json!({"target": target, "sid": sid, "sub": sub});
+        let reply = client::send(
+            "POST",
+            &self.url("/__admin/backchannel-logout"),
+            &[("content-type", "application/json")],
+            client::full(spec.to_string()),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "backchannel-logout: {}", reply.text());
+        let v: Value = serde_json::from_slice(&reply.body).expect("admin answer is JSON");
+        let status = v["status"].as_u64().expect("status") as u16;
+        (status, v["body"].as_str().unwrap_or_default().to_owned())
+    }
+
     async fn admin_post(&self, path: &str, body: Option<Value>) {
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let reply = client::send(

@@ -24,7 +24,13 @@ use tokio_util::sync::CancellationToken;
 use crate::accounts::{AccountResolver, AccountSettings};
 use crate::authn::oidc::{OidcAuthenticator, OidcSettings};
 use crate::layers::account::AccountServices;
+use crate::authn::basic::BasicAuthenticator;
+use crate::authn::public_share::PublicShareAuthenticator;
+use crate::authn::signed_url::{SignedUrlAuthenticator, SignedUrlSettings};
+use crate::endpoints::logout::LogoutService;
+use crate::endpoints::well_known::WellKnown;
 use crate::layers::authenticate::Authenticators;
+use crate::layers::endpoints::{Endpoints, SigningKeys};
 use crate::telemetry::Metrics;
 
 use self::events::IdentityEvents;
@@ -39,6 +45,9 @@ pub struct IdentityStores {
     pub userinfo: Arc<dyn Store>,
     /// `state_store`: accounts (builtin), provisioning leases, group-sync marks, roles.
     pub state: Arc<dyn Store>,
+    /// `pre_signed_url.signing_keys`: signing keys and step-up proofs (`mfa:<user id>`);
+    /// `None` when neither signed URLs nor step-up are enabled.
+    pub signing_keys: Option<Arc<dyn Store>>,
 }
 
 /// The authenticators and account services of a node.
@@ -46,7 +55,9 @@ pub struct IdentityStores {
 pub struct Identity {
     pub authenticators: Arc<Authenticators>,
     pub accounts: Arc<AccountServices>,
+    pub endpoints: Arc<Endpoints>,
     oidc: Option<OidcAuthenticator>,
+    userinfo: Arc<dyn Store>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,17 +106,57 @@ impl Identity {
         };
 
         let events = IdentityEvents::new(sink, &config.oidc.issuer);
-        let resolver = AccountResolver::new(
-            AccountSettings::from_config(config),
-            stores.state.clone(),
-            Arc::new(events.clone()),
-        )
-        .await
-        .map_err(|e| IdentityError::Accounts(e.to_string()))?;
+        let resolver = Arc::new(
+            AccountResolver::new(
+                AccountSettings::from_config(config),
+                stores.state.clone(),
+                Arc::new(events.clone()),
+            )
+            .await
+            .map_err(|e| IdentityError::Accounts(e.to_string()))?,
+        );
+        let basic = config
+            .enable_basic_auth
+            .then(|| BasicAuthenticator::new(resolver.clone()));
+        let public_share = PublicShareAuthenticator::from_config(config, secret.as_bytes())
+            .map_err(|e| one(format!("public_shares: {e}")))?;
+        let signed_url = match (&stores.signing_keys, config.pre_signed_url.enabled) {
+            (Some(keys), true) => Some(SignedUrlAuthenticator::new(
+                SignedUrlSettings::from_config(config),
+                keys.clone(),
+                resolver.clone(),
+            )),
+            _ => None,
+        };
+        let endpoints = Endpoints {
+            root: config.http.root.trim_end_matches('/').to_owned(),
+            logout: oidc.as_ref().map(|oidc| {
+                LogoutService::new(
+                    oidc.clone(),
+                    events.clone(),
+                    resolver.clone(),
+                    AccountSettings::from_config(config),
+                )
+            }),
+            well_known: match (&oidc, config.oidc.rewrite_well_known) {
+                (Some(oidc), true) => Some(WellKnown::new(oidc.clone())),
+                _ => None,
+            },
+            signing_keys: match (&stores.signing_keys, config.pre_signed_url.serve_signing_keys) {
+                (Some(store), true) => Some(SigningKeys {
+                    store: store.clone(),
+                    jwt_secret: secret.as_bytes().to_vec(),
+                }),
+                _ => None,
+            },
+        };
 
         Ok(Identity {
             authenticators: Arc::new(Authenticators {
+                basic,
                 oidc: oidc.clone(),
+                public_share,
+                signed_url,
                 challenges,
                 metrics,
             }),
@@ -119,8 +170,12 @@ impl Identity {
                 idp: config.oidc.issuer.clone(),
                 events,
                 state: stores.state,
+                step_up_store: stores.signing_keys.clone(),
+                mfa_session: config.mfa.session_duration.0,
             }),
+            endpoints: Arc::new(endpoints),
             oidc,
+            userinfo: stores.userinfo,
         })
     }
 
@@ -130,6 +185,7 @@ impl Identity {
         let stores = IdentityStores {
             userinfo: Arc::new(MemoryStore::new()),
             state: Arc::new(MemoryStore::new()),
+            signing_keys: Some(Arc::new(MemoryStore::new())),
         };
         Self::build(
             config,

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
@@ -35,7 +35,8 @@ use crate::context::Body;
 use crate::error::GatewayError;
 use crate::identity::events::{EVENT_CONTEXT, EventContext, IdentityEvents};
 use crate::identity::memo::{IdentityMemo, Prepared};
-use crate::layers::authenticate::{Identity, MemoHit};
+use crate::identity::mfa_record;
+use crate::layers::authenticate::{Identity, MemoHit, OidcIdentity};
 use crate::layers::route::Routed;
 
 /// Opaque entry of the minted user carrying the role quota in bytes (as CreateHome sends it).
@@ -45,7 +46,7 @@ pub const SPACES_OPAQUE_KEY: &str = "claim-managed-spaces";
 
 /// Everything the account layer needs; built once per node and shared by every worker.
 pub struct AccountServices {
-    pub resolver: AccountResolver,
+    pub resolver: Arc<AccountResolver>,
     pub roles: RoleMapper,
     pub spaces: Option<SpaceClaimMapper>,
     pub mfa: MfaPolicy,
@@ -57,6 +58,11 @@ pub struct AccountServices {
     pub events: IdentityEvents,
     /// Where the last published space memberships of each user are kept.
     pub state: Arc<dyn Store>,
+    /// Where step-up proofs are kept for claim-less logins (`mfa:<user id>`, the signing-key
+    /// store as in oCIS); `None`: such logins never count as step-up.
+    pub step_up_store: Option<Arc<dyn Store>>,
+    /// How long a step-up proof carries over (`mfa.session_duration`).
+    pub mfa_session: Duration,
 }
 
 #[derive(Clone)]
@@ -129,8 +135,19 @@ where
             req.headers_mut().remove(http::header::AUTHORIZATION);
             return futures::future::Either::Left(self.inner.call(req));
         }
-        let Some(identity) = req.extensions_mut().remove::<Identity>() else {
-            return futures::future::Either::Left(self.inner.call(req));
+        let identity = match req.extensions_mut().remove::<Identity>() {
+            None => return futures::future::Either::Left(self.inner.call(req)),
+            Some(Identity::Share { token }) => {
+                if routed.require_mfa {
+                    return futures::future::Either::Right(Box::pin(std::future::ready(Err(
+                        mfa_required(),
+                    ))));
+                }
+                apply(req.headers_mut(), &Prepared { token, mfa: false });
+                req.headers_mut().remove(http::header::AUTHORIZATION);
+                return futures::future::Either::Left(self.inner.call(req));
+            }
+            Some(identity) => identity,
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -153,19 +170,27 @@ where
                 traceparent,
                 initiator_id,
             };
-            let prepared = EVENT_CONTEXT
-                .scope(context, services.prepare(&identity, routed.require_mfa))
-                .await?;
-            apply(req.headers_mut(), &prepared);
-            if let Some(bearer) = &identity.bearer {
-                let exp = identity
-                    .claims
-                    .get("exp")
-                    .and_then(serde_json::Value::as_u64);
-                memo.put(bearer, prepared, exp, Instant::now());
-                // Backends learn the user from the minted token; the IdP token stays here.
-                req.headers_mut().remove(http::header::AUTHORIZATION);
+            match identity {
+                Identity::Oidc(oidc) => {
+                    let prepared = EVENT_CONTEXT
+                        .scope(context, services.prepare(&oidc, routed.require_mfa))
+                        .await?;
+                    apply(req.headers_mut(), &prepared);
+                    if let Some(bearer) = &oidc.bearer {
+                        let exp = oidc.claims.get("exp").and_then(serde_json::Value::as_u64);
+                        memo.put(bearer, prepared, exp, Instant::now());
+                    }
+                }
+                Identity::Account { account, .. } => {
+                    let prepared = services
+                        .prepare_account(&account, routed.require_mfa)
+                        .await?;
+                    apply(req.headers_mut(), &prepared);
+                }
+                Identity::Share { .. } => unreachable!("answered above"),
             }
+            // Backends learn the user from the minted token; credentials stay here.
+            req.headers_mut().remove(http::header::AUTHORIZATION);
             inner.call(req).await
         }))
     }
@@ -233,7 +258,7 @@ fn strip_reserved_headers(headers: &mut http::HeaderMap) {
 impl AccountServices {
     async fn prepare(
         &self,
-        identity: &Identity,
+        identity: &OidcIdentity,
         require_mfa: bool,
     ) -> Result<Prepared, GatewayError> {
         let claims = identity.claims.as_ref();
@@ -287,19 +312,73 @@ impl AccountServices {
                 }
             }
         }
-        let token = self
-            .mint
-            .token_for(&user)
-            .map_err(|e| GatewayError::Internal {
-                reason: format!("minting the x-access-token failed: {e}"),
-            })?;
-        let token = HeaderValue::from_str(&token).map_err(|e| GatewayError::Internal {
-            reason: format!("minted token is not a header value: {e}"),
-        })?;
+        let token = self.mint(&user)?;
         if identity.new_session {
             self.events.signed_in(&account.id);
         }
+        if mfa && self.mfa.enabled() {
+            self.remember_step_up(&account.id);
+        }
         Ok(Prepared { token, mfa })
+    }
+
+    /// An account proven without claims (Basic, signed URL): no role decision, provisioning or
+    /// space mapping; step-up counts when the same user proved it through OIDC within
+    /// `mfa.session_duration` (spec §6.1).
+    async fn prepare_account(
+        &self,
+        account: &crate::accounts::Account,
+        require_mfa: bool,
+    ) -> Result<Prepared, GatewayError> {
+        let mfa = if !self.mfa.enabled() {
+            true
+        } else if let Some(store) = &self.step_up_store {
+            mfa_record::proven(store.as_ref(), &account.id, SystemTime::now(), self.mfa_session)
+                .await
+        } else {
+            false
+        };
+        if require_mfa && !mfa {
+            return Err(mfa_required());
+        }
+        let mut user = reva_user(account, &self.idp);
+        if let Some(quota) = self.quotas.get(&account.role_id) {
+            set_opaque(
+                &mut user,
+                QUOTA_OPAQUE_KEY,
+                "plain",
+                quota.to_string().into_bytes(),
+            );
+        }
+        Ok(Prepared {
+            token: self.mint(&user)?,
+            mfa,
+        })
+    }
+
+    fn mint(&self, user: &RevaUser) -> Result<HeaderValue, GatewayError> {
+        let token = self
+            .mint
+            .token_for(user)
+            .map_err(|e| GatewayError::Internal {
+                reason: format!("minting the x-access-token failed: {e}"),
+            })?;
+        HeaderValue::from_str(&token).map_err(|e| GatewayError::Internal {
+            reason: format!("minted token is not a header value: {e}"),
+        })
+    }
+
+    /// Records, off the request path, that the user proved step-up now, so the user's signed
+    /// URLs inherit it on every node.
+    fn remember_step_up(&self, user_id: &str) {
+        let Some(store) = self.step_up_store.clone() else {
+            return;
+        };
+        let user_id = user_id.to_owned();
+        let session = self.mfa_session;
+        tokio::spawn(async move {
+            mfa_record::record(store.as_ref(), &user_id, SystemTime::now(), session).await;
+        });
     }
 }
 

@@ -1,14 +1,16 @@
 //! Authentication: decides *who* sends a request on a protected route, or refuses it.
 //!
-//! Runs after routing because unprotected routes skip it. The authenticators are tried in oCIS
-//! order (today: OIDC bearer tokens); the first that accepts puts an [`Authenticated`] identity
-//! into the request. When none accepts, the answer depends on why (spec §3.9):
-//! - a public path (public links, OCM, capabilities) passes on anonymously — its backend checks
-//!   access itself;
-//! - an authenticator could not reach the IdP (down, 429, 5xx): 503 with `Retry-After`, because
-//!   the token may well be good and a 401 would make clients throw their session away;
+//! Runs after routing because unprotected routes skip it. The authenticators are tried in the
+//! oCIS order — Basic (development only), OIDC bearer tokens, public-share tokens, signed URLs —
+//! and the first that accepts puts an [`Identity`] into the request. When none accepts, the
+//! answer depends on why (spec §3.9):
+//! - an authenticator could not decide because something it needs is down (the IdP, the share
+//!   service, the signing-key store): 503 with `Retry-After`, because the credentials may well be
+//!   good and a 401 would make clients throw their session away;
 //! - otherwise 401 with the configured challenges and, for WebDAV methods, the Sabre XML body.
 //!
+//! Public paths (public links, OCM, capabilities) without a share token pass on anonymously —
+//! the public-share authenticator accepts them, as in oCIS — and their backend checks access.
 //! `OPTIONS` requests and the IdP token endpoint `/konnect/v1/token` pass without any check.
 
 use std::future::Future;
@@ -17,14 +19,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use tower::{Layer, Service};
 
 use gatehouse_shared::auth::challenge::{
-    ChallengePolicy, ChallengeRequest, is_public_path, is_webdav_method, skips_authentication,
+    ChallengePolicy, ChallengeRequest, is_webdav_method, skips_authentication,
 };
 
+use crate::accounts::Account;
+use crate::authn::basic::{BasicAuthenticator, BasicOutcome};
 use crate::authn::oidc::{Authenticated, OidcAuthenticator, OidcError};
+use crate::authn::public_share::{PublicShareAuthenticator, ShareOutcome};
+use crate::authn::signed_url::{SignedUrlAuthenticator, SignedUrlRejection};
 use crate::context::Body;
 use crate::error::GatewayError;
 use crate::identity::memo::{IdentityMemo, Prepared};
@@ -36,7 +42,10 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// The authenticators of a node and its 401 policy; shared by every worker.
 pub struct Authenticators {
+    pub basic: Option<BasicAuthenticator>,
     pub oidc: Option<OidcAuthenticator>,
+    pub public_share: PublicShareAuthenticator,
+    pub signed_url: Option<SignedUrlAuthenticator>,
     pub challenges: ChallengePolicy,
     pub metrics: Arc<Metrics>,
 }
@@ -117,23 +126,19 @@ where
         let auth = self.auth.clone();
         futures::future::Either::Right(Box::pin(async move {
             let mut req = req;
-            match auth.authenticate(req.headers()).await {
+            match auth.authenticate(&req).await {
                 Outcome::Accepted(identity) => {
                     auth.metrics.authentication(AuthResult::Accepted);
                     req.extensions_mut().insert(identity);
                 }
+                Outcome::Anonymous => auth.metrics.authentication(AuthResult::Anonymous),
                 Outcome::Refused { transient } => {
-                    if !is_public_path(req.uri().path()) {
-                        auth.metrics.authentication(if transient.is_some() {
-                            AuthResult::IdpUnavailable
-                        } else {
-                            AuthResult::Refused
-                        });
-                        return Err(auth.refusal(&req, transient));
-                    }
-                    // Public paths pass on anonymously, as the oCIS public-share
-                    // authenticator lets them.
-                    auth.metrics.authentication(AuthResult::Anonymous);
+                    auth.metrics.authentication(if transient.is_some() {
+                        AuthResult::IdpUnavailable
+                    } else {
+                        AuthResult::Refused
+                    });
+                    return Err(auth.refusal(&req, transient));
                 }
             }
             inner.call(req).await
@@ -143,7 +148,17 @@ where
 
 /// The identity an authenticator established, carried to the account layer.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub enum Identity {
+    /// An OpenID Connect login: the account is resolved (and provisioned) from the claims.
+    Oidc(OidcIdentity),
+    /// An existing account proven without claims: a password or a signed URL.
+    Account { account: Account, scheme: Scheme },
+    /// A public share: the backend receives this token, minted for the share.
+    Share { token: HeaderValue },
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcIdentity {
     pub claims: Arc<serde_json::Value>,
     /// The claims were not cached yet: this request starts a session (`UserSignedIn`).
     pub new_session: bool,
@@ -151,10 +166,19 @@ pub struct Identity {
     pub bearer: Option<Box<str>>,
 }
 
+/// How a claim-less [`Identity::Account`] proved itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Basic,
+    SignedUrl,
+}
+
 enum Outcome {
     Accepted(Identity),
+    /// A public path without credentials: passed on without an identity.
+    Anonymous,
     Refused {
-        /// Set when an authenticator could not decide (IdP unavailable).
+        /// Set when an authenticator could not decide (IdP or another dependency unavailable).
         transient: Option<Transient>,
     },
 }
@@ -165,8 +189,35 @@ struct Transient {
 }
 
 impl Authenticators {
-    async fn authenticate(&self, headers: &HeaderMap) -> Outcome {
+    /// Tries every authenticator in the oCIS order; the first acceptance wins, and a
+    /// dependency failure seen on the way turns a final refusal into 503.
+    async fn authenticate<B>(&self, req: &Request<B>) -> Outcome {
+        let headers = req.headers();
+        let path = req.uri().path();
+        let query = req.uri().query();
         let mut transient = None;
+        let mut note = |reason: String, retry_after: Option<Duration>| {
+            transient.get_or_insert(Transient {
+                reason,
+                retry_after,
+            });
+        };
+
+        if let Some(basic) = &self.basic {
+            match basic.authenticate(path, headers, query).await {
+                BasicOutcome::Accepted(account) => {
+                    return Outcome::Accepted(Identity::Account {
+                        account,
+                        scheme: Scheme::Basic,
+                    });
+                }
+                BasicOutcome::Unavailable { reason } => note(reason, None),
+                BasicOutcome::Rejected { reason } => {
+                    tracing::debug!(%reason, "basic authentication refused")
+                }
+                BasicOutcome::NotApplicable => {}
+            }
+        }
         if let (Some(oidc), Some(token)) = (&self.oidc, bearer_token(headers)) {
             match oidc.authenticate(token).await {
                 Ok(Authenticated {
@@ -174,22 +225,47 @@ impl Authenticators {
                     new_session,
                     ..
                 }) => {
-                    return Outcome::Accepted(Identity {
+                    return Outcome::Accepted(Identity::Oidc(OidcIdentity {
                         claims: Arc::new(serde_json::Value::Object((*claims).clone())),
                         new_session,
                         bearer: Some(token.into()),
-                    });
+                    }));
                 }
                 Err(OidcError::Unavailable {
                     reason,
                     retry_after,
-                }) => {
-                    transient = Some(Transient {
-                        reason,
-                        retry_after,
-                    })
-                }
+                }) => note(reason, retry_after),
                 Err(OidcError::Rejected { .. }) => {}
+            }
+        }
+        match self.public_share.authenticate(path, headers, query).await {
+            ShareOutcome::Accepted { token } => return Outcome::Accepted(Identity::Share { token }),
+            // As in oCIS: a public path without a share token passes on anonymously even when
+            // another scheme's credentials failed; its backend decides.
+            ShareOutcome::Anonymous => return Outcome::Anonymous,
+            ShareOutcome::Unavailable {
+                reason,
+                retry_after,
+            } => note(reason, retry_after),
+            ShareOutcome::Rejected { reason } => {
+                tracing::debug!(%reason, "public-share token refused")
+            }
+            ShareOutcome::NotApplicable => {}
+        }
+        if let Some(signed) = &self.signed_url {
+            let host = request_host(req);
+            match signed.authenticate(req.method(), req.uri(), host).await {
+                Some(Ok(account)) => {
+                    return Outcome::Accepted(Identity::Account {
+                        account,
+                        scheme: Scheme::SignedUrl,
+                    });
+                }
+                Some(Err(SignedUrlRejection::Unavailable { reason })) => note(reason, None),
+                Some(Err(SignedUrlRejection::Invalid { reason })) => {
+                    tracing::debug!(%reason, "signed URL refused")
+                }
+                None => {}
             }
         }
         Outcome::Refused { transient }
@@ -208,11 +284,7 @@ impl Authenticators {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
         };
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or_else(|| header_str(header::HOST));
+        let host = request_host(req);
         let challenges = self.challenges.challenges(&ChallengeRequest {
             path: req.uri().path(),
             host,
@@ -228,6 +300,19 @@ impl Authenticators {
             webdav: is_webdav_method(req.method()),
         }
     }
+}
+
+/// The authority the client addressed: the absolute request target's, else `Host`.
+fn request_host<B>(req: &Request<B>) -> &str {
+    req.uri().authority().map_or_else(
+        || {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        },
+        |a| a.as_str(),
+    )
 }
 
 /// The token of an `Authorization: Bearer <token>` header (scheme spelled exactly as oCIS

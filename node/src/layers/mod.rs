@@ -3,6 +3,7 @@
 pub mod access_log;
 pub mod account;
 pub mod authenticate;
+pub mod endpoints;
 pub mod metrics;
 pub mod redirect;
 pub mod request_id;
