@@ -18,6 +18,7 @@ pub mod lb;
 pub mod nats;
 pub mod node;
 pub mod process;
+pub mod shares;
 pub mod upstream;
 
 /// A port that was free a moment ago on 127.0.0.1.
