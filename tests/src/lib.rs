@@ -10,6 +10,8 @@
 //! - [`nats`] a real nats-server JetStream cluster.
 //! - [`idp`] a real OpenID provider (npm `oidc-provider`) with a password grant and test controls.
 //! - [`graph`] an in-memory LibreGraph (oCIS graph service) stand-in that records its calls.
+//! - [`shares`] a share service implementing the public-share contract of docs/public-shares.md.
+//! - [`signing`] the client side of pre-signed URLs.
 
 pub mod client;
 pub mod graph;
@@ -18,6 +20,7 @@ pub mod lb;
 pub mod nats;
 pub mod node;
 pub mod process;
+pub mod shares;
 pub mod signing;
 pub mod upstream;
 

@@ -1,1 +1,1437 @@
 //! Public-share tokens (spec §4.4), validated by the share service of docs/public-shares.md.
+//!
+//! A public link lets a guest without an account reach one shared resource. oCIS's proxy checks
+//! the link's token (and its password or URL signature) with a gRPC call to the reva gateway and
+//! forwards the token reva returns. Gatehouse has no reva client, so it asks a *share service*
+//! over a small HTTP contract (`POST <public_shares.url>/v1/public-shares/authenticate`) and mints
+//! the `x-access-token` itself, in the shape reva gives a share guest: the share's owner as the
+//! user, with a `public-share-role` opaque entry, and a single `publicshare:<share id>` scope
+//! that restricts the token to the shared resource.
+//!
+//! Unlike the Go original, a non-OK answer is a failure (the original "succeeded" with an empty
+//! token, spec §11.5), and with no share service configured every request that carries a share
+//! token is refused. Requests on public paths without a share token pass on anonymously: the
+//! backends there do their own checks.
+//!
+//! Each node remembers answers briefly — accepted shares for 30 s (never beyond the share's
+//! expiry), rejections for 5 s, which blunts password guessing and keeps a busy public link from
+//! loading the share service — keyed by a salted hash of token and secret, so no secret is kept
+//! in clear. Concurrent requests with the same token and secret share one call. An unavailable
+//! share service is not remembered: the next request asks again.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
+use gatehouse_shared::auth::challenge::is_public_path;
+use gatehouse_shared::auth::token_hash::token_cache_key;
+use gatehouse_shared::config::Config;
+use gatehouse_shared::events::GoTime;
+use gatehouse_shared::store::{Clock, SystemClock};
+use gatehouse_shared::token::{
+    Minter, PublicShareRole, ResourceId, RevaUser, RevaUserId, ScopedPublicShare, Scopes,
+    TokenError, UserType, public_share_scope,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::proxy::tls::{Connector, UpstreamTlsError, client_config};
+
+/// The endpoint of the contract, relative to `public_shares.url`.
+pub const AUTHENTICATE_PATH: &str = "/v1/public-shares/authenticate";
+
+/// Header and query parameter that carry the share token.
+pub const PUBLIC_TOKEN: &str = "public-token";
+
+/// How long an accepted share is remembered (capped by the share's expiry).
+pub const ACCEPTED_TTL: Duration = Duration::from_secs(30);
+
+/// How long a rejection is remembered.
+pub const REJECTED_TTL: Duration = Duration::from_secs(5);
+
+/// Remembered answers per node.
+pub const CACHE_CAPACITY: usize = 10_000;
+
+/// Longest share token or secret field accepted from a client.
+pub const MAX_CREDENTIAL_LEN: usize = 4096;
+
+/// Largest answer read from the share service.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Longest `Retry-After` passed on.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Path prefixes that are not public but accept a share token (download archives, app
+/// open/new from a public link).
+const TOKEN_PATH_PREFIXES: &[&str] = &["/archiver", "/app/open", "/app/new"];
+
+/// Why the authenticator could not be built. Not retryable: the configuration must change.
+#[derive(Debug, thiserror::Error)]
+pub enum PublicShareSetupError {
+    #[error("public_shares.url: {0:?} is not an http(s) URL")]
+    InvalidUrl(String),
+    #[error("public_shares needs token_manager.jwt_secret to mint share tokens: {0}")]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Tls(#[from] UpstreamTlsError),
+}
+
+/// What the authenticator needs from the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublicShareSettings {
+    /// Base URL of the share service; empty: share tokens are refused.
+    pub url: String,
+    /// Time allowed for one call, connection set-up included.
+    pub timeout: Duration,
+    pub insecure_backends: bool,
+    pub backend_https_cacert: Option<PathBuf>,
+}
+
+impl PublicShareSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            url: config.public_shares.url.trim().to_owned(),
+            timeout: config.public_shares.timeout.0,
+            insecure_backends: config.insecure_backends,
+            backend_https_cacert: (!config.backend_https_cacert.is_empty())
+                .then(|| PathBuf::from(&config.backend_https_cacert)),
+        }
+    }
+}
+
+/// A share the share service vouched for, with the user and scope its guests' tokens carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedShare {
+    pub id: String,
+    pub token: String,
+    pub role: PublicShareRole,
+    pub resource_id: ResourceId,
+    pub expiration: Option<SystemTime>,
+    /// The owner, with the `public-share-role` opaque entry.
+    pub user: RevaUser,
+    /// The single `publicshare:<id>` scope.
+    pub scope: Scopes,
+}
+
+/// The result of looking at one request.
+#[derive(Debug, Clone)]
+pub enum ShareOutcome {
+    /// Not a public path, and not an archiver/app path with a share token.
+    NotApplicable,
+    /// A public path without a share token: pass on anonymously, the backend decides.
+    Anonymous,
+    /// The share token and secret are valid. `token` is the `x-access-token` for the backend;
+    /// it replaces whatever the client sent in that header.
+    Accepted {
+        token: HeaderValue,
+        share: Arc<ValidatedShare>,
+    },
+    /// Unknown token, wrong or missing secret, malformed credentials, no share service: 401.
+    Rejected { reason: String },
+    /// The share service did not give a usable answer: 503, retry later.
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// The secret a request presents with its share token, as the contract sends it.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Secret {
+    Password {
+        password: String,
+    },
+    Signature {
+        signature: String,
+        expiration: String,
+    },
+    None,
+}
+
+impl Secret {
+    /// An unambiguous byte string for the cache key (each variable part length-prefixed).
+    fn key_material(&self, out: &mut String) {
+        match self {
+            Secret::Password { password } => {
+                out.push_str(&format!("p{}:{password}", password.len()));
+            }
+            Secret::Signature {
+                signature,
+                expiration,
+            } => {
+                out.push_str(&format!(
+                    "s{}:{signature}{}:{expiration}",
+                    signature.len(),
+                    expiration.len()
+                ));
+            }
+            Secret::None => out.push('n'),
+        }
+    }
+}
+
+/// The service's verdict on one (token, secret), as remembered and shared between waiters.
+#[derive(Debug, Clone)]
+enum Verdict {
+    Accepted(Arc<ValidatedShare>),
+    Rejected(String),
+    Unavailable(String, Option<Duration>),
+}
+
+struct CacheEntry {
+    stored: SystemTime,
+    ttl: Duration,
+    verdict: Verdict,
+}
+
+/// Remembered verdicts, bounded by [`CACHE_CAPACITY`].
+struct Cache {
+    entries: HashMap<String, CacheEntry>,
+    capacity: usize,
+}
+
+impl Cache {
+    fn fresh(entry: &CacheEntry, now: SystemTime) -> bool {
+        // A clock that went backwards ends the entry rather than extending it.
+        now.duration_since(entry.stored)
+            .is_ok_and(|age| age < entry.ttl)
+    }
+
+    fn get(&mut self, key: &str, now: SystemTime) -> Option<Verdict> {
+        let entry = self.entries.get(key)?;
+        if Self::fresh(entry, now) {
+            return Some(entry.verdict.clone());
+        }
+        self.entries.remove(key);
+        None
+    }
+
+    fn put(&mut self, key: String, verdict: Verdict, ttl: Duration, now: SystemTime) {
+        if ttl.is_zero() {
+            return;
+        }
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            self.entries.retain(|_, e| Self::fresh(e, now));
+        }
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            let soonest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.stored + e.ttl)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = soonest {
+                self.entries.remove(&k);
+            }
+        }
+        self.entries.insert(
+            key,
+            CacheEntry {
+                stored: now,
+                ttl,
+                verdict,
+            },
+        );
+    }
+}
+
+/// The connection to a configured share service.
+struct Service {
+    client: Client<Connector, Full<Bytes>>,
+    endpoint: String,
+    timeout: Duration,
+    minter: Minter,
+    clock: Arc<dyn Clock>,
+    salt: [u8; 32],
+    calls: AtomicU64,
+    cache: Mutex<Cache>,
+    inflight: Mutex<HashMap<String, Shared<BoxFuture<'static, Verdict>>>>,
+}
+
+pub struct PublicShareAuthenticator {
+    service: Option<Arc<Service>>,
+}
+
+impl std::fmt::Debug for PublicShareAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicShareAuthenticator")
+            .field(
+                "endpoint",
+                &self.service.as_ref().map(|s| s.endpoint.as_str()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl PublicShareAuthenticator {
+    /// Built from `public_shares`, `token_manager`, `insecure_backends` and
+    /// `backend_https_cacert`. With a share service configured, an empty `jwt_secret` is an
+    /// error: tokens signed with a secret no backend knows would be useless.
+    pub fn from_config(config: &Config) -> Result<Self, PublicShareSetupError> {
+        let settings = PublicShareSettings::from_config(config);
+        if settings.url.is_empty() {
+            return Ok(Self::disabled());
+        }
+        let minter = Minter::new(
+            config.token_manager.jwt_secret.as_bytes(),
+            config.token_manager.token_lifetime.0,
+        )?;
+        Self::new(settings, minter)
+    }
+
+    /// An authenticator with no share service: every share token is refused.
+    pub fn disabled() -> Self {
+        Self { service: None }
+    }
+
+    /// An authenticator for `settings` that signs share tokens with `minter`.
+    pub fn new(
+        settings: PublicShareSettings,
+        minter: Minter,
+    ) -> Result<Self, PublicShareSetupError> {
+        if settings.url.is_empty() {
+            return Ok(Self::disabled());
+        }
+        let base = settings.url.trim_end_matches('/');
+        let endpoint = format!("{base}{AUTHENTICATE_PATH}");
+        let valid = (base.starts_with("http://") || base.starts_with("https://"))
+            && endpoint
+                .parse::<http::Uri>()
+                .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+        if !valid {
+            return Err(PublicShareSetupError::InvalidUrl(settings.url));
+        }
+        let tls = client_config(
+            settings.insecure_backends,
+            settings.backend_https_cacert.as_deref(),
+        )?;
+        Ok(Self {
+            service: Some(Arc::new(Service::new(
+                endpoint,
+                settings.timeout,
+                tls,
+                minter,
+            ))),
+        })
+    }
+
+    /// Use `clock` for cache ages, share expiry and token times (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        if let Some(service) = self.service.as_mut().and_then(Arc::get_mut) {
+            service.clock = clock;
+        }
+        self
+    }
+
+    /// Whether a share service is configured.
+    pub fn is_enabled(&self) -> bool {
+        self.service.is_some()
+    }
+
+    /// Calls made to the share service so far (cache hits and joined calls not counted).
+    pub fn service_calls(&self) -> u64 {
+        self.service
+            .as_ref()
+            .map_or(0, |s| s.calls.load(Ordering::Relaxed))
+    }
+
+    /// Looks at a request: `path` as routed, its headers and raw (still percent-encoded) query.
+    pub async fn authenticate(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> ShareOutcome {
+        let token = share_token(headers, query);
+        let present = !matches!(token, Ok(None));
+        let applicable = is_public_path(path)
+            || (present && TOKEN_PATH_PREFIXES.iter().any(|p| path.starts_with(p)));
+        if !applicable {
+            return ShareOutcome::NotApplicable;
+        }
+        let token = match token {
+            Ok(None) => return ShareOutcome::Anonymous,
+            Ok(Some(token)) => token,
+            Err(reason) => return ShareOutcome::Rejected { reason },
+        };
+        let Some(service) = &self.service else {
+            return ShareOutcome::Rejected {
+                reason: "public-share token presented but no share service is configured".into(),
+            };
+        };
+        let secret = match share_secret(headers, query) {
+            Ok(secret) => secret,
+            Err(reason) => return ShareOutcome::Rejected { reason },
+        };
+        match service.verdict(token, secret).await {
+            Verdict::Accepted(share) => service.mint(share),
+            Verdict::Rejected(reason) => ShareOutcome::Rejected { reason },
+            Verdict::Unavailable(reason, retry_after) => ShareOutcome::Unavailable {
+                reason,
+                retry_after,
+            },
+        }
+    }
+}
+
+impl Service {
+    fn new(endpoint: String, timeout: Duration, tls: Arc<ClientConfig>, minter: Minter) -> Self {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_timer(TokioTimer::new());
+        builder.pool_idle_timeout(Duration::from_secs(90));
+        let mut salt = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut salt);
+        Self {
+            client: builder.build(Connector::new(tls, Some(timeout))),
+            endpoint,
+            timeout,
+            minter,
+            clock: Arc::new(SystemClock),
+            salt,
+            calls: AtomicU64::new(0),
+            cache: Mutex::new(Cache {
+                entries: HashMap::new(),
+                capacity: CACHE_CAPACITY,
+            }),
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Salted hash of (token, secret): the secret never sits in memory longer than the request.
+    fn cache_key(&self, token: &str, secret: &Secret) -> String {
+        let mut material = String::with_capacity(token.len() + 80);
+        for b in self.salt {
+            material.push(char::from(b'a' + (b & 0x0f)));
+            material.push(char::from(b'a' + (b >> 4)));
+        }
+        material.push_str(&format!("{}:{token}", token.len()));
+        secret.key_material(&mut material);
+        token_cache_key(&material)
+    }
+
+    async fn verdict(self: &Arc<Self>, token: String, secret: Secret) -> Verdict {
+        let key = self.cache_key(&token, &secret);
+        let call = {
+            let mut inflight = lock(&self.inflight);
+            if let Some(verdict) = lock(&self.cache).get(&key, self.clock.now()) {
+                return verdict;
+            }
+            if let Some(call) = inflight.get(&key) {
+                call.clone()
+            } else {
+                // Spawned, so the call finishes (and is remembered and removed from `inflight`)
+                // even when every request waiting for it has gone away.
+                let service = self.clone();
+                let task_key = key.clone();
+                let task = tokio::spawn(async move {
+                    let verdict = service.ask(&token, &secret).await;
+                    service.remember(&task_key, &verdict);
+                    lock(&service.inflight).remove(&task_key);
+                    verdict
+                });
+                let call = async move {
+                    task.await.unwrap_or_else(|e| {
+                        Verdict::Unavailable(format!("share service call failed: {e}"), None)
+                    })
+                }
+                .boxed()
+                .shared();
+                inflight.insert(key, call.clone());
+                call
+            }
+        };
+        call.await
+    }
+
+    fn remember(&self, key: &str, verdict: &Verdict) {
+        let now = self.clock.now();
+        let ttl = match verdict {
+            Verdict::Accepted(share) => match share.expiration {
+                Some(end) => end
+                    .duration_since(now)
+                    .unwrap_or(Duration::ZERO)
+                    .min(ACCEPTED_TTL),
+                None => ACCEPTED_TTL,
+            },
+            Verdict::Rejected(_) => REJECTED_TTL,
+            Verdict::Unavailable(..) => return,
+        };
+        lock(&self.cache).put(key.to_owned(), verdict.clone(), ttl, now);
+    }
+
+    /// One call to the share service.
+    async fn ask(&self, token: &str, secret: &Secret) -> Verdict {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        #[derive(Serialize)]
+        struct Body<'a> {
+            token: &'a str,
+            secret: &'a Secret,
+        }
+        let body = match serde_json::to_vec(&Body { token, secret }) {
+            Ok(body) => body,
+            Err(e) => return unavailable(format!("cannot encode the request: {e}")),
+        };
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(&self.endpoint)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(body)));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => return unavailable(format!("cannot build the request: {e}")),
+        };
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("share service: {e}"))?;
+            let status = response.status();
+            let retry_after = retry_after(response.headers());
+            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("share service: reading the answer: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((status, retry_after, body))
+        };
+        let (status, retry_after, body) = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(reason)) => return unavailable(reason),
+            Err(_) => {
+                return unavailable(format!(
+                    "share service: no answer within {:?}",
+                    self.timeout
+                ));
+            }
+        };
+        match status {
+            StatusCode::OK => self.accept(token, &body),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Verdict::Rejected(format!(
+                "share service refused the secret ({status}{})",
+                error_message(&body)
+            )),
+            StatusCode::NOT_FOUND => Verdict::Rejected(format!(
+                "unknown public-share token ({status}{})",
+                error_message(&body)
+            )),
+            _ => Verdict::Unavailable(
+                format!("share service answered {status}{}", error_message(&body)),
+                retry_after,
+            ),
+        }
+    }
+
+    /// Checks a 200 answer and prepares the user and scope of the guest's tokens.
+    fn accept(&self, token: &str, body: &[u8]) -> Verdict {
+        let answer: Answer = match serde_json::from_slice(body) {
+            Ok(answer) => answer,
+            Err(e) => {
+                return unavailable(format!("share service answered an unreadable share: {e}"));
+            }
+        };
+        let share = answer.share;
+        if share.token != token {
+            return unavailable("share service answered a share with another token".into());
+        }
+        if share.id.is_empty() || share.owner.id.is_empty() || share.owner.username.is_empty() {
+            return unavailable("share service answered a share without id or owner".into());
+        }
+        let expiration = share.expiration.map(|t| t.0);
+        if expiration.is_some_and(|end| end <= self.clock.now()) {
+            return Verdict::Rejected("the public share has expired".into());
+        }
+        let resource_id = ResourceId {
+            storage_id: share.resource_id.storage_id,
+            opaque_id: share.resource_id.opaque_id,
+            space_id: share.resource_id.space_id,
+        };
+        let scoped = ScopedPublicShare {
+            token: share.token.clone(),
+            resource_id: Some(resource_id.clone()),
+        };
+        let scope = match public_share_scope(&share.id, &scoped, share.role) {
+            Ok(scope) => scope,
+            Err(e) => return unavailable(format!("cannot build the share scope: {e}")),
+        };
+        let mut user = RevaUser {
+            id: Some(RevaUserId {
+                idp: share.owner.idp,
+                opaque_id: share.owner.id,
+                user_type: UserType(share.owner.user_type.unwrap_or(UserType::PRIMARY.0)),
+            }),
+            username: share.owner.username,
+            mail: share.owner.mail,
+            display_name: share.owner.display_name,
+            groups: share.owner.groups,
+            ..RevaUser::default()
+        };
+        user.set_public_share_role(share.role);
+        Verdict::Accepted(Arc::new(ValidatedShare {
+            id: share.id,
+            token: share.token,
+            role: share.role,
+            resource_id,
+            expiration,
+            user,
+            scope,
+        }))
+    }
+
+    fn mint(&self, share: Arc<ValidatedShare>) -> ShareOutcome {
+        let now = self.clock.now();
+        if share.expiration.is_some_and(|end| end <= now) {
+            return ShareOutcome::Rejected {
+                reason: "the public share has expired".into(),
+            };
+        }
+        let minted = self
+            .minter
+            .mint_until(&share.user, &share.scope, now, share.expiration)
+            .map_err(|e| e.to_string())
+            .and_then(|t| HeaderValue::try_from(t).map_err(|e| e.to_string()));
+        match minted {
+            Ok(token) => ShareOutcome::Accepted { token, share },
+            Err(e) => ShareOutcome::Unavailable {
+                reason: format!("cannot mint the share token: {e}"),
+                retry_after: None,
+            },
+        }
+    }
+}
+
+fn unavailable(reason: String) -> Verdict {
+    Verdict::Unavailable(reason, None)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The answer body of a 200 (docs/public-shares.md). Unknown fields are ignored.
+#[derive(Deserialize)]
+struct Answer {
+    share: AnswerShare,
+}
+
+#[derive(Deserialize)]
+struct AnswerShare {
+    id: String,
+    token: String,
+    owner: AnswerOwner,
+    #[serde(default)]
+    resource_id: AnswerResourceId,
+    role: PublicShareRole,
+    #[serde(default)]
+    expiration: Option<GoTime>,
+}
+
+#[derive(Deserialize)]
+struct AnswerOwner {
+    id: String,
+    #[serde(default)]
+    idp: String,
+    username: String,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    mail: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default, rename = "type")]
+    user_type: Option<i32>,
+}
+
+#[derive(Deserialize, Default)]
+struct AnswerResourceId {
+    #[serde(default)]
+    storage_id: String,
+    #[serde(default)]
+    space_id: String,
+    #[serde(default)]
+    opaque_id: String,
+}
+
+/// `: <message>` from an `{"error":{"message":…}}` body, shortened; empty otherwise.
+fn error_message(body: &[u8]) -> String {
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        error: ErrorMain,
+    }
+    #[derive(Deserialize)]
+    struct ErrorMain {
+        #[serde(default)]
+        message: String,
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) if !e.error.message.is_empty() => {
+            let message: String = e
+                .error
+                .message
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect();
+            format!(": {message}")
+        }
+        _ => String::new(),
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is ignored), at most an hour.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
+/// The share token: header `public-token`, else query `public-token`. `Ok(None)` when neither is
+/// there (or both are empty); an unreadable, oversized or repeated token is an error.
+fn share_token(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, String> {
+    let mut values = headers.get_all(PUBLIC_TOKEN).iter();
+    if let Some(first) = values.next() {
+        if values.next().is_some() {
+            return Err("several public-token headers".into());
+        }
+        if !first.is_empty() {
+            let token = first
+                .to_str()
+                .map_err(|_| "the public-token header is not visible ASCII".to_owned())?;
+            return checked_credential("public-token", token.to_owned()).map(Some);
+        }
+    }
+    match single_query_value(query, PUBLIC_TOKEN)? {
+        Some(token) if !token.is_empty() => checked_credential("public-token", token).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// The secret: query `signature` (with the required `expiration`), else the password of Basic
+/// credentials (the user name is ignored), else none.
+fn share_secret(headers: &HeaderMap, query: Option<&str>) -> Result<Secret, String> {
+    if let Some(signature) = single_query_value(query, "signature")?.filter(|s| !s.is_empty()) {
+        let expiration = single_query_value(query, "expiration")?
+            .filter(|e| !e.is_empty())
+            .ok_or_else(|| "a share signature needs an expiration".to_owned())?;
+        return Ok(Secret::Signature {
+            signature: checked_credential("signature", signature)?,
+            expiration: checked_credential("expiration", expiration)?,
+        });
+    }
+    match basic_password(headers)? {
+        Some(password) => Ok(Secret::Password {
+            password: checked_credential("password", password)?,
+        }),
+        None => Ok(Secret::None),
+    }
+}
+
+fn checked_credential(what: &str, value: String) -> Result<String, String> {
+    if value.len() > MAX_CREDENTIAL_LEN {
+        return Err(format!(
+            "the {what} is longer than {MAX_CREDENTIAL_LEN} bytes"
+        ));
+    }
+    Ok(value)
+}
+
+/// The password of `Authorization: Basic base64(user:password)`; `None` without (well-formed)
+/// Basic credentials, as Go's `Request.BasicAuth` reads them.
+fn basic_password(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.len() < 6 || !bytes[..6].eq_ignore_ascii_case(b"basic ") {
+        return Ok(None);
+    }
+    let Some(decoded) = decode_base64(&bytes[6..]) else {
+        return Ok(None);
+    };
+    let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+        return Ok(None);
+    };
+    String::from_utf8(decoded[colon + 1..].to_vec())
+        .map(Some)
+        .map_err(|_| "the Basic password is not valid UTF-8".to_owned())
+}
+
+/// Standard base64 with padding, as Go's `base64.StdEncoding` reads it. The node has no
+/// base64 dependency of its own and this is the only place it needs one.
+fn decode_base64(input: &[u8]) -> Option<Vec<u8>> {
+    if !input.len().is_multiple_of(4) {
+        return None;
+    }
+    let value = |c: u8| -> Option<u32> {
+        match c {
+            b'A'..=b'Z' => Some(u32::from(c - b'A')),
+            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    };
+    let mut out = Vec::with_capacity(input.len() / 4 * 3);
+    let chunks = input.len() / 4;
+    for (n, chunk) in input.chunks(4).enumerate() {
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && n + 1 != chunks) {
+            return None;
+        }
+        let mut acc = 0u32;
+        for &c in &chunk[..4 - pad] {
+            acc = (acc << 6) | value(c)?;
+        }
+        acc <<= 6 * pad as u32;
+        let bytes = acc.to_be_bytes();
+        out.extend_from_slice(&bytes[1..4 - pad]);
+    }
+    Some(out)
+}
+
+/// The decoded value of query parameter `name` (Go `url.ParseQuery` rules: `+` is a space, pairs
+/// with `;` or a bad escape are skipped). A parameter given twice, or not UTF-8, is an error.
+fn single_query_value(query: Option<&str>, name: &str) -> Result<Option<String>, String> {
+    let mut found: Option<Vec<u8>> = None;
+    for pair in query.unwrap_or("").split('&') {
+        if pair.is_empty() || pair.contains(';') {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(k), Some(v)) = (unescape(k), unescape(v)) else {
+            continue;
+        };
+        if k != name.as_bytes() {
+            continue;
+        }
+        if found.is_some() {
+            return Err(format!("query parameter {name} given more than once"));
+        }
+        found = Some(v);
+    }
+    found
+        .map(|v| String::from_utf8(v).map_err(|_| format!("query parameter {name} is not UTF-8")))
+        .transpose()
+}
+
+fn unescape(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+                let (hi, lo) = (hex(bytes.get(i + 1))?, hex(bytes.get(i + 2))?);
+                out.push(u8::try_from(hi * 16 + lo).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_shared::store::ManualClock;
+    use gatehouse_shared::token::{
+        DEFAULT_LEEWAY, PUBLIC_SHARE_SCOPE_PREFIX, ScopeRole, verify, verify_at,
+    };
+    use gatehouse_tests::shares::{Failure, FixtureShare, ShareFixture};
+
+    const SECRET: &str = "share-test-secret";
+
+    fn config(url: &str) -> Config {
+        let mut config = Config::default();
+        config.public_shares.url = url.into();
+        config.public_shares.timeout = gatehouse_shared::config::GoDuration::millis(300);
+        config.token_manager.jwt_secret = SECRET.into();
+        config
+    }
+
+    async fn setup() -> (ShareFixture, PublicShareAuthenticator) {
+        let fixture = ShareFixture::start().await;
+        fixture.add_share(FixtureShare::new("s-open", "open"));
+        fixture.add_share(
+            FixtureShare::new("s-pw", "sharetoken")
+                .with_password("examples3cr3t")
+                .with_signature("examplesignature", "exampleexpiration")
+                .with_role("editor"),
+        );
+        let authn = PublicShareAuthenticator::from_config(&config(&fixture.url())).unwrap();
+        (fixture, authn)
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn basic(password: &str) -> String {
+        use std::fmt::Write as _;
+        // Test-side encoder, independent of decode_base64.
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let input = format!("public:{password}").into_bytes();
+        let mut out = String::from("Basic ");
+        for chunk in input.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    let _ = write!(
+                        out,
+                        "{}",
+                        ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char
+                    );
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    const SHARE_PATH: &str = "/dav/public-files/sharetoken/file.txt";
+
+    fn accepted(outcome: ShareOutcome) -> (HeaderValue, Arc<ValidatedShare>) {
+        match outcome {
+            ShareOutcome::Accepted { token, share } => (token, share),
+            other => panic!("expected Accepted, got {other:?}"),
+        }
+    }
+
+    fn is_rejected(outcome: &ShareOutcome) -> bool {
+        matches!(outcome, ShareOutcome::Rejected { .. })
+    }
+
+    #[tokio::test]
+    async fn not_applicable_off_public_paths_and_on_signing_key_paths() {
+        let (fixture, authn) = setup().await;
+        let token = headers(&[(PUBLIC_TOKEN, "sharetoken")]);
+        for path in [
+            "/remote.php/dav/files/einstein/x",
+            "/graph/v1.0/me",
+            "/ocs/v1.php/cloud/user/signing-key",
+            "/ocs/v2.php/cloud/user/signing-key",
+            "/archive",
+            "/app/list",
+        ] {
+            let outcome = authn.authenticate(path, &token, None).await;
+            assert!(
+                matches!(outcome, ShareOutcome::NotApplicable),
+                "{path}: {outcome:?}"
+            );
+        }
+        assert_eq!(fixture.count(), 0);
+        assert_eq!(authn.service_calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn public_path_without_token_is_anonymous() {
+        let (fixture, authn) = setup().await;
+        for path in [SHARE_PATH, "/ocs/v2.php/cloud/capabilities", "/ocm/shares"] {
+            let outcome = authn
+                .authenticate(path, &HeaderMap::new(), Some("a=b"))
+                .await;
+            assert!(
+                matches!(outcome, ShareOutcome::Anonymous),
+                "{path}: {outcome:?}"
+            );
+        }
+        let empty = headers(&[(PUBLIC_TOKEN, "")]);
+        let outcome = authn
+            .authenticate(SHARE_PATH, &empty, Some("public-token="))
+            .await;
+        assert!(matches!(outcome, ShareOutcome::Anonymous), "{outcome:?}");
+        assert_eq!(fixture.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn archiver_and_app_paths_need_a_token() {
+        let (fixture, authn) = setup().await;
+        for path in ["/archiver", "/app/open", "/app/new"] {
+            let outcome = authn.authenticate(path, &HeaderMap::new(), None).await;
+            assert!(matches!(outcome, ShareOutcome::NotApplicable), "{path}");
+            let outcome = authn
+                .authenticate(path, &HeaderMap::new(), Some("public-token=open&id=1"))
+                .await;
+            let (_, share) = accepted(outcome);
+            assert_eq!(share.id, "s-open");
+        }
+        // Three paths, one token and secret: the answer is remembered after the first call.
+        assert_eq!(fixture.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn password_from_basic_is_sent_and_accepted() {
+        let (fixture, authn) = setup().await;
+        let h = headers(&[
+            (PUBLIC_TOKEN, "sharetoken"),
+            ("authorization", &basic("examples3cr3t")),
+        ]);
+        let (_, share) = accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        assert_eq!(share.role, PublicShareRole::Editor);
+        let call = &fixture.calls()[0];
+        assert_eq!(call.path, AUTHENTICATE_PATH);
+        assert_eq!(call.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            call.body,
+            serde_json::json!({"token": "sharetoken",
+                "secret": {"type": "password", "password": "examples3cr3t"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn signature_from_the_query_is_sent_and_needs_an_expiration() {
+        let (fixture, authn) = setup().await;
+        let query =
+            "public-token=sharetoken&signature=examplesignature&expiration=exampleexpiration";
+        // The signature wins over Basic credentials.
+        let h = headers(&[("authorization", &basic("wrong"))]);
+        accepted(authn.authenticate(SHARE_PATH, &h, Some(query)).await);
+        assert_eq!(
+            fixture.calls()[0].body["secret"],
+            serde_json::json!({"type": "signature", "signature": "examplesignature",
+                "expiration": "exampleexpiration"})
+        );
+
+        let outcome = authn
+            .authenticate(
+                SHARE_PATH,
+                &HeaderMap::new(),
+                Some("public-token=sharetoken&signature=x"),
+            )
+            .await;
+        assert!(is_rejected(&outcome), "{outcome:?}");
+        assert_eq!(fixture.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_secret_is_sent_as_none() {
+        let (fixture, authn) = setup().await;
+        let h = headers(&[(PUBLIC_TOKEN, "open"), ("authorization", "Bearer abc")]);
+        accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        assert_eq!(fixture.calls()[0].secret_type(), Some("none"));
+
+        // A protected share without a secret is refused.
+        let h = headers(&[(PUBLIC_TOKEN, "sharetoken")]);
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert!(is_rejected(&outcome), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn wrong_secret_and_unknown_token_are_rejected() {
+        let (fixture, authn) = setup().await;
+        let wrong = headers(&[
+            (PUBLIC_TOKEN, "sharetoken"),
+            ("authorization", &basic("nope")),
+        ]);
+        let outcome = authn.authenticate(SHARE_PATH, &wrong, None).await;
+        assert!(is_rejected(&outcome), "{outcome:?}");
+
+        let unknown = headers(&[(PUBLIC_TOKEN, "no-such-token")]);
+        match authn.authenticate(SHARE_PATH, &unknown, None).await {
+            ShareOutcome::Rejected { reason } => assert!(reason.contains("unknown"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fixture.count(), 2);
+    }
+
+    #[tokio::test]
+    async fn service_failures_are_unavailable_and_not_remembered() {
+        let (fixture, authn) = setup().await;
+        let h = headers(&[(PUBLIC_TOKEN, "open")]);
+
+        fixture.set_failure(Failure::Status(500, None));
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert!(
+            matches!(
+                outcome,
+                ShareOutcome::Unavailable {
+                    retry_after: None,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+
+        fixture.set_failure(Failure::Status(503, Some(7)));
+        match authn.authenticate(SHARE_PATH, &h, None).await {
+            ShareOutcome::Unavailable { retry_after, .. } => {
+                assert_eq!(retry_after, Some(Duration::from_secs(7)));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        fixture.set_failure(Failure::Status(400, None));
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert!(
+            matches!(outcome, ShareOutcome::Unavailable { .. }),
+            "{outcome:?}"
+        );
+
+        fixture.set_failure(Failure::Body(r#"{"share": {"id": "x"}}"#.into()));
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert!(
+            matches!(outcome, ShareOutcome::Unavailable { .. }),
+            "{outcome:?}"
+        );
+
+        // A share for another token is not believed.
+        fixture.set_failure(Failure::Body(
+            r#"{"share": {"id": "x", "token": "other", "owner": {"id": "u", "username": "u"},
+                "role": "viewer"}}"#
+                .into(),
+        ));
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert!(
+            matches!(outcome, ShareOutcome::Unavailable { .. }),
+            "{outcome:?}"
+        );
+
+        fixture.set_failure(Failure::Hang);
+        let started = std::time::Instant::now();
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert!(
+            matches!(outcome, ShareOutcome::Unavailable { .. }),
+            "{outcome:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        assert_eq!(fixture.count(), 6);
+        fixture.set_failure(Failure::None);
+        accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        assert_eq!(fixture.count(), 7);
+    }
+
+    #[tokio::test]
+    async fn unreachable_service_is_unavailable() {
+        let fixture = ShareFixture::start().await;
+        let url = fixture.url();
+        drop(fixture);
+        let authn = PublicShareAuthenticator::from_config(&config(&url)).unwrap();
+        let h = headers(&[(PUBLIC_TOKEN, "open")]);
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert!(
+            matches!(outcome, ShareOutcome::Unavailable { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(authn.service_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_share_service_tokens_are_rejected() {
+        let authn = PublicShareAuthenticator::from_config(&config("")).unwrap();
+        assert!(!authn.is_enabled());
+        let h = headers(&[(PUBLIC_TOKEN, "open")]);
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert!(is_rejected(&outcome), "{outcome:?}");
+        let outcome = authn.authenticate("/archiver", &h, None).await;
+        assert!(is_rejected(&outcome), "{outcome:?}");
+        let outcome = authn
+            .authenticate(SHARE_PATH, &HeaderMap::new(), None)
+            .await;
+        assert!(matches!(outcome, ShareOutcome::Anonymous), "{outcome:?}");
+    }
+
+    #[test]
+    fn setup_errors() {
+        for url in ["ftp://x", "http://", "not a url"] {
+            assert!(
+                matches!(
+                    PublicShareAuthenticator::from_config(&config(url)),
+                    Err(PublicShareSetupError::InvalidUrl(_))
+                ),
+                "{url}"
+            );
+        }
+        let mut no_secret = config("http://127.0.0.1:1");
+        no_secret.token_manager.jwt_secret.clear();
+        assert!(matches!(
+            PublicShareAuthenticator::from_config(&no_secret),
+            Err(PublicShareSetupError::Token(TokenError::EmptySecret))
+        ));
+    }
+
+    #[tokio::test]
+    async fn answers_are_remembered_per_token_and_secret() {
+        let (fixture, authn) = setup().await;
+        let clock = Arc::new(ManualClock::default());
+        let authn = authn.with_clock(clock.clone());
+        let good = headers(&[
+            (PUBLIC_TOKEN, "sharetoken"),
+            ("authorization", &basic("examples3cr3t")),
+        ]);
+        accepted(authn.authenticate(SHARE_PATH, &good, None).await);
+        accepted(authn.authenticate(SHARE_PATH, &good, None).await);
+        assert_eq!(fixture.count(), 1);
+
+        // Another secret for the same token is another key.
+        let wrong = headers(&[
+            (PUBLIC_TOKEN, "sharetoken"),
+            ("authorization", &basic("guess")),
+        ]);
+        assert!(is_rejected(
+            &authn.authenticate(SHARE_PATH, &wrong, None).await
+        ));
+        assert_eq!(fixture.count(), 2);
+
+        // The rejection is remembered for five seconds, then asked again.
+        clock.advance(Duration::from_secs(4));
+        assert!(is_rejected(
+            &authn.authenticate(SHARE_PATH, &wrong, None).await
+        ));
+        assert_eq!(fixture.count(), 2);
+        clock.advance(Duration::from_secs(2));
+        assert!(is_rejected(
+            &authn.authenticate(SHARE_PATH, &wrong, None).await
+        ));
+        assert_eq!(fixture.count(), 3);
+
+        // The acceptance lasts thirty seconds: a share removed meanwhile still works until then.
+        fixture.remove_share("sharetoken");
+        clock.advance(Duration::from_secs(23));
+        accepted(authn.authenticate(SHARE_PATH, &good, None).await);
+        assert_eq!(fixture.count(), 3);
+        clock.advance(Duration::from_secs(2));
+        assert!(is_rejected(
+            &authn.authenticate(SHARE_PATH, &good, None).await
+        ));
+        assert_eq!(fixture.count(), 4);
+        assert_eq!(authn.service_calls(), 4);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_one_call() {
+        let (fixture, authn) = setup().await;
+        fixture.set_delay(Duration::from_millis(100));
+        let authn = Arc::new(authn);
+        let h = headers(&[(PUBLIC_TOKEN, "open")]);
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let authn = authn.clone();
+                let h = h.clone();
+                tokio::spawn(async move { authn.authenticate(SHARE_PATH, &h, None).await })
+            })
+            .collect();
+        for waiter in waiters {
+            accepted(waiter.await.unwrap());
+        }
+        assert_eq!(fixture.count(), 1);
+    }
+
+    #[tokio::test]
+    async fn minted_token_carries_owner_and_share_scope() {
+        let (_fixture, authn) = setup().await;
+        let h = headers(&[
+            (PUBLIC_TOKEN, "sharetoken"),
+            ("authorization", &basic("examples3cr3t")),
+        ]);
+        let (token, _) = accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        let claims = verify(SECRET.as_bytes(), token.to_str().unwrap(), DEFAULT_LEEWAY).unwrap();
+        assert_eq!(claims.iss, "https://idp.example.com");
+        assert_eq!(claims.user.username, "einstein");
+        let id = claims.user.id.as_ref().unwrap();
+        assert_eq!(id.opaque_id, "4c510ada-c86b-4815-8820-42cdf82c3d51");
+        assert_eq!(id.user_type, UserType::PRIMARY);
+        assert_eq!(
+            claims.user.public_share_role(),
+            Some(PublicShareRole::Editor)
+        );
+        assert_eq!(claims.exp - claims.iat, 3600);
+
+        let key = format!("{PUBLIC_SHARE_SCOPE_PREFIX}s-pw");
+        assert_eq!(claims.scope.keys().collect::<Vec<_>>(), vec![&key]);
+        let scope = &claims.scope[&key];
+        assert_eq!(scope.role, ScopeRole::EDITOR);
+        let resource: serde_json::Value =
+            serde_json::from_slice(&scope.resource.as_ref().unwrap().value).unwrap();
+        assert_eq!(
+            resource,
+            serde_json::json!({"token": "sharetoken", "resourceId": {
+                "storageId": "storage-1", "spaceId": "space-1", "opaqueId": "resource-of-s-pw"}})
+        );
+    }
+
+    #[tokio::test]
+    async fn share_expiry_caps_the_token_and_the_cache() {
+        let fixture = ShareFixture::start().await;
+        let start = SystemTime::now();
+        let clock = Arc::new(ManualClock::new(start));
+        let end = start + Duration::from_secs(20);
+        let expiration = serde_json::to_value(GoTime(end)).unwrap();
+        fixture.add_share(
+            FixtureShare::new("s-soon", "soon").with_expiration(expiration.as_str().unwrap()),
+        );
+        let authn = PublicShareAuthenticator::from_config(&config(&fixture.url()))
+            .unwrap()
+            .with_clock(clock.clone());
+        let h = headers(&[(PUBLIC_TOKEN, "soon")]);
+        let (token, share) = accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        assert_eq!(share.expiration, Some(end));
+        let claims = verify_at(
+            SECRET.as_bytes(),
+            token.to_str().unwrap(),
+            Duration::ZERO,
+            start,
+        )
+        .unwrap();
+        let end_secs = end
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(claims.exp, end_secs);
+
+        // Remembered until the share ends, not for the full thirty seconds.
+        clock.advance(Duration::from_secs(19));
+        accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        assert_eq!(fixture.count(), 1);
+        clock.advance(Duration::from_secs(2));
+        assert!(is_rejected(&authn.authenticate(SHARE_PATH, &h, None).await));
+    }
+
+    #[tokio::test]
+    async fn header_token_wins_and_ambiguous_tokens_are_rejected() {
+        let (fixture, authn) = setup().await;
+        let h = headers(&[(PUBLIC_TOKEN, "open")]);
+        let (_, share) = accepted(
+            authn
+                .authenticate(SHARE_PATH, &h, Some("public-token=unknown"))
+                .await,
+        );
+        assert_eq!(share.token, "open");
+        assert_eq!(fixture.calls()[0].body["token"], "open");
+
+        let twice = headers(&[(PUBLIC_TOKEN, "open"), (PUBLIC_TOKEN, "sharetoken")]);
+        assert!(is_rejected(
+            &authn.authenticate(SHARE_PATH, &twice, None).await
+        ));
+        let outcome = authn
+            .authenticate(
+                SHARE_PATH,
+                &HeaderMap::new(),
+                Some("public-token=a&public-token=b"),
+            )
+            .await;
+        assert!(is_rejected(&outcome), "{outcome:?}");
+        let long = format!("public-token={}", "x".repeat(MAX_CREDENTIAL_LEN + 1));
+        assert!(is_rejected(
+            &authn
+                .authenticate(SHARE_PATH, &HeaderMap::new(), Some(&long))
+                .await
+        ));
+        assert_eq!(fixture.count(), 1);
+    }
+
+    #[test]
+    fn query_and_basic_parsing() {
+        assert_eq!(
+            single_query_value(Some("a=1&public-token=x%2By+z&b"), "public-token"),
+            Ok(Some("x+y z".into()))
+        );
+        assert_eq!(
+            single_query_value(Some("public-token=%zz"), "public-token"),
+            Ok(None)
+        );
+        assert_eq!(
+            single_query_value(Some("public-token=a;b"), "public-token"),
+            Ok(None)
+        );
+        assert_eq!(single_query_value(None, "x"), Ok(None));
+        assert!(single_query_value(Some("x=%ff"), "x").is_err());
+
+        let pw = |v: &str| basic_password(&headers(&[("authorization", v)]));
+        assert_eq!(pw(&basic("s3cr:et")), Ok(Some("s3cr:et".into())));
+        assert_eq!(pw("basic cHVibGljOg=="), Ok(Some(String::new())));
+        assert_eq!(pw("Basic cHVibGljOg"), Ok(None));
+        assert_eq!(pw("Basic bm9jb2xvbg=="), Ok(None));
+        assert_eq!(pw("Bearer x"), Ok(None));
+        assert_eq!(pw("Basic !!!!"), Ok(None));
+        for n in 0..7 {
+            let password = "abcdefg"[..n].to_owned();
+            assert_eq!(pw(&basic(&password)), Ok(Some(password)));
+        }
+    }
+
+    #[test]
+    fn cache_keys_hide_the_secret_and_separate_fields() {
+        let service = Service::new(
+            "http://127.0.0.1:1/x".into(),
+            Duration::from_secs(1),
+            client_config(false, None).unwrap(),
+            Minter::new(b"k", Duration::from_secs(60)).unwrap(),
+        );
+        let pw = |p: &str| Secret::Password { password: p.into() };
+        let a = service.cache_key("tok", &pw("hunter2"));
+        assert!(!a.contains("hunter2") && !a.contains("tok"));
+        assert_eq!(a, service.cache_key("tok", &pw("hunter2")));
+        assert_ne!(a, service.cache_key("tok", &pw("hunter3")));
+        assert_ne!(a, service.cache_key("tok", &Secret::None));
+        assert_ne!(
+            service.cache_key("ab", &pw("c")),
+            service.cache_key("a", &pw("bc"))
+        );
+    }
+
+    #[test]
+    fn cache_is_bounded() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut cache = Cache {
+            entries: HashMap::new(),
+            capacity: 3,
+        };
+        for (i, ttl) in [30, 5, 30, 30].into_iter().enumerate() {
+            cache.put(
+                format!("k{i}"),
+                Verdict::Rejected(String::new()),
+                Duration::from_secs(ttl),
+                now,
+            );
+        }
+        assert_eq!(cache.entries.len(), 3);
+        assert!(
+            cache.get("k1", now).is_none(),
+            "the soonest to expire went first"
+        );
+        assert!(cache.get("k3", now).is_some());
+        assert!(
+            cache.get("k0", now - Duration::from_secs(1)).is_none(),
+            "clock went back"
+        );
+    }
+}

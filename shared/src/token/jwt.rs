@@ -110,11 +110,27 @@ impl Minter {
         scope: &Scopes,
         now: SystemTime,
     ) -> Result<String, TokenError> {
+        self.mint_until(user, scope, now, None)
+    }
+
+    /// Like [`mint_at`](Self::mint_at), but the token expires no later than `not_after` (a
+    /// public share's own expiry, for instance). Times are truncated to whole seconds.
+    pub fn mint_until(
+        &self,
+        user: &RevaUser,
+        scope: &Scopes,
+        now: SystemTime,
+        not_after: Option<SystemTime>,
+    ) -> Result<String, TokenError> {
         let iat = unix_seconds(now);
+        let mut exp = iat.saturating_add(self.lifetime.as_secs());
+        if let Some(limit) = not_after {
+            exp = exp.min(unix_seconds(limit));
+        }
         let claims = RevaClaims {
             iss: user.idp().to_owned(),
             aud: vec![REVA_AUDIENCE.to_owned()],
-            exp: iat.saturating_add(self.lifetime.as_secs()),
+            exp,
             iat,
             user: user.clone(),
             scope: scope.clone(),
@@ -276,6 +292,29 @@ mod tests {
 
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::HS256);
+    }
+
+    #[test]
+    fn mint_until_caps_the_expiry() {
+        let m = minter();
+        let capped = m
+            .mint_until(&user(), &owner_scope(), t(1_000), Some(t(1_600)))
+            .unwrap();
+        assert_eq!(
+            verify_at(SECRET, &capped, DEFAULT_LEEWAY, t(1_000))
+                .unwrap()
+                .exp,
+            1_600
+        );
+        let later = m
+            .mint_until(&user(), &owner_scope(), t(1_000), Some(t(9_000)))
+            .unwrap();
+        assert_eq!(
+            verify_at(SECRET, &later, DEFAULT_LEEWAY, t(1_000))
+                .unwrap()
+                .exp,
+            4_600
+        );
     }
 
     #[test]

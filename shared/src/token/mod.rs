@@ -16,8 +16,10 @@ pub use jwt::{
     verify_at,
 };
 pub use user::{
-    JSON_DECODER, OWNER_SCOPE_KEY, Opaque, OpaqueEntry, ROLES_OPAQUE_KEY, RevaUser, RevaUserId,
-    Scope, ScopeRole, Scopes, UserType, owner_scope,
+    JSON_DECODER, OWNER_SCOPE_KEY, Opaque, OpaqueEntry, PLAIN_DECODER,
+    PUBLIC_SHARE_ROLE_OPAQUE_KEY, PUBLIC_SHARE_SCOPE_PREFIX, PublicShareRole, ROLES_OPAQUE_KEY,
+    ResourceId, RevaUser, RevaUserId, Scope, ScopeRole, ScopedPublicShare, Scopes, UserType,
+    owner_scope, public_share_scope,
 };
 
 use std::time::Duration;

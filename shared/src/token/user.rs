@@ -143,6 +143,12 @@ pub struct ScopeRole(pub i32);
 impl ScopeRole {
     pub const INVALID: Self = Self(0);
     pub const OWNER: Self = Self(1);
+    pub const LEGACY: Self = Self(2);
+    pub const VIEWER: Self = Self(3);
+    pub const EDITOR: Self = Self(4);
+    pub const FILE_EDITOR: Self = Self(5);
+    pub const COOWNER: Self = Self(6);
+    pub const UPLOADER: Self = Self(7);
 
     fn is_invalid(&self) -> bool {
         *self == Self::INVALID
@@ -180,6 +186,119 @@ pub fn owner_scope() -> Scopes {
         },
     );
     scopes
+}
+
+/// Prefix of the scope key reva gives a public-share token: `publicshare:<share id>`.
+pub const PUBLIC_SHARE_SCOPE_PREFIX: &str = "publicshare:";
+
+/// Opaque key under which reva names the role of a public-share guest (`plain` decoder).
+pub const PUBLIC_SHARE_ROLE_OPAQUE_KEY: &str = "public-share-role";
+
+/// The `decoder` value of an opaque entry whose value is a plain string.
+pub const PLAIN_DECODER: &str = "plain";
+
+/// What a public link lets its guests do. reva derives it from the share's permissions: upload
+/// without download is `uploader`, upload with download `editor`, anything else `viewer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublicShareRole {
+    Viewer,
+    Editor,
+    Uploader,
+}
+
+impl PublicShareRole {
+    /// The name reva writes into the `public-share-role` opaque entry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Editor => "editor",
+            Self::Uploader => "uploader",
+        }
+    }
+
+    /// The CS3 scope role of the share scope.
+    pub fn scope_role(self) -> ScopeRole {
+        match self {
+            Self::Viewer => ScopeRole::VIEWER,
+            Self::Editor => ScopeRole::EDITOR,
+            Self::Uploader => ScopeRole::UPLOADER,
+        }
+    }
+}
+
+/// CS3 `storage.provider.ResourceId`, as protobuf's JSON mapping (`protojson`, lowerCamelCase
+/// names, empty fields omitted) writes it inside a scope resource.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceId {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub storage_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub opaque_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub space_id: String,
+}
+
+/// The part of a CS3 `PublicShare` reva puts into the share scope: only the token and the shared
+/// resource, so the scope does not leak the share's other properties.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopedPublicShare {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<ResourceId>,
+}
+
+/// The scope reva attaches to a public-share token (`AddPublicShareScope`): key
+/// `publicshare:<share id>`, the token and resource as a JSON resource, and the guest's role.
+/// Backends then allow only requests that touch the shared resource.
+pub fn public_share_scope(
+    share_id: &str,
+    share: &ScopedPublicShare,
+    role: PublicShareRole,
+) -> Result<Scopes, TokenError> {
+    let mut scopes = Scopes::new();
+    scopes.insert(
+        format!("{PUBLIC_SHARE_SCOPE_PREFIX}{share_id}"),
+        Scope {
+            resource: Some(OpaqueEntry::json(share)?),
+            role: role.scope_role(),
+        },
+    );
+    Ok(scopes)
+}
+
+impl RevaUser {
+    /// Replace the opaque map by the single `public-share-role` entry reva sets on the owner of
+    /// a public share when it authenticates a guest.
+    pub fn set_public_share_role(&mut self, role: PublicShareRole) {
+        let mut map = BTreeMap::new();
+        map.insert(
+            PUBLIC_SHARE_ROLE_OPAQUE_KEY.to_owned(),
+            OpaqueEntry {
+                decoder: PLAIN_DECODER.to_owned(),
+                value: role.name().as_bytes().to_vec(),
+            },
+        );
+        self.opaque = Some(Opaque { map });
+    }
+
+    /// The role from the `public-share-role` opaque entry, if the token speaks for a share guest.
+    pub fn public_share_role(&self) -> Option<PublicShareRole> {
+        let entry = self
+            .opaque
+            .as_ref()?
+            .map
+            .get(PUBLIC_SHARE_ROLE_OPAQUE_KEY)?;
+        match entry.value.as_slice() {
+            b"viewer" => Some(PublicShareRole::Viewer),
+            b"editor" => Some(PublicShareRole::Editor),
+            b"uploader" => Some(PublicShareRole::Uploader),
+            _ => None,
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -300,6 +419,47 @@ mod tests {
             serde_json::to_value(owner_scope()).unwrap(),
             // base64 of {"path":"/"}
             json!({"user": {"resource": {"decoder": "json", "value": "eyJwYXRoIjoiLyJ9"}, "role": 1}})
+        );
+    }
+
+    #[test]
+    fn public_share_scope_has_reva_shape() {
+        let share = ScopedPublicShare {
+            token: "sharetoken".into(),
+            resource_id: Some(ResourceId {
+                storage_id: "st".into(),
+                opaque_id: "op".into(),
+                space_id: String::new(),
+            }),
+        };
+        let scopes = public_share_scope("s-1", &share, PublicShareRole::Editor).unwrap();
+        let value = serde_json::to_value(&scopes).unwrap();
+        let scope = &value["publicshare:s-1"];
+        assert_eq!(scope["role"], json!(4));
+        assert_eq!(scope["resource"]["decoder"], json!("json"));
+        let entry = &scopes["publicshare:s-1"];
+        let resource: serde_json::Value =
+            serde_json::from_slice(&entry.resource.as_ref().unwrap().value).unwrap();
+        assert_eq!(
+            resource,
+            json!({"token": "sharetoken", "resourceId": {"storageId": "st", "opaqueId": "op"}})
+        );
+        assert_eq!(PublicShareRole::Viewer.scope_role(), ScopeRole::VIEWER);
+        assert_eq!(PublicShareRole::Uploader.scope_role(), ScopeRole(7));
+    }
+
+    #[test]
+    fn public_share_role_replaces_the_opaque_map() {
+        let mut user = einstein();
+        assert_eq!(user.public_share_role(), None);
+        user.set_public_share_role(PublicShareRole::Uploader);
+        assert_eq!(user.public_share_role(), Some(PublicShareRole::Uploader));
+        assert!(user.roles().unwrap().is_empty());
+        let value = serde_json::to_value(&user).unwrap();
+        // base64 of "uploader"
+        assert_eq!(
+            value["opaque"],
+            json!({"map": {"public-share-role": {"decoder": "plain", "value": "dXBsb2FkZXI="}}})
         );
     }
 }
