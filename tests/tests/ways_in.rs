@@ -45,7 +45,8 @@ async fn node(idp: &Idp, up: &Upstream, extra: &str) -> GatehouseNode {
     GatehouseNode::start_with(NodeOptions::new(&yaml(idp, up, extra))).await
 }
 
-const SIGNED: &str = "pre_signed_url:\n  serve_signing_keys: true\n  signing_keys: {store: memory}\n";
+const SIGNED: &str =
+    "pre_signed_url:\n  serve_signing_keys: true\n  signing_keys: {store: memory}\n";
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
@@ -104,7 +105,10 @@ async fn signed_urls_with_gateway_served_keys() {
     let (user_id, key) = signing_key(&gw, t.access_token()).await;
     assert_eq!(key.len(), 128);
     assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
-    assert_eq!(signing_key(&gw, t.access_token()).await, (user_id.clone(), key.clone()));
+    assert_eq!(
+        signing_key(&gw, t.access_token()).await,
+        (user_id.clone(), key.clone())
+    );
     let xml = get_with(
         &gw.url("/ocs/v2.php/cloud/user/signing-key?format=xml"),
         &[("authorization", &bearer(t.access_token()))],
@@ -113,9 +117,17 @@ async fn signed_urls_with_gateway_served_keys() {
     assert_eq!(xml.status, 200);
     assert!(xml.text().contains(&key), "{}", xml.text());
     // Anonymous callers get nothing: the endpoint is protected.
-    assert_eq!(get(&gw.url("/ocs/v1.php/cloud/user/signing-key")).await.status, 401);
+    assert_eq!(
+        get(&gw.url("/ocs/v1.php/cloud/user/signing-key"))
+            .await
+            .status,
+        401
+    );
 
-    let url = sign(&link(&host, "/files/report.pdf", "x=1&id=7", "einstein"), &key);
+    let url = sign(
+        &link(&host, "/files/report.pdf", "x=1&id=7", "einstein"),
+        &key,
+    );
     let before = up.count();
     for _ in 0..2 {
         let r = get(&gw.url(&url)).await;
@@ -127,7 +139,10 @@ async fn signed_urls_with_gateway_served_keys() {
     assert_eq!(claims.user.id.unwrap().opaque_id, user_id);
     assert_eq!(claims.user.roles().unwrap(), [ROLE_USER]);
     let last = up.last().unwrap();
-    assert!(last.uri.contains("OC-Signature="), "the query reaches the backend");
+    assert!(
+        last.uri.contains("OC-Signature="),
+        "the query reaches the backend"
+    );
 
     // Every tampering, expiry and misuse is refused before reaching the backend.
     let refused = [
@@ -184,7 +199,11 @@ async fn signed_urls_with_gateway_served_keys() {
         let r = get(&gw.url(&url)).await;
         assert_eq!(r.status, 401, "{case}: {}", r.text());
     }
-    assert_eq!(up.count(), before + 2, "nothing refused reached the backend");
+    assert_eq!(
+        up.count(),
+        before + 2,
+        "nothing refused reached the backend"
+    );
 }
 
 #[tokio::test]
@@ -208,7 +227,10 @@ async fn signed_urls_inherit_step_up_from_the_users_oidc_login() {
     assert_eq!(r.headers["x-ocis-mfa-required"], "true");
     let plain = sign(&link(&host, "/files/a", "", "marie"), &key);
     assert_eq!(get(&gw.url(&plain)).await.status, 200);
-    assert_eq!(up.last().unwrap().headers["x-multi-factor-authentication"], "false");
+    assert_eq!(
+        up.last().unwrap().headers["x-multi-factor-authentication"],
+        "false"
+    );
 
     // One request with an `advanced` acr proves it for the session duration.
     let advanced = idp
@@ -284,7 +306,11 @@ async fn basic_auth_against_the_demo_users() {
         ("einstein", ""),
         ("nobody", "relativity"),
     ] {
-        let r = get_with(&gw.url("/files/x"), &[("authorization", &basic(user, password))]).await;
+        let r = get_with(
+            &gw.url("/files/x"),
+            &[("authorization", &basic(user, password))],
+        )
+        .await;
         assert_eq!(r.status, 401, "{user}:{password}");
         let challenges: Vec<_> = r
             .headers
@@ -298,7 +324,11 @@ async fn basic_auth_against_the_demo_users() {
 
     // Bearer tokens keep working next to Basic.
     let t = idp.user_token("marie", TokenOptions::jwt()).await;
-    let r = get_with(&gw.url("/files/y"), &[("authorization", &bearer(t.access_token()))]).await;
+    let r = get_with(
+        &gw.url("/files/y"),
+        &[("authorization", &bearer(t.access_token()))],
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(backend_token(&up).user.username, "marie");
 }
@@ -315,4 +345,94 @@ async fn basic_auth_is_off_by_default() {
     .await;
     assert_eq!(r.status, 401);
     assert_eq!(up.count(), 0);
+}
+
+#[tokio::test]
+async fn public_share_tokens_checked_by_the_share_service() {
+    use gatehouse_tests::shares::{Failure, FixtureShare, ShareFixture};
+    let idp = Idp::start();
+    let up = Upstream::start("dav").await;
+    let shares = ShareFixture::start().await;
+    shares.add_share(FixtureShare::new("s-open", "opentoken"));
+    shares.add_share(FixtureShare::new("s-pw", "pwtoken").with_password("examples3cr3t"));
+    shares.add_share(
+        FixtureShare::new("s-sig", "sigtoken").with_signature("examplesignature", "2099-01-01T00:00:00Z"),
+    );
+    let gw = node(
+        &idp,
+        &up,
+        &format!("public_shares:\n  url: {}\n", shares.url()),
+    )
+    .await;
+    let dav = |token: &str| gw.url(&format!("/dav/public-files/{token}/doc.txt"));
+
+    // A share token in the header or the query, with the right secret, reaches the backend
+    // with a token minted for the share (a client's own x-access-token is replaced).
+    let r = get_with(
+        &dav("opentoken"),
+        &[("public-token", "opentoken"), ("x-access-token", "forged")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.logs());
+    let claims = backend_token(&up);
+    assert_eq!(claims.user.username, "einstein", "the owner, as reva does");
+    assert!(claims.scope.contains_key("publicshare:s-open"), "{:?}", claims.scope.keys());
+    assert!(!claims.scope.contains_key("user"), "no owner scope for a guest");
+    let r = get_with(
+        &dav("pwtoken"),
+        &[
+            ("public-token", "pwtoken"),
+            ("authorization", &basic("public", "examples3cr3t")),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(backend_token(&up).scope.contains_key("publicshare:s-pw"));
+    assert!(up.last().unwrap().headers.get("authorization").is_none());
+    let r = get(&gw.url(
+        "/dav/public-files/sigtoken/a?public-token=sigtoken&signature=examplesignature&expiration=2099-01-01T00%3A00%3A00Z",
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Wrong or missing secrets, unknown tokens: 401, nothing reaches the backend.
+    let before = up.count();
+    for (case, url, headers) in [
+        ("wrong password", dav("pwtoken"), vec![("public-token", "pwtoken".to_owned()), ("authorization", basic("public", "nope"))]),
+        ("no password", dav("pwtoken"), vec![("public-token", "pwtoken".to_owned())]),
+        ("unknown token", dav("nosuch"), vec![("public-token", "nosuch".to_owned())]),
+        (
+            "signature without expiration",
+            gw.url("/dav/public-files/sigtoken/a?public-token=sigtoken&signature=examplesignature"),
+            vec![],
+        ),
+        (
+            "wrong signature",
+            gw.url("/dav/public-files/sigtoken/a?public-token=sigtoken&signature=forged&expiration=2099-01-01T00%3A00%3A00Z"),
+            vec![],
+        ),
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = get_with(&url, &headers).await;
+        assert_eq!(r.status, 401, "{case}: {}", r.text());
+    }
+    assert_eq!(up.count(), before, "nothing refused reached the backend");
+
+    // A public path without any token passes on anonymously (the backend decides); a share
+    // token never opens a path that is not public, such as the signing-key endpoint.
+    let r = get(&gw.url("/dav/public-files/whatever")).await;
+    assert_eq!(r.status, 200);
+    assert!(up.last().unwrap().headers.get("x-access-token").is_none());
+    let r = get_with(
+        &gw.url("/ocs/v1.php/cloud/user/signing-key"),
+        &[("public-token", "opentoken")],
+    )
+    .await;
+    assert_eq!(r.status, 401);
+
+    // The share service down: 503, not 401 (the link may well be good).
+    shares.set_failure(Failure::Status(503, Some(7)));
+    let r = get_with(&dav("pwtoken2"), &[("public-token", "pwtoken2")]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.headers.get("retry-after").is_some());
 }

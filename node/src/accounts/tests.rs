@@ -867,9 +867,13 @@ async fn lookup_finds_existing_users_only_and_caches_them() {
         },
         "lookup never provisions"
     );
-    let created = resolve(&node, &marie(json!(["physics"])), assign(BuiltinRole::Admin))
-        .await
-        .account;
+    let created = resolve(
+        &node,
+        &marie(json!(["physics"])),
+        assign(BuiltinRole::Admin),
+    )
+    .await
+    .account;
     let found = node
         .resolver
         .lookup(LookupKind::Username, "Marie")
@@ -883,5 +887,9 @@ async fn lookup_finds_existing_users_only_and_caches_them() {
         .lookup(LookupKind::Username, "marie")
         .await
         .unwrap();
-    assert_eq!(directory.calls.load(Ordering::SeqCst), 0, "answered from the cache");
+    assert_eq!(
+        directory.calls.load(Ordering::SeqCst),
+        0,
+        "answered from the cache"
+    );
 }

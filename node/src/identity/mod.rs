@@ -22,13 +22,13 @@ use gatehouse_shared::token::{MintCache, Minter};
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::{AccountResolver, AccountSettings};
-use crate::authn::oidc::{OidcAuthenticator, OidcSettings};
-use crate::layers::account::AccountServices;
 use crate::authn::basic::BasicAuthenticator;
-use crate::authn::public_share::PublicShareAuthenticator;
+use crate::authn::oidc::{OidcAuthenticator, OidcSettings};
+use crate::authn::public_share::{PublicShareAuthenticator, PublicShareSettings};
 use crate::authn::signed_url::{SignedUrlAuthenticator, SignedUrlSettings};
 use crate::endpoints::logout::LogoutService;
 use crate::endpoints::well_known::WellKnown;
+use crate::layers::account::AccountServices;
 use crate::layers::authenticate::Authenticators;
 use crate::layers::endpoints::{Endpoints, SigningKeys};
 use crate::telemetry::Metrics;
@@ -118,8 +118,12 @@ impl Identity {
         let basic = config
             .enable_basic_auth
             .then(|| BasicAuthenticator::new(resolver.clone()));
-        let public_share = PublicShareAuthenticator::from_config(config, secret.as_bytes())
-            .map_err(|e| one(format!("public_shares: {e}")))?;
+        let public_share = Minter::new(secret.as_bytes(), lifetime)
+            .map_err(|e| one(format!("token_manager: {e}")))
+            .and_then(|minter| {
+                PublicShareAuthenticator::new(PublicShareSettings::from_config(config), minter)
+                    .map_err(|e| one(format!("public_shares: {e}")))
+            })?;
         let signed_url = match (&stores.signing_keys, config.pre_signed_url.enabled) {
             (Some(keys), true) => Some(SignedUrlAuthenticator::new(
                 SignedUrlSettings::from_config(config),
@@ -142,7 +146,10 @@ impl Identity {
                 (Some(oidc), true) => Some(WellKnown::new(oidc.clone())),
                 _ => None,
             },
-            signing_keys: match (&stores.signing_keys, config.pre_signed_url.serve_signing_keys) {
+            signing_keys: match (
+                &stores.signing_keys,
+                config.pre_signed_url.serve_signing_keys,
+            ) {
                 (Some(store), true) => Some(SigningKeys {
                     store: store.clone(),
                     jwt_secret: secret.as_bytes().to_vec(),

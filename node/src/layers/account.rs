@@ -333,8 +333,13 @@ impl AccountServices {
         let mfa = if !self.mfa.enabled() {
             true
         } else if let Some(store) = &self.step_up_store {
-            mfa_record::proven(store.as_ref(), &account.id, SystemTime::now(), self.mfa_session)
-                .await
+            mfa_record::proven(
+                store.as_ref(),
+                &account.id,
+                SystemTime::now(),
+                self.mfa_session,
+            )
+            .await
         } else {
             false
         };

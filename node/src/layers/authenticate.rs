@@ -239,7 +239,9 @@ impl Authenticators {
             }
         }
         match self.public_share.authenticate(path, headers, query).await {
-            ShareOutcome::Accepted { token } => return Outcome::Accepted(Identity::Share { token }),
+            ShareOutcome::Accepted { token } => {
+                return Outcome::Accepted(Identity::Share { token });
+            }
             // As in oCIS: a public path without a share token passes on anonymously even when
             // another scheme's credentials failed; its backend decides.
             ShareOutcome::Anonymous => return Outcome::Anonymous,

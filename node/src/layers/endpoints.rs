@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 use gatehouse_shared::store::Store;
 use gatehouse_shared::token::{OWNER_SCOPE_KEY, verify};
 
-use crate::context::{BoxError, Body};
+use crate::context::{Body, BoxError};
 use crate::endpoints::logout::LogoutService;
 use crate::endpoints::signing_key;
 use crate::endpoints::well_known::WellKnown;
@@ -173,7 +173,10 @@ fn missing_user() -> Response<Body> {
     let body = r#"{"ocs":{"meta":{"status":"error","statuscode":400,"message":"missing user in context"},"data":null}}"#;
     Response::builder()
         .status(StatusCode::BAD_REQUEST)
-        .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/json; charset=utf-8",
+        )
         .body(
             Full::new(Bytes::from_static(body.as_bytes()))
                 .map_err(|never| match never {})

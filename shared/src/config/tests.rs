@@ -522,5 +522,8 @@ fn development_features_and_share_service_are_checked() {
         .unwrap()
         .config;
     assert!(c.enable_basic_auth && c.builtin_accounts.demo_users);
-    assert_eq!(c.pre_signed_url.max_lifetime.as_duration().as_secs(), 7 * 24 * 3600);
+    assert_eq!(
+        c.pre_signed_url.max_lifetime.as_duration().as_secs(),
+        7 * 24 * 3600
+    );
 }

@@ -223,7 +223,10 @@ fn accounts(config: &mut Config, p: &mut Problems<'_>) {
         && (!(share_url.starts_with("http://") || share_url.starts_with("https://"))
             || share_url.len() <= "https://".len())
     {
-        p.add("public_shares.url", format!("{share_url:?} is not an http(s) URL"));
+        p.add(
+            "public_shares.url",
+            format!("{share_url:?} is not an http(s) URL"),
+        );
     }
     if config.public_shares.timeout.is_zero() {
         p.add("public_shares.timeout", "must be positive");
