@@ -663,6 +663,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_dollar_in_the_url_costs_two_derivations_once() {
+        let f = fixture(settings()).await;
+        let path = "/remote.php/dav/files/alice/$report.pdf";
+        let url = signed("GET", path, "", "alice", 1200, KEY);
+        f.run("GET", path, &url).await.unwrap();
+        assert_eq!(f.auth.derivations(), 2);
+        f.run("GET", path, &url).await.unwrap();
+        assert_eq!(f.auth.derivations(), 2);
+    }
+
+    #[tokio::test]
     async fn not_applicable_without_signature_or_when_disabled() {
         let f = fixture(settings()).await;
         let get = http::Method::GET;
