@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod memo;
+pub mod mfa_record;
 
 use std::sync::Arc;
 

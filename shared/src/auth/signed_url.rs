@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
-use sha2::Sha512;
+use sha2::{Digest, Sha256, Sha512};
 
 pub const OC_SIGNATURE: &str = "OC-Signature";
 pub const OC_CREDENTIAL: &str = "OC-Credential";
@@ -274,6 +274,27 @@ pub fn verify_signature(
     } else {
         Err(SignedUrlError::SignatureMismatch)
     }
+}
+
+/// A digest naming one verification: the canonical URL, the signature and the key it was checked
+/// with. A node that remembers URLs it verified keys them by this, so a changed or deleted
+/// signing key cannot keep an old URL valid and nothing secret is kept in the cache.
+pub fn verification_digest(
+    req: &SignedUrlRequest,
+    params: &SignedUrlParams,
+    key: &[u8],
+) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    let canonical = canonical_urls(req, params);
+    for part in [
+        canonical.first().map_or(&[][..], |u| u.as_bytes()),
+        params.signature.as_bytes(),
+        key,
+    ] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -1114,6 +1135,26 @@ mod tests {
             ),
             Err(SignedUrlError::InvalidEncoding(OC_CREDENTIAL))
         );
+    }
+
+    #[test]
+    fn verification_digest_binds_url_signature_and_key() {
+        let query = format!("{ALICE}&OC-Signature={ALICE_SIG}");
+        let r = req("GET", &query);
+        let params = check(&r, &methods(&["GET"]), None, secs(VALIDATE_NOW)).unwrap();
+        let base = verification_digest(&r, &params, KEY);
+        assert_eq!(base, verification_digest(&r, &params, KEY));
+        assert_ne!(base, verification_digest(&r, &params, b"1234567891"));
+        let other_sig = SignedUrlParams {
+            signature: "0".repeat(64),
+            ..params.clone()
+        };
+        assert_ne!(base, verification_digest(&r, &other_sig, KEY));
+        let other_host = SignedUrlRequest {
+            host: "cloud.example.org",
+            ..r
+        };
+        assert_ne!(base, verification_digest(&other_host, &params, KEY));
     }
 
     #[test]
