@@ -3,6 +3,7 @@
 # cached bearer token (see docs/performance.md). Needs nginx, wrk and Node.js (for the OpenID
 # provider in tests/idp).
 # Usage: chaos/bench.sh [seconds] [connections]
+#        SCENARIO=signed-urls chaos/bench.sh [seconds] [connections]   (signed URLs, cached and not)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null && [ -x /usr/sbin/nginx ] || {
@@ -10,4 +11,4 @@ command -v wrk >/dev/null && [ -x /usr/sbin/nginx ] || {
 }
 [ -d tests/idp/node_modules ] || (cd tests/idp && npm ci --no-audit --no-fund)
 cargo build --release --locked -p gatehouse-node -p gatehouse-chaos
-exec "${CARGO_TARGET_DIR:-target}/release/gatehouse-chaos" bench "${1:-10}" "${2:-32}"
+exec "${CARGO_TARGET_DIR:-target}/release/gatehouse-chaos" "${SCENARIO:-bench}" "${1:-10}" "${2:-32}"

@@ -15,6 +15,7 @@
 //! request of any target was answered with an error status.
 
 mod floor;
+mod signed;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -93,14 +94,30 @@ struct Wrk {
 impl Wrk {
     /// Runs wrk for `duration` against `url` with extra request `headers` and parses its report.
     fn run(&self, target: &str, url: &str, headers: &[(&str, &str)], duration: Duration) -> Run {
-        let out = Command::new("wrk")
-            .args([
-                format!("-t{}", self.threads),
-                format!("-c{}", self.connections),
-                format!("-d{}s", duration.as_secs()),
-                "--latency".to_owned(),
-            ])
-            .args(header_args(headers))
+        self.run_script(target, url, headers, None, duration)
+    }
+
+    /// Like [`Wrk::run`], with a wrk Lua script (e.g. one that varies the request path).
+    fn run_script(
+        &self,
+        target: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        script: Option<&std::path::Path>,
+        duration: Duration,
+    ) -> Run {
+        let mut cmd = Command::new("wrk");
+        cmd.args([
+            format!("-t{}", self.threads),
+            format!("-c{}", self.connections),
+            format!("-d{}s", duration.as_secs()),
+            "--latency".to_owned(),
+        ])
+        .args(header_args(headers));
+        if let Some(script) = script {
+            cmd.arg("-s").arg(script);
+        }
+        let out = cmd
             .arg(url)
             .output()
             .expect("run wrk (apt-get install wrk)");
@@ -377,13 +394,17 @@ async fn main() {
         let _ = tokio::task::spawn_blocking(move || floor::run(&listen, &upstream)).await;
         return;
     }
-    if scenario != "bench" {
-        eprintln!("usage: gatehouse-chaos bench [seconds] [connections]");
-        std::process::exit(2);
-    }
     let secs: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let conns: u32 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(32);
-    if let Err(e) = bench(secs, conns).await {
+    let result = match scenario {
+        "bench" => bench(secs, conns).await,
+        "signed-urls" => signed::bench(secs, conns).await,
+        _ => {
+            eprintln!("usage: gatehouse-chaos bench|signed-urls [seconds] [connections]");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
         eprintln!("bench failed: {e}");
         std::process::exit(1);
     }

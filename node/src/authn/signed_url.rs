@@ -143,6 +143,8 @@ impl SignedUrlRejection {
 struct DerivationStats {
     /// PBKDF2 runs finished (one per canonical URL variant checked).
     total: AtomicU64,
+    /// The same count exported as `gatehouse_signed_url_key_derivations_total`.
+    exported: Option<prometheus::IntCounter>,
     running: AtomicUsize,
     peak: AtomicUsize,
 }
@@ -294,6 +296,15 @@ impl SignedUrlAuthenticator {
         }
     }
 
+    /// Also counts derivations in `counter` (the node's Prometheus metric).
+    pub fn counting_derivations(mut self, counter: prometheus::IntCounter) -> Self {
+        self.stats = Arc::new(DerivationStats {
+            exported: Some(counter),
+            ..DerivationStats::default()
+        });
+        self
+    }
+
     /// `None`: not this authenticator's request (disabled, or no non-empty `OC-Signature`).
     /// `host` is the `Host` header (HTTP/1) or `:authority` (HTTP/2) the client signed.
     pub async fn authenticate(
@@ -406,10 +417,11 @@ impl SignedUrlAuthenticator {
             let req = owned.borrow();
             let variants = canonical_urls(&req, &params).len();
             let result = verify_signature(&req, &params, &key);
-            stats.total.fetch_add(
-                u64::try_from(variants).unwrap_or(u64::MAX),
-                Ordering::SeqCst,
-            );
+            let variants = u64::try_from(variants).unwrap_or(u64::MAX);
+            stats.total.fetch_add(variants, Ordering::SeqCst);
+            if let Some(counter) = &stats.exported {
+                counter.inc_by(variants);
+            }
             result
         })
         .await;

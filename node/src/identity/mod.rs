@@ -126,11 +126,14 @@ impl Identity {
                     .map_err(|e| one(format!("public_shares: {e}")))
             })?;
         let signed_url = match (&stores.signing_keys, config.pre_signed_url.enabled) {
-            (Some(keys), true) => Some(SignedUrlAuthenticator::new(
-                SignedUrlSettings::from_config(config),
-                keys.clone(),
-                resolver.clone(),
-            )),
+            (Some(keys), true) => Some(
+                SignedUrlAuthenticator::new(
+                    SignedUrlSettings::from_config(config),
+                    keys.clone(),
+                    resolver.clone(),
+                )
+                .counting_derivations(metrics.signed_url_derivations.clone()),
+            ),
             _ => None,
         };
         let endpoints = Endpoints {

@@ -382,7 +382,11 @@ impl AccountServices {
         let user_id = user_id.to_owned();
         let session = self.mfa_session;
         tokio::spawn(async move {
-            mfa_record::record(store.as_ref(), &user_id, SystemTime::now(), session).await;
+            if let Err(e) =
+                mfa_record::record(store.as_ref(), &user_id, SystemTime::now(), session).await
+            {
+                tracing::warn!(user = %user_id, error = %e, "step-up proof not recorded");
+            }
         });
     }
 }

@@ -263,7 +263,10 @@ impl Authenticators {
                         scheme: Scheme::SignedUrl,
                     });
                 }
-                Some(Err(SignedUrlRejection::Unavailable { reason })) => note(reason, None),
+                Some(Err(
+                    SignedUrlRejection::Unavailable { reason }
+                    | SignedUrlRejection::Backend { reason },
+                )) => note(reason, None),
                 Some(Err(SignedUrlRejection::Invalid { reason })) => {
                     tracing::debug!(%reason, "signed URL refused")
                 }

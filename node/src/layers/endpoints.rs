@@ -100,7 +100,7 @@ impl<S, B> Service<Request<B>> for EndpointService<S>
 where
     S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     type Response = Response<Body>;

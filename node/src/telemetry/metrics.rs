@@ -165,6 +165,9 @@ pub struct Metrics {
     idp_duration: HistogramVec,
     /// `gatehouse_authentications_total`, one counter per [`AuthResult`], resolved up front.
     authentications: [IntCounter; AuthResult::ALL.len()],
+    /// `gatehouse_signed_url_key_derivations_total`: PBKDF2 runs of signed-URL checks (a cache
+    /// hit runs none).
+    pub signed_url_derivations: IntCounter,
 }
 
 /// How the authentication step ended for a request on a protected route.
@@ -274,12 +277,18 @@ impl Metrics {
         )
         .expect(VALID);
         let authentications = AuthResult::ALL.map(|r| auth.with_label_values(&[r.as_str()]));
+        let signed_url_derivations = IntCounter::new(
+            "gatehouse_signed_url_key_derivations_total",
+            "PBKDF2 key derivations run to check signed URLs (verified URLs are remembered)",
+        )
+        .expect(VALID);
 
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(idp_requests.clone()),
             Box::new(idp_duration.clone()),
             Box::new(auth),
+            Box::new(signed_url_derivations.clone()),
             Box::new(errors.clone()),
             Box::new(duration.clone()),
             Box::new(build_info.clone()),
@@ -308,6 +317,7 @@ impl Metrics {
             idp_requests,
             idp_duration,
             authentications,
+            signed_url_derivations,
         };
         // oCIS exports the GET series at 0 before the first request.
         metrics.method(&Method::GET);
