@@ -30,7 +30,9 @@ use rustls::ClientConfig;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::backend::{CreateError, Directory, DirectoryUser, LookupKind, NewUser};
+use super::backend::{
+    CreateError, Directory, DirectoryUser, LookupKind, NewUser, passwords_unsupported,
+};
 use super::{AccountError, Group};
 use crate::proxy::tls::Connector;
 
@@ -447,6 +449,24 @@ impl Directory for GraphDirectory {
         } else {
             Err(answer.unexpected("remove group member"))
         }
+    }
+
+    /// oCIS checks passwords in its IdP and reva's auth providers, neither of which Gatehouse
+    /// talks to; configuration validation refuses `enable_basic_auth` with this backend.
+    async fn check_password(
+        &self,
+        _username: &str,
+        _password: &str,
+    ) -> Result<Option<DirectoryUser>, AccountError> {
+        Err(passwords_unsupported())
+    }
+
+    async fn set_initial_password(
+        &self,
+        _user_id: &str,
+        _password: &str,
+    ) -> Result<bool, AccountError> {
+        Err(passwords_unsupported())
     }
 }
 

@@ -6,6 +6,13 @@
 //! together included: creation goes through the store's compare-and-set, and a node that loses a
 //! race simply finds the winner's record.
 //!
+//! A user may have a `password`, in clear text: the seed file is a development aid. It is hashed
+//! (Argon2id) when the seed is applied at start-up and only the hash is stored; like everything
+//! else, it is set only on a user who has none, so changing it in the file later changes nothing.
+//! Passwords are only used by HTTP Basic authentication (`enable_basic_auth`).
+//!
+//! [`demo_users`] is a built-in seed with the oCIS demo users (`builtin_accounts.demo_users`).
+//!
 //! ```yaml
 //! groups:
 //!   - name: physics-lovers
@@ -17,6 +24,7 @@
 //!     groups: [physics-lovers]                    # created when not listed above
 //!     role: admin                                 # admin|spaceadmin|user|user-light; default user
 //!     id: 4c510ada-c86b-4815-8820-42cdf82c3d51   # optional
+//!     password: relativity                        # optional; hashed at start-up
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -49,6 +57,19 @@ pub struct SeedUser {
     pub role: Option<String>,
     #[serde(default)]
     pub id: Option<String>,
+    #[serde(default)]
+    pub password: Option<SeedPassword>,
+}
+
+/// A clear-text seed password; `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SeedPassword(pub String);
+
+impl std::fmt::Debug for SeedPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +123,11 @@ impl SeedFile {
                     "users[{i}]: role {role:?} is not one of admin, spaceadmin, user, user-light"
                 ));
             }
+            if user.password.as_ref().is_some_and(|p| p.0.is_empty()) {
+                return Err(format!(
+                    "users[{i}]: password must not be empty (leave it out for no password)"
+                ));
+            }
             if user.groups.iter().any(String::is_empty) {
                 return Err(format!("users[{i}]: group names must not be empty"));
             }
@@ -110,6 +136,117 @@ impl SeedFile {
             return Err(format!("groups[{i}]: name must not be empty"));
         }
         Ok(seed)
+    }
+}
+
+/// The demo groups of oCIS's idm service (`services/idm/ldif/demousers.ldif.tmpl`): name, id.
+const DEMO_GROUPS: &[(&str, &str)] = &[
+    ("users", "509a9dcd-bb37-4f4f-a01a-19dca27d9cfa"),
+    ("sailing-lovers", "6040aa17-9c64-4fef-9bd0-77234d71bad0"),
+    ("violin-haters", "dd58e5ec-842e-498b-8800-61f2ec6f911f"),
+    ("radium-lovers", "7b87fd49-286e-4a5f-bafd-c535d5dd997a"),
+    ("polonium-lovers", "cedc21aa-4072-4614-8676-fa9165f598ff"),
+    ("quantum-lovers", "a1726108-01f8-4c30-88df-2b1a9d1cba1a"),
+    ("philosophy-haters", "167cbee2-0518-455a-bfb2-031fe0621e5d"),
+    ("physics-lovers", "262982c1-2362-4afa-bfdf-8cbfef64a06e"),
+];
+
+struct DemoUser {
+    username: &'static str,
+    password: &'static str,
+    display_name: &'static str,
+    id: &'static str,
+    role: BuiltinRole,
+    groups: &'static [&'static str],
+}
+
+/// The oCIS demo users: ids, names, mails and memberships as the idm service's demo LDIF
+/// creates them, passwords as documented (and matching that LDIF's hashes), roles as the
+/// settings service assigns them by default. `admin` is oCIS's initial admin user with the id it
+/// had before `ocis init` generated one.
+const DEMO_USERS: &[DemoUser] = &[
+    DemoUser {
+        username: "admin",
+        password: "admin",
+        display_name: "Admin",
+        id: "ddc2004c-0977-11eb-9d3f-a793888cd0f8",
+        role: BuiltinRole::Admin,
+        groups: &["users"],
+    },
+    DemoUser {
+        username: "einstein",
+        password: "relativity",
+        display_name: "Albert Einstein",
+        id: "4c510ada-c86b-4815-8820-42cdf82c3d51",
+        role: BuiltinRole::User,
+        groups: &["users", "sailing-lovers", "violin-haters", "physics-lovers"],
+    },
+    DemoUser {
+        username: "marie",
+        password: "radioactivity",
+        display_name: "Marie Skłodowska Curie",
+        id: "f7fbf8c8-139b-4376-b307-cf0a8c2d0d9c",
+        role: BuiltinRole::User,
+        groups: &[
+            "users",
+            "radium-lovers",
+            "polonium-lovers",
+            "physics-lovers",
+        ],
+    },
+    DemoUser {
+        username: "richard",
+        password: "superfluidity",
+        display_name: "Richard Phillips Feynman",
+        id: "932b4540-8d16-481e-8ef4-588e4b6b151c",
+        role: BuiltinRole::User,
+        groups: &[
+            "users",
+            "quantum-lovers",
+            "philosophy-haters",
+            "physics-lovers",
+        ],
+    },
+    DemoUser {
+        username: "moss",
+        password: "vista",
+        display_name: "Maurice Moss",
+        id: "058bff95-6708-4fe5-91e4-9ea3d377588b",
+        role: BuiltinRole::Admin,
+        groups: &["users"],
+    },
+    DemoUser {
+        username: "katherine",
+        password: "gemini",
+        display_name: "Katherine Johnson",
+        id: "534bb038-6f9d-4093-946f-133be61fa4e7",
+        role: BuiltinRole::SpaceAdmin,
+        groups: &[],
+    },
+];
+
+/// The seed of `builtin_accounts.demo_users`: the oCIS demo users and groups, with passwords.
+pub fn demo_users() -> SeedFile {
+    SeedFile {
+        groups: DEMO_GROUPS
+            .iter()
+            .map(|(name, id)| SeedGroup {
+                name: (*name).to_owned(),
+                id: Some((*id).to_owned()),
+            })
+            .collect(),
+        users: DEMO_USERS
+            .iter()
+            .map(|u| SeedUser {
+                username: u.username.to_owned(),
+                display_name: u.display_name.to_owned(),
+                mail: format!("{}@example.org", u.username),
+                groups: u.groups.iter().map(|g| (*g).to_owned()).collect(),
+                role: Some(u.role.name().to_owned()),
+                id: Some(u.id.to_owned()),
+                password: Some(SeedPassword(u.password.to_owned())),
+            })
+            .collect(),
     }
 }
 
@@ -183,6 +320,11 @@ pub async fn apply(
             }
             let group = ensure_group(directory, name, None).await?;
             directory.add_member(&group, &found.id).await?;
+        }
+        if let Some(password) = &user.password {
+            directory
+                .set_initial_password(&found.id, &password.0)
+                .await?;
         }
         let role = user
             .role
