@@ -335,3 +335,216 @@ pub async fn apply(
     }
     Ok(roles)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use gatehouse_shared::auth::password;
+    use gatehouse_shared::config::Config;
+    use gatehouse_shared::store::{MemoryStore, Store};
+
+    use super::*;
+    use crate::accounts::builtin::{BuiltinDirectory, UserRecord, user_by_name_key, user_key};
+    use crate::accounts::{
+        Account, AccountEvents, AccountResolver, AccountSettings, NoEvents, role_key,
+    };
+
+    #[derive(Default)]
+    struct Created {
+        users: AtomicUsize,
+        groups: AtomicUsize,
+        members: AtomicUsize,
+    }
+
+    impl AccountEvents for Created {
+        fn user_created(&self, _: &Account) {
+            self.users.fetch_add(1, Ordering::SeqCst);
+        }
+        fn group_created(&self, _: &Group) {
+            self.groups.fetch_add(1, Ordering::SeqCst);
+        }
+        fn member_added(&self, _: &Group, _: &str) {
+            self.members.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    async fn record(store: &dyn Store, username: &str) -> UserRecord {
+        let id = store
+            .get(&user_by_name_key(username))
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+        let id = String::from_utf8(id.to_vec()).unwrap();
+        let entry = store.get(&user_key(&id)).await.unwrap().unwrap();
+        serde_json::from_slice(&entry.value).unwrap()
+    }
+
+    const SEED: &str = "
+users:
+  - username: alice
+    display_name: Alice
+    password: wonderland
+  - username: bob
+    display_name: Bob
+";
+
+    #[tokio::test]
+    async fn seed_passwords_are_stored_as_hashes_and_never_replaced() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let directory = BuiltinDirectory::new(store.clone(), Arc::new(NoEvents));
+        let seed = SeedFile::parse(SEED).unwrap();
+        apply(&directory, &seed).await.unwrap();
+
+        let alice = record(store.as_ref(), "alice").await;
+        let phc = alice.password_hash.clone().unwrap();
+        assert!(phc.starts_with("$argon2id$"), "{phc}");
+        assert!(password::verify("wonderland", &phc));
+        let raw = store
+            .get(&user_key(&alice.id))
+            .await
+            .unwrap()
+            .unwrap()
+            .value;
+        assert!(!String::from_utf8_lossy(&raw).contains("wonderland"));
+        assert_eq!(record(store.as_ref(), "bob").await.password_hash, None);
+
+        let changed = SeedFile::parse(&SEED.replace("wonderland", "looking-glass")).unwrap();
+        apply(&directory, &changed).await.unwrap();
+        assert_eq!(
+            record(store.as_ref(), "alice").await.password_hash,
+            Some(phc)
+        );
+
+        let found = directory
+            .check_password("ALICE", "wonderland")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.username, "alice");
+        for (user, pass) in [
+            ("alice", "looking-glass"),
+            ("alice", ""),
+            ("bob", ""),
+            ("nobody", "wonderland"),
+        ] {
+            assert_eq!(
+                directory.check_password(user, pass).await.unwrap(),
+                None,
+                "{user}"
+            );
+        }
+    }
+
+    #[test]
+    fn seed_passwords_must_not_be_empty_and_are_not_shown() {
+        let err =
+            SeedFile::parse("users: [{username: a, display_name: A, password: \"\"}]").unwrap_err();
+        assert!(err.contains("password must not be empty"), "{err}");
+        let seed = SeedFile::parse(SEED).unwrap();
+        let shown = format!("{seed:?}");
+        assert!(!shown.contains("wonderland"), "{shown}");
+    }
+
+    fn demo_settings() -> AccountSettings {
+        let mut s = AccountSettings::from_config(&Config::default());
+        s.demo_users = true;
+        s
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn demo_users_are_seeded_once_with_their_roles_and_passwords() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let events = Arc::new(Created::default());
+        let starts: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, events) = (store.clone(), events.clone());
+                tokio::spawn(
+                    async move { AccountResolver::new(demo_settings(), store, events).await },
+                )
+            })
+            .collect();
+        let mut resolvers = Vec::new();
+        for start in starts {
+            resolvers.push(start.await.unwrap().unwrap());
+        }
+        assert_eq!(events.users.load(Ordering::SeqCst), 6);
+        assert_eq!(events.groups.load(Ordering::SeqCst), 8);
+        assert_eq!(events.members.load(Ordering::SeqCst), 1 + 4 + 4 + 4 + 1);
+
+        let want = [
+            ("admin", "admin", BuiltinRole::Admin),
+            ("einstein", "relativity", BuiltinRole::User),
+            ("marie", "radioactivity", BuiltinRole::User),
+            ("richard", "superfluidity", BuiltinRole::User),
+            ("moss", "vista", BuiltinRole::Admin),
+            ("katherine", "gemini", BuiltinRole::SpaceAdmin),
+        ];
+        let directory = resolvers[1].directory();
+        for (username, pass, role) in want {
+            let account = resolvers[0]
+                .lookup(LookupKind::Username, username)
+                .await
+                .unwrap();
+            assert_eq!(account.role_id, role.id(), "{username}");
+            assert_eq!(account.mail, format!("{username}@example.org"));
+            let user = directory.check_password(username, pass).await.unwrap();
+            assert_eq!(user.map(|u| u.id), Some(account.id), "{username}");
+        }
+        let einstein = resolvers[1]
+            .lookup(LookupKind::Username, "einstein")
+            .await
+            .unwrap();
+        assert_eq!(einstein.id, "4c510ada-c86b-4815-8820-42cdf82c3d51");
+        assert_eq!(einstein.display_name, "Albert Einstein");
+        let mut groups = einstein.group_names.clone();
+        groups.sort();
+        assert_eq!(
+            groups,
+            ["physics-lovers", "sailing-lovers", "users", "violin-haters"]
+        );
+        assert!(
+            einstein
+                .groups
+                .contains(&"262982c1-2362-4afa-bfdf-8cbfef64a06e".to_owned())
+        );
+
+        // A restart creates nothing and keeps a role and a password changed since.
+        let moss = record(store.as_ref(), "moss").await;
+        store
+            .put(
+                &role_key(&moss.id),
+                BuiltinRole::User.id().as_bytes().to_vec().into(),
+                None,
+            )
+            .await
+            .unwrap();
+        AccountResolver::new(demo_settings(), store.clone(), events.clone())
+            .await
+            .unwrap();
+        assert_eq!(events.users.load(Ordering::SeqCst), 6);
+        assert_eq!(events.groups.load(Ordering::SeqCst), 8);
+        assert_eq!(events.members.load(Ordering::SeqCst), 14);
+        assert_eq!(record(store.as_ref(), "moss").await, moss);
+        let role = store.get(&role_key(&moss.id)).await.unwrap().unwrap().value;
+        assert_eq!(&role[..], BuiltinRole::User.id().as_bytes());
+    }
+
+    #[tokio::test]
+    async fn no_demo_users_unless_asked() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let settings = AccountSettings::from_config(&Config::default());
+        assert!(!settings.demo_users);
+        let resolver = AccountResolver::new(settings, store, Arc::new(NoEvents))
+            .await
+            .unwrap();
+        assert!(
+            resolver
+                .lookup(LookupKind::Username, "einstein")
+                .await
+                .is_err()
+        );
+    }
+}

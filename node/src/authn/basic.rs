@@ -350,3 +350,291 @@ fn percent_decode(text: &str) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use gatehouse_shared::auth::roles::BuiltinRole;
+    use gatehouse_shared::config::Config;
+    use gatehouse_shared::store::{MemoryStore, Store};
+    use http::HeaderValue;
+
+    use super::*;
+    use crate::accounts::builtin::{UserRecord, user_key};
+    use crate::accounts::{AccountSettings, NoEvents};
+
+    const MOSS: &str = "058bff95-6708-4fe5-91e4-9ea3d377588b";
+    const DAV: &str = "/remote.php/dav/files/moss";
+    const PUBLIC: &str = "/remote.php/dav/public-files/sharetoken/a.txt";
+
+    async fn demo() -> (Arc<dyn Store>, Arc<AccountResolver>) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let mut settings = AccountSettings::from_config(&Config::default());
+        settings.demo_users = true;
+        let resolver = AccountResolver::new(settings, store.clone(), Arc::new(NoEvents))
+            .await
+            .unwrap();
+        (store, Arc::new(resolver))
+    }
+
+    fn limits(permits: usize, max_waiting: usize) -> BasicLimits {
+        BasicLimits {
+            permits,
+            max_waiting,
+            ..BasicLimits::default()
+        }
+    }
+
+    fn encoded(user_pass: &str) -> String {
+        let (username, password) = user_pass.split_once(':').unwrap();
+        BasicCredentials {
+            username: username.into(),
+            password: password.into(),
+        }
+        .header_value()
+    }
+
+    fn basic(user_pass: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, encoded(user_pass).parse().unwrap());
+        headers
+    }
+
+    fn accepted(outcome: BasicOutcome) -> Account {
+        match outcome {
+            BasicOutcome::Accepted(account) => account,
+            other => panic!("not accepted: {other:?}"),
+        }
+    }
+
+    fn rejected(outcome: BasicOutcome) -> String {
+        match outcome {
+            BasicOutcome::Rejected { reason } => reason,
+            other => panic!("not rejected: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn good_credentials_give_the_account_with_its_stored_role() {
+        let (_, accounts) = demo().await;
+        let auth = BasicAuthenticator::new(accounts);
+        for (creds, role) in [
+            ("moss:vista", BuiltinRole::Admin),
+            ("katherine:gemini", BuiltinRole::SpaceAdmin),
+            ("einstein:relativity", BuiltinRole::User),
+        ] {
+            let account = accepted(auth.authenticate(DAV, &basic(creds), None).await);
+            assert_eq!(account.role_id, role.id(), "{creds}");
+            assert_eq!(Some(account.username.as_str()), creds.split(':').next());
+        }
+        let moss = accepted(auth.authenticate(DAV, &basic("moss:vista"), None).await);
+        assert_eq!(moss.id, MOSS);
+        assert_eq!(moss.group_names, ["users"]);
+        assert_eq!(auth.stats().failures, 0);
+    }
+
+    #[tokio::test]
+    async fn wrong_password_and_unknown_user_are_rejected_and_counted() {
+        let (_, accounts) = demo().await;
+        let auth = BasicAuthenticator::new(accounts);
+        let reason = rejected(auth.authenticate(DAV, &basic("moss:Vista"), None).await);
+        assert!(reason.contains("moss"), "{reason}");
+        rejected(auth.authenticate(DAV, &basic("moss:"), None).await);
+        rejected(auth.authenticate(DAV, &basic("nobody:vista"), None).await);
+        let stats = auth.stats();
+        assert_eq!((stats.verifications, stats.failures), (3, 3));
+        assert_eq!(stats.cache_hits, 0);
+    }
+
+    #[tokio::test]
+    async fn a_disabled_user_is_rejected_even_with_the_right_password() {
+        let (store, accounts) = demo().await;
+        let key = user_key(MOSS);
+        let mut record: UserRecord =
+            serde_json::from_slice(&store.get(&key).await.unwrap().unwrap().value).unwrap();
+        record.disabled = true;
+        store
+            .put(&key, serde_json::to_vec(&record).unwrap().into(), None)
+            .await
+            .unwrap();
+        let auth = BasicAuthenticator::new(accounts);
+        let reason = rejected(auth.authenticate(DAV, &basic("moss:vista"), None).await);
+        assert!(reason.contains("disabled"), "{reason}");
+        assert_eq!(auth.stats().failures, 1);
+    }
+
+    #[tokio::test]
+    async fn share_token_on_a_public_path_leaves_basic_to_the_share_authenticator() {
+        let (_, accounts) = demo().await;
+        let auth = BasicAuthenticator::new(accounts);
+        let mut with_header = basic("public:sharepassword");
+        with_header.insert(SHARE_TOKEN, HeaderValue::from_static("sharetoken"));
+        let not_applicable = |o: BasicOutcome| matches!(o, BasicOutcome::NotApplicable);
+        assert!(not_applicable(
+            auth.authenticate(PUBLIC, &with_header, None).await
+        ));
+        for query in [
+            "public-token=abc",
+            "a=1&public-token=abc",
+            "public%2Dtoken=abc",
+        ] {
+            assert!(
+                not_applicable(
+                    auth.authenticate(PUBLIC, &basic("moss:vista"), Some(query))
+                        .await
+                ),
+                "{query}"
+            );
+        }
+        assert_eq!(auth.stats().verifications, 0);
+
+        // An empty token, no token, or a token on a path that is not public: Basic applies.
+        for query in [None, Some("public-token="), Some("public-tokens=abc")] {
+            accepted(auth.authenticate(PUBLIC, &basic("moss:vista"), query).await);
+        }
+        let mut empty = basic("moss:vista");
+        empty.insert(SHARE_TOKEN, HeaderValue::from_static(""));
+        accepted(auth.authenticate(PUBLIC, &empty, None).await);
+        let mut on_dav = basic("moss:vista");
+        on_dav.insert(SHARE_TOKEN, HeaderValue::from_static("sharetoken"));
+        accepted(auth.authenticate(DAV, &on_dav, None).await);
+    }
+
+    #[tokio::test]
+    async fn headers_that_are_not_basic_credentials_are_not_applicable() {
+        let (_, accounts) = demo().await;
+        let auth = BasicAuthenticator::new(accounts);
+        let good = encoded("moss:vista");
+        let token = good.strip_prefix("Basic ").unwrap();
+        // "bm8gY29sb24=" is the base64 of "no colon".
+        let values = [
+            format!("Bearer {token}"),
+            "Basic".to_owned(),
+            "Basic %%%".to_owned(),
+            format!("Basic {}", token.trim_end_matches('=')),
+            "Basic bm8gY29sb24=".to_owned(),
+        ];
+        assert!(matches!(
+            auth.authenticate(DAV, &HeaderMap::new(), None).await,
+            BasicOutcome::NotApplicable
+        ));
+        for value in values {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert!(
+                matches!(
+                    auth.authenticate(DAV, &headers, None).await,
+                    BasicOutcome::NotApplicable
+                ),
+                "{value}"
+            );
+        }
+        let mut lower = HeaderMap::new();
+        lower.insert(
+            header::AUTHORIZATION,
+            format!("basic {token}").parse().unwrap(),
+        );
+        accepted(auth.authenticate(DAV, &lower, None).await);
+        assert_eq!(auth.stats().verifications, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_remembered_success_costs_no_verification_until_it_expires() {
+        let (_, accounts) = demo().await;
+        let auth = BasicAuthenticator::new(accounts);
+        accepted(auth.authenticate(DAV, &basic("moss:vista"), None).await);
+        accepted(auth.authenticate(DAV, &basic("moss:vista"), None).await);
+        assert_eq!(auth.stats().verifications, 1);
+        assert_eq!(auth.stats().cache_hits, 1);
+
+        // Another password for the same user is checked, and failures are not remembered.
+        rejected(auth.authenticate(DAV, &basic("moss:vistA"), None).await);
+        rejected(auth.authenticate(DAV, &basic("moss:vistA"), None).await);
+        assert_eq!(auth.stats().verifications, 3);
+
+        tokio::time::advance(Duration::from_secs(59)).await;
+        accepted(auth.authenticate(DAV, &basic("moss:vista"), None).await);
+        assert_eq!(auth.stats().verifications, 3);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        accepted(auth.authenticate(DAV, &basic("moss:vista"), None).await);
+        assert_eq!(auth.stats().verifications, 4);
+        assert_eq!(auth.stats().cache_hits, 2);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_wrong_passwords_runs_at_most_permits_verifications() {
+        let (_, accounts) = demo().await;
+        let auth = BasicAuthenticator::with_limits(accounts, limits(2, 100));
+        let headers: Vec<HeaderMap> = (0..12).map(|i| basic(&format!("moss:guess{i}"))).collect();
+        let outcomes =
+            futures::future::join_all(headers.iter().map(|h| auth.authenticate(DAV, h, None)))
+                .await;
+        for outcome in outcomes {
+            rejected(outcome);
+        }
+        let stats = auth.stats();
+        assert_eq!(stats.verifications, 12);
+        assert_eq!(stats.failures, 12);
+        assert_eq!(stats.peak_running, 2);
+        assert_eq!(stats.overloaded, 0);
+    }
+
+    #[tokio::test]
+    async fn too_many_waiting_checks_are_refused_at_once() {
+        let (_, accounts) = demo().await;
+        let auth = BasicAuthenticator::with_limits(accounts, limits(1, 2));
+        let headers: Vec<HeaderMap> = (0..10).map(|i| basic(&format!("moss:guess{i}"))).collect();
+        let outcomes =
+            futures::future::join_all(headers.iter().map(|h| auth.authenticate(DAV, h, None)))
+                .await;
+        let unavailable = outcomes
+            .iter()
+            .filter(|o| matches!(o, BasicOutcome::Unavailable { .. }))
+            .count();
+        let rejected = outcomes
+            .iter()
+            .filter(|o| matches!(o, BasicOutcome::Rejected { .. }))
+            .count();
+        // One running and two waiting are checked; the other seven are turned away.
+        assert_eq!((rejected, unavailable), (3, 7));
+        let stats = auth.stats();
+        assert_eq!((stats.verifications, stats.overloaded), (3, 7));
+        assert_eq!(stats.peak_running, 1);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_check_keeps_its_permit_until_it_finishes() {
+        let (_, accounts) = demo().await;
+        let auth = BasicAuthenticator::with_limits(accounts, limits(1, 0));
+        let headers = basic("moss:guess");
+        // Started, then abandoned while the verification runs.
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(1),
+            auth.authenticate(DAV, &headers, None),
+        )
+        .await;
+        assert!(abandoned.is_err(), "a verification finished within 1 ms");
+        assert!(matches!(
+            auth.authenticate(DAV, &headers, None).await,
+            BasicOutcome::Unavailable { .. }
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while auth.permits.available_permits() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "permit never returned"
+            );
+            tokio::task::yield_now().await;
+        }
+        rejected(auth.authenticate(DAV, &headers, None).await);
+        assert_eq!(auth.stats().verifications, 2);
+    }
+
+    #[test]
+    fn percent_decoding_of_query_names() {
+        assert_eq!(percent_decode("public%2dtoken"), b"public-token");
+        assert_eq!(percent_decode("a+b%"), b"a b%");
+        assert_eq!(percent_decode("%zz%4"), b"%zz%4");
+    }
+}

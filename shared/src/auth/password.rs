@@ -119,6 +119,17 @@ impl BasicCredentials {
     }
 }
 
+impl BasicCredentials {
+    /// The `Authorization` header value for these credentials (`Basic <base64>`), for clients
+    /// and tests.
+    pub fn header_value(&self) -> String {
+        format!(
+            "Basic {}",
+            STANDARD.encode(format!("{}:{}", self.username, self.password))
+        )
+    }
+}
+
 /// SHA-256 of `salt`, the user name, a NUL and the password: the key under which a node may
 /// remember a successful check without keeping the password. With a per-process random `salt`
 /// the digests are useless outside that process.
@@ -214,6 +225,15 @@ mod tests {
             assert_eq!(c.username, "marie");
         }
         assert!(BasicCredentials::parse(format!("Basic    {token}  ").as_bytes()).is_some());
+
+        let c = BasicCredentials {
+            username: "katherine".into(),
+            password: "ge:mini".into(),
+        };
+        assert_eq!(
+            BasicCredentials::parse(c.header_value().as_bytes()),
+            Some(c)
+        );
     }
 
     #[test]
