@@ -482,6 +482,28 @@ mod tests {
         assert_eq!(encode("ü"), "%C3%BC");
     }
 
+    #[tokio::test]
+    async fn passwords_are_not_supported_and_not_retryable() {
+        let tls = crate::proxy::tls::client_config(true, None).unwrap();
+        let minter = Minter::new(b"secret", Duration::from_secs(60)).unwrap();
+        // Nothing listens on port 9: a request would fail as retryable, not as unsupported.
+        let graph = GraphDirectory::new(
+            "http://127.0.0.1:9",
+            Duration::from_secs(1),
+            tls,
+            minter,
+            "service",
+        );
+        let err = graph
+            .check_password("einstein", "relativity")
+            .await
+            .unwrap_err();
+        assert_eq!(err, passwords_unsupported());
+        assert!(!err.is_retryable());
+        let err = graph.set_initial_password("u1", "x").await.unwrap_err();
+        assert_eq!(err, passwords_unsupported());
+    }
+
     #[test]
     fn graph_user_json_maps_to_a_directory_user() {
         let user: GraphUser = serde_json::from_value(json!({
