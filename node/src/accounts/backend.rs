@@ -112,4 +112,38 @@ pub trait Directory: Send + Sync {
     async fn add_member(&self, group: &Group, user_id: &str) -> Result<(), AccountError>;
     /// Ends a membership; not being a member is success.
     async fn remove_member(&self, group: &Group, user_id: &str) -> Result<(), AccountError>;
+
+    /// The user with this user name when `password` is theirs. `Ok(None)` for an unknown user,
+    /// a user without a password and a wrong password alike; [`AccountError::Disabled`] when the
+    /// password is right but the account must not sign in. Costs one slow hash verification
+    /// (also for unknown users, so timing does not tell which names exist).
+    ///
+    /// Directories that keep no passwords answer [`AccountError::Backend`], not retryable.
+    async fn check_password(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<DirectoryUser>, AccountError> {
+        let _ = (username, password);
+        Err(passwords_unsupported())
+    }
+
+    /// Gives the user this password unless they already have one (seed files: seeding never
+    /// changes what exists). Returns whether it set the password.
+    async fn set_initial_password(
+        &self,
+        user_id: &str,
+        password: &str,
+    ) -> Result<bool, AccountError> {
+        let _ = (user_id, password);
+        Err(passwords_unsupported())
+    }
+}
+
+/// The answer of a directory that keeps no passwords (LibreGraph checks none for us).
+pub fn passwords_unsupported() -> AccountError {
+    AccountError::Backend {
+        reason: "this account backend does not check passwords".into(),
+        retryable: false,
+    }
 }

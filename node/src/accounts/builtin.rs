@@ -5,9 +5,11 @@
 //! NATS store the records live in the shared bucket, and each node's near-cache answers reads.
 //!
 //! Layout (all values JSON unless noted):
-//! - `user:<id>` — [`UserRecord`]: id, username, display name, mail, identity, and the **ids of
-//!   the groups the user is a member of**. Memberships live only here: the resolver needs a
-//!   user's groups on every cache miss, and nothing needs a group's member list.
+//! - `user:<id>` — [`UserRecord`]: id, username, display name, mail, identity, an optional
+//!   password hash (Argon2id PHC string, `gatehouse_shared::auth::password`; never a clear
+//!   password), and the **ids of the groups the user is a member of**. Memberships live only
+//!   here: the resolver needs a user's groups on every cache miss, and nothing needs a group's
+//!   member list.
 //! - `user-by-name:<lower-case username>` and `user-by-mail:<lower-case mail>` — the user id
 //!   (plain text).
 //! - `group:<id>` — [`GroupRecord`]: id and name.
@@ -19,13 +21,18 @@
 //! at a missing record. Record changes (memberships, names) are compare-and-set on the record's
 //! revision and retried, so concurrent writers on different nodes do not lose each other's updates.
 //!
+//! Passwords exist for HTTP Basic authentication during development (seed files and the oCIS
+//! demo users set them). Verifying one costs tens of milliseconds of CPU, so it runs on the
+//! blocking pool; callers bound how many run at once.
+//!
 //! Only this backend reports `UserCreated`, `GroupCreated`, `GroupMemberAdded` and
 //! `GroupMemberRemoved` through [`AccountEvents`]; with oCIS, the graph service emits them itself.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use gatehouse_shared::auth::password;
 use gatehouse_shared::store::{Entry, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +59,9 @@ pub struct UserRecord {
     pub groups: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// Argon2id PHC string; `None`: the user cannot sign in with a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +107,27 @@ fn corrupt(key: &str, e: impl std::fmt::Display) -> AccountError {
         reason: format!("builtin accounts: record {key:?} is unreadable: {e}"),
         retryable: false,
     }
+}
+
+/// Runs a password hash or verification on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AccountError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AccountError::Backend {
+            reason: format!("builtin accounts: password hashing task failed: {e}"),
+            retryable: true,
+        })
+}
+
+/// A hash of a password nobody knows, verified against when a user is unknown or has no
+/// password, so that such checks cost as much as a wrong password.
+fn decoy_hash() -> Option<&'static str> {
+    static DECOY: OnceLock<Option<String>> = OnceLock::new();
+    DECOY
+        .get_or_init(|| password::hash(&uuid::Uuid::new_v4().to_string()).ok())
+        .as_deref()
 }
 
 fn to_json<T: Serialize>(value: &T) -> Bytes {
@@ -267,6 +298,7 @@ impl Directory for BuiltinDirectory {
             issuer_assigned_id: user.identity.as_ref().map(|i| i.issuer_assigned_id.clone()),
             groups: Vec::new(),
             disabled: false,
+            password_hash: None,
         };
         let key = user_key(&id);
         match self.store.create(&key, to_json(&record), None).await {
@@ -404,5 +436,65 @@ impl Directory for BuiltinDirectory {
             self.events.member_removed(group, user_id);
         }
         Ok(())
+    }
+
+    async fn check_password(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<DirectoryUser>, AccountError> {
+        let record = match self.get_text(&user_by_name_key(username)).await? {
+            Some(id) => self.user_record(&id).await?.map(|(record, _)| record),
+            None => None,
+        };
+        let stored = record.as_ref().and_then(|r| r.password_hash.clone());
+        let password = password.to_owned();
+        let matches = blocking(move || match stored {
+            Some(phc) => password::verify(&password, &phc),
+            None => {
+                if let Some(decoy) = decoy_hash() {
+                    password::verify(&password, decoy);
+                }
+                false
+            }
+        })
+        .await?;
+        let Some(record) = record.filter(|_| matches) else {
+            return Ok(None);
+        };
+        if record.disabled {
+            return Err(AccountError::Disabled {
+                user: record.username,
+            });
+        }
+        Ok(Some(self.to_directory_user(record).await?))
+    }
+
+    async fn set_initial_password(
+        &self,
+        user_id: &str,
+        password: &str,
+    ) -> Result<bool, AccountError> {
+        match self.user_record(user_id).await? {
+            Some((record, _)) if record.password_hash.is_some() => return Ok(false),
+            _ => {}
+        }
+        let password = password.to_owned();
+        let phc = blocking(move || password::hash(&password))
+            .await?
+            .map_err(|e| AccountError::Backend {
+                reason: format!("builtin accounts: {e}"),
+                retryable: false,
+            })?;
+        let changed = self
+            .modify_user(user_id, |record| {
+                if record.password_hash.is_some() {
+                    return false;
+                }
+                record.password_hash = Some(phc.clone());
+                true
+            })
+            .await?;
+        Ok(changed.is_some())
     }
 }

@@ -30,7 +30,9 @@ use rustls::ClientConfig;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::backend::{CreateError, Directory, DirectoryUser, LookupKind, NewUser};
+use super::backend::{
+    CreateError, Directory, DirectoryUser, LookupKind, NewUser, passwords_unsupported,
+};
 use super::{AccountError, Group};
 use crate::proxy::tls::Connector;
 
@@ -448,6 +450,24 @@ impl Directory for GraphDirectory {
             Err(answer.unexpected("remove group member"))
         }
     }
+
+    /// oCIS checks passwords in its IdP and reva's auth providers, neither of which Gatehouse
+    /// talks to; configuration validation refuses `enable_basic_auth` with this backend.
+    async fn check_password(
+        &self,
+        _username: &str,
+        _password: &str,
+    ) -> Result<Option<DirectoryUser>, AccountError> {
+        Err(passwords_unsupported())
+    }
+
+    async fn set_initial_password(
+        &self,
+        _user_id: &str,
+        _password: &str,
+    ) -> Result<bool, AccountError> {
+        Err(passwords_unsupported())
+    }
 }
 
 #[cfg(test)]
@@ -460,6 +480,28 @@ mod tests {
         assert_eq!(encode("a b/c'd"), "a%20b%2Fc%27d");
         assert_eq!(encode("mail eq 'x@y'"), "mail%20eq%20%27x%40y%27");
         assert_eq!(encode("ü"), "%C3%BC");
+    }
+
+    #[tokio::test]
+    async fn passwords_are_not_supported_and_not_retryable() {
+        let tls = crate::proxy::tls::client_config(true, None).unwrap();
+        let minter = Minter::new(b"secret", Duration::from_secs(60)).unwrap();
+        // Nothing listens on port 9: a request would fail as retryable, not as unsupported.
+        let graph = GraphDirectory::new(
+            "http://127.0.0.1:9",
+            Duration::from_secs(1),
+            tls,
+            minter,
+            "service",
+        );
+        let err = graph
+            .check_password("einstein", "relativity")
+            .await
+            .unwrap_err();
+        assert_eq!(err, passwords_unsupported());
+        assert!(!err.is_retryable());
+        let err = graph.set_initial_password("u1", "x").await.unwrap_err();
+        assert_eq!(err, passwords_unsupported());
     }
 
     #[test]

@@ -177,6 +177,8 @@ pub struct AccountSettings {
     pub insecure_backends: bool,
     pub backend_https_cacert: Option<PathBuf>,
     pub seed_file: Option<PathBuf>,
+    /// Seed the `builtin` backend with the oCIS demo users (`builtin_accounts.demo_users`).
+    pub demo_users: bool,
     pub user_claim: ClaimPath,
     pub lookup: LookupKind,
     pub auto_provision: bool,
@@ -208,6 +210,7 @@ impl AccountSettings {
             insecure_backends: c.insecure_backends,
             backend_https_cacert: non_empty(&c.backend_https_cacert),
             seed_file: non_empty(&c.builtin_accounts.seed_file),
+            demo_users: c.builtin_accounts.demo_users,
             user_claim: ClaimPath::parse(&c.user_oidc_claim),
             lookup: LookupKind::parse(&c.user_cs3_claim).unwrap_or(LookupKind::Username),
             auto_provision: c.auto_provision_accounts,
@@ -336,7 +339,8 @@ pub struct AccountResolver {
 }
 
 impl AccountResolver {
-    /// Opens the configured backend; for `builtin`, applies the seed file first.
+    /// Opens the configured backend; for `builtin`, applies the demo users (when enabled) and
+    /// then the seed file first.
     pub async fn new(
         settings: AccountSettings,
         state: Arc<dyn Store>,
@@ -345,9 +349,19 @@ impl AccountResolver {
         let directory: Arc<dyn Directory> = match settings.backend {
             BackendKind::Builtin => {
                 let directory = Arc::new(BuiltinDirectory::new(state.clone(), events));
+                let mut seeds = Vec::new();
+                if settings.demo_users {
+                    tracing::warn!(
+                        "builtin_accounts.demo_users is on: the oCIS demo users exist with \
+                         their well-known passwords; never use this in production"
+                    );
+                    seeds.push(seed::demo_users());
+                }
                 if let Some(path) = &settings.seed_file {
-                    let seed = SeedFile::load(path)?;
-                    let roles = seed::apply(directory.as_ref(), &seed)
+                    seeds.push(SeedFile::load(path)?);
+                }
+                for seed in &seeds {
+                    let roles = seed::apply(directory.as_ref(), seed)
                         .await
                         .map_err(SeedError::Apply)?;
                     for (user_id, role) in roles {
