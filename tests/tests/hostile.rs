@@ -11,12 +11,13 @@
 //! and the node still alive and healthy afterwards. While the corpus runs a background client
 //! keeps sending ordinary authenticated requests and must see only 2xx.
 //!
-//! Not covered yet: signed URLs and share tokens, which are not on the request path.
+//! Signed URLs are signed with a key the node itself issued (`/ocs/v1.php/cloud/user/signing-key`)
+//! for the `Host` the raw requests send; share tokens are checked by the share-service fixture.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -25,6 +26,8 @@ use gatehouse_shared::token::verify;
 use gatehouse_tests::client::get;
 use gatehouse_tests::idp::{Idp, TokenOptions, decode_jwt};
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
+use gatehouse_tests::shares::{FixtureShare, ShareFixture};
+use gatehouse_tests::signing::{Link, sign};
 use gatehouse_tests::upstream::{Recorded, Upstream};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -317,7 +320,7 @@ async fn run(c: &Case, gw: &GatehouseNode, ups: &Upstreams) -> Vec<String> {
     errs
 }
 
-fn yaml(idp: &Idp, ups: &Upstreams, bg: &Upstream) -> String {
+fn yaml(idp: &Idp, ups: &Upstreams, bg: &Upstream, shares: &ShareFixture) -> String {
     format!(
         "policies:
   - name: ocis
@@ -343,6 +346,11 @@ mfa:
   enabled: true
 http:
   header_read_timeout: 1s
+pre_signed_url:
+  serve_signing_keys: true
+  signing_keys: {{store: memory}}
+public_shares:
+  url: {shares}
 ",
         open = ups.by_svc[&Svc::Open].url(),
         files = ups.by_svc[&Svc::Files].url(),
@@ -350,6 +358,7 @@ http:
         root = ups.by_svc[&Svc::Root].url(),
         bg = bg.url(),
         iss = idp.issuer(),
+        shares = shares.url(),
     )
 }
 
@@ -1631,6 +1640,301 @@ fn known_failures() -> Vec<Case> {
     ]
 }
 
+/// The x-access-token is one the node minted for the public share `share_id` (a guest's
+/// token: share scope, never the owner scope).
+fn minted_for_share(share_id: &'static str) -> impl Fn(&Recorded) -> Result<(), String> {
+    move |r| {
+        let values: Vec<_> = r.headers.get_all("x-access-token").iter().collect();
+        if values.len() != 1 {
+            return Err(format!("{} x-access-token headers", values.len()));
+        }
+        let token = values[0].to_str().map_err(|e| e.to_string())?;
+        let claims = verify(SECRET.as_bytes(), token, Duration::from_secs(5))
+            .map_err(|e| format!("x-access-token not minted by the node: {e}"))?;
+        let scopes: Vec<&String> = claims.scope.keys().collect();
+        if scopes != [&format!("publicshare:{share_id}")] {
+            return Err(format!("scopes {scopes:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// Signed URLs for `marie` (key `key`), aimed at `/files/`.
+fn signed_url_cases(key: &str) -> Vec<Case> {
+    const C: &str = "signed URL";
+    let now = SystemTime::now();
+    let link = |path: &'static str, params: &'static str| Link {
+        host: HOST,
+        path,
+        params,
+        user: "marie",
+        verb: "GET",
+        signed_at: now,
+        expires: Duration::from_secs(600),
+    };
+    let valid = sign(&link("/files/report", "id=7"), key);
+    let refused = |name: &str, target: String| {
+        case(C, name, get_(&target), Expect::Status(&[401]), Reach::Nothing)
+    };
+    let mut out = vec![
+        case(
+            C,
+            "valid link",
+            get_(&valid),
+            Expect::Status(&[200]),
+            Reach::Exactly(Svc::Files),
+        )
+        .check(minted_for("marie")),
+        case(
+            C,
+            "valid link with a forged x-access-token",
+            req("GET", &valid, &[("X-Access-Token", "forged")]),
+            Expect::Status(&[200]),
+            Reach::Exactly(Svc::Files),
+        )
+        .check(minted_for("marie")),
+        refused("tampered parameter", valid.replace("id=7", "id=8")),
+        refused("parameter added", format!("{valid}&admin=1")),
+        refused("path changed", valid.replace("/files/report", "/files/other")),
+        refused(
+            "signature truncated",
+            valid[..valid.len() - 1].to_owned(),
+        ),
+        refused(
+            "signature upper-cased",
+            {
+                let (head, sig) = valid.rsplit_once('=').unwrap();
+                format!("{head}={}", sig.to_uppercase())
+            },
+        ),
+        refused("empty signature", {
+            let (head, _) = valid.rsplit_once('=').unwrap();
+            format!("{head}=")
+        }),
+        refused("OC-Expires changed", valid.replace("OC-Expires=600", "OC-Expires=6000")),
+        refused("OC-Expires negative", valid.replace("OC-Expires=600", "OC-Expires=-5")),
+        refused(
+            "OC-Expires huge",
+            valid.replace("OC-Expires=600", "OC-Expires=99999999999999999999999"),
+        ),
+        refused(
+            "OC-Credential changed to another user",
+            valid.replace("OC-Credential=marie", "OC-Credential=einstein"),
+        ),
+        refused(
+            "OC-Credential not UTF-8",
+            valid.replace("OC-Credential=marie", "OC-Credential=%FF%FE"),
+        ),
+        refused(
+            "OC-Date not a date",
+            valid.replacen("OC-Date=", "OC-Date=yesterday", 1),
+        ),
+        refused(
+            "expired (replayed after its lifetime)",
+            sign(
+                &Link {
+                    signed_at: now - Duration::from_secs(601),
+                    ..link("/files/a", "")
+                },
+                key,
+            ),
+        ),
+        refused(
+            "dated an hour in the future",
+            sign(
+                &Link {
+                    signed_at: now + Duration::from_secs(3600),
+                    ..link("/files/a", "")
+                },
+                key,
+            ),
+        ),
+        refused(
+            "lifetime beyond the maximum",
+            sign(
+                &Link {
+                    expires: Duration::from_secs(30 * 24 * 3600),
+                    ..link("/files/a", "")
+                },
+                key,
+            ),
+        ),
+        refused(
+            "signed for another host",
+            sign(
+                &Link {
+                    host: "evil.test",
+                    ..link("/files/a", "")
+                },
+                key,
+            ),
+        ),
+        refused(
+            "signed with another key",
+            sign(&link("/files/a", ""), &"ab".repeat(64)),
+        ),
+        refused(
+            "signed with the empty key",
+            sign(&link("/files/a", ""), ""),
+        ),
+        refused(
+            "unknown user",
+            sign(
+                &Link {
+                    user: "nobody",
+                    ..link("/files/a", "")
+                },
+                key,
+            ),
+        ),
+        case(
+            C,
+            "replayed with another method (DELETE)",
+            req("DELETE", &valid, &[]),
+            Expect::Status(&[401]),
+            Reach::Nothing,
+        ),
+        case(
+            C,
+            "signed for PUT (not an allowed method)",
+            req(
+                "PUT",
+                &sign(
+                    &Link {
+                        verb: "PUT",
+                        ..link("/files/a", "")
+                    },
+                    key,
+                ),
+                &[("Content-Length", "0")],
+            ),
+            Expect::Status(&[401]),
+            Reach::Nothing,
+        ),
+    ];
+    for missing in ["OC-Credential", "OC-Date", "OC-Expires", "OC-Verb"] {
+        let target: String = valid
+            .split(['?', '&'])
+            .enumerate()
+            .filter(|(_, p)| !p.starts_with(&format!("{missing}=")))
+            .map(|(i, p)| if i == 0 { p.to_owned() } else { format!("&{p}") })
+            .collect::<String>()
+            .replacen('&', "?", 1);
+        out.push(refused(&format!("{missing} missing"), target));
+    }
+    out
+}
+
+/// Share tokens for the fixture's share `hostile` (password `s3cret`) on a public path.
+fn share_cases() -> Vec<Case> {
+    const C: &str = "share token";
+    let path = "/dav/public-files/hostiletoken/doc.txt";
+    let basic = |password: &str| format!("Basic {}", STANDARD.encode(format!("public:{password}")));
+    let good = basic("s3cret");
+    let refused = |name: &str, target: &str, headers: &[(&str, &str)]| {
+        case(
+            C,
+            name,
+            req("GET", target, headers),
+            Expect::Status(&[401]),
+            Reach::Nothing,
+        )
+    };
+    vec![
+        case(
+            C,
+            "right password",
+            req(
+                "GET",
+                path,
+                &[("public-token", "hostiletoken"), ("Authorization", &good)],
+            ),
+            Expect::Status(&[200]),
+            Reach::Exactly(Svc::Root),
+        )
+        .check(minted_for_share("hostile")),
+        case(
+            C,
+            "right password and a forged x-access-token",
+            req(
+                "GET",
+                path,
+                &[
+                    ("public-token", "hostiletoken"),
+                    ("Authorization", &good),
+                    ("X-Access-Token", "forged"),
+                ],
+            ),
+            Expect::Status(&[200]),
+            Reach::Exactly(Svc::Root),
+        )
+        .check(minted_for_share("hostile")),
+        refused(
+            "wrong password",
+            path,
+            &[("public-token", "hostiletoken"), ("Authorization", &basic("guess"))],
+        ),
+        refused(
+            "empty password",
+            path,
+            &[("public-token", "hostiletoken"), ("Authorization", &basic(""))],
+        ),
+        refused("no password", path, &[("public-token", "hostiletoken")]),
+        refused(
+            "unknown token",
+            path,
+            &[("public-token", "nosuchtoken"), ("Authorization", &good)],
+        ),
+        refused(
+            "token in the query, wrong password",
+            &format!("{path}?public-token=hostiletoken"),
+            &[("Authorization", &basic("guess"))],
+        ),
+        refused(
+            "two public-token headers",
+            path,
+            &[
+                ("public-token", "nosuchtoken"),
+                ("public-token", "hostiletoken"),
+                ("Authorization", &good),
+            ],
+        ),
+        refused(
+            "signature without expiration",
+            &format!("{path}?public-token=hostiletoken&signature=abc"),
+            &[],
+        ),
+        refused(
+            "forged signature",
+            &format!("{path}?public-token=hostiletoken&signature=abc&expiration=2099-01-01T00%3A00%3A00Z"),
+            &[],
+        ),
+        refused(
+            "oversized token",
+            path,
+            &[("public-token", &"t".repeat(5000)), ("Authorization", &good)],
+        ),
+        refused(
+            "right password on a path that is not public",
+            "/files/x",
+            &[("public-token", "hostiletoken"), ("Authorization", &good)],
+        ),
+        refused(
+            "right password on the signing-key endpoint",
+            "/ocs/v1.php/cloud/user/signing-key",
+            &[("public-token", "hostiletoken"), ("Authorization", &good)],
+        ),
+        refused(
+            "Basic credentials of a demo user (Basic auth is off)",
+            "/files/x",
+            &[(
+                "Authorization",
+                &format!("Basic {}", STANDARD.encode("einstein:relativity")),
+            )],
+        ),
+    ]
+}
+
 fn injection_cases(good: &str) -> Vec<Case> {
     const C: &str = "header injection";
     let auth = bearer(good);
@@ -1799,8 +2103,10 @@ async fn hostile_corpus_is_refused_and_the_node_keeps_serving() {
     }
     let ups = Upstreams { by_svc };
     let bg = Upstream::start("bg").await;
+    let shares = ShareFixture::start().await;
+    shares.add_share(FixtureShare::new("hostile", "hostiletoken").with_password("s3cret"));
     let gw = GatehouseNode::start_with(
-        NodeOptions::new(&yaml(&idp, &ups, &bg))
+        NodeOptions::new(&yaml(&idp, &ups, &bg, &shares))
             .env("PROXY_OIDC_ACCESS_TOKEN_VERIFY_AUD", "urn:gw")
             .env("PROXY_OIDC_SKIP_USER_INFO", "true"),
     )
@@ -1842,7 +2148,20 @@ async fn hostile_corpus_is_refused_and_the_node_keeps_serving() {
     let out = exchange(gw.http, control.clone(), &Write::All).await;
     assert_eq!(out.statuses, [200], "{}\n{}", out.head(), gw.logs());
 
+    let key_reply = gatehouse_tests::client::get_with(
+        &gw.url("/ocs/v1.php/cloud/user/signing-key"),
+        &[("authorization", &bearer(&tokens.good))],
+    )
+    .await;
+    let key_json: Value = serde_json::from_slice(&key_reply.body).unwrap_or_default();
+    let key = key_json["ocs"]["data"]["signing-key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no signing key: {}", key_reply.text()))
+        .to_owned();
+
     let mut corpus = jwt_cases(&tokens);
+    corpus.extend(signed_url_cases(&key));
+    corpus.extend(share_cases());
     corpus.extend(path_cases());
     corpus.extend(target_cases(&ups));
     corpus.extend(smuggling_cases());

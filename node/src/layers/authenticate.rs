@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use tower::{Layer, Service};
 
 use gatehouse_shared::auth::challenge::{
@@ -126,7 +126,10 @@ where
         let auth = self.auth.clone();
         futures::future::Either::Right(Box::pin(async move {
             let mut req = req;
-            match auth.authenticate(&req).await {
+            match auth
+                .authenticate(req.method(), req.uri(), req.headers())
+                .await
+            {
                 Outcome::Accepted(identity) => {
                     auth.metrics.authentication(AuthResult::Accepted);
                     req.extensions_mut().insert(identity);
@@ -191,10 +194,9 @@ struct Transient {
 impl Authenticators {
     /// Tries every authenticator in the oCIS order; the first acceptance wins, and a
     /// dependency failure seen on the way turns a final refusal into 503.
-    async fn authenticate<B>(&self, req: &Request<B>) -> Outcome {
-        let headers = req.headers();
-        let path = req.uri().path();
-        let query = req.uri().query();
+    async fn authenticate(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Outcome {
+        let path = uri.path();
+        let query = uri.query();
         let mut transient = None;
         let mut note = |reason: String, retry_after: Option<Duration>| {
             transient.get_or_insert(Transient {
@@ -239,7 +241,7 @@ impl Authenticators {
             }
         }
         match self.public_share.authenticate(path, headers, query).await {
-            ShareOutcome::Accepted { token } => {
+            ShareOutcome::Accepted { token, .. } => {
                 return Outcome::Accepted(Identity::Share { token });
             }
             // As in oCIS: a public path without a share token passes on anonymously even when
@@ -255,8 +257,8 @@ impl Authenticators {
             ShareOutcome::NotApplicable => {}
         }
         if let Some(signed) = &self.signed_url {
-            let host = request_host(req);
-            match signed.authenticate(req.method(), req.uri(), host).await {
+            let host = request_host(uri, headers);
+            match signed.authenticate(method, uri, host).await {
                 Some(Ok(account)) => {
                     return Outcome::Accepted(Identity::Account {
                         account,
@@ -289,7 +291,7 @@ impl Authenticators {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
         };
-        let host = request_host(req);
+        let host = request_host(req.uri(), req.headers());
         let challenges = self.challenges.challenges(&ChallengeRequest {
             path: req.uri().path(),
             host,
@@ -308,10 +310,10 @@ impl Authenticators {
 }
 
 /// The authority the client addressed: the absolute request target's, else `Host`.
-fn request_host<B>(req: &Request<B>) -> &str {
-    req.uri().authority().map_or_else(
+fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
+    uri.authority().map_or_else(
         || {
-            req.headers()
+            headers
                 .get(header::HOST)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
