@@ -27,7 +27,7 @@ pub mod sessions;
 
 pub use client::IdpObserver;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -539,11 +539,11 @@ impl Inner {
             Some(self.userinfo(token, &discovery, now).await?)
         };
         let (claims, exp) = merge_claims(&access, userinfo, now, s.user_info_ttl);
-        let merged = SessionIds::of(&claims);
+        // `sid` and `iat` only from a verified access token (as oCIS indexes sessions); the
+        // subject also from userinfo (the only source with the `none` method).
         let ids = SessionIds {
-            sid: ids.sid.or(merged.sid),
-            sub: ids.sub.or(merged.sub),
-            iat: ids.iat.or(merged.iat),
+            sub: ids.sub.or_else(|| SessionIds::of(&claims).sub),
+            ..ids
         };
         self.write_cache(key, &claims, &ids, exp, clock.now()).await;
         // A logout may have run while this token was being resolved (see `sessions`).

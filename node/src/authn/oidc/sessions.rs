@@ -70,11 +70,10 @@ pub fn unix(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-fn ttl_until(exp: i64, now: i64) -> Option<Duration> {
-    u64::try_from(exp.saturating_sub(now))
-        .ok()
-        .filter(|s| *s > 0)
-        .map(Duration::from_secs)
+/// The time from `now` to `exp` (Unix seconds), `None` if that has passed.
+fn ttl_until(exp: i64, now: SystemTime) -> Option<Duration> {
+    let exp = UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).ok()?);
+    exp.duration_since(now).ok().filter(|d| !d.is_zero())
 }
 
 /// Reads `key`, lets `change` compute the new value from the current one (`None`: leave it), and
@@ -116,7 +115,7 @@ pub async fn record(
     exp: i64,
     now: SystemTime,
 ) -> StoreResult<()> {
-    let now = unix(now);
+    let now_secs = unix(now);
     let entry = SessionEntry {
         hash: hash.to_owned(),
         sid: sid.map(str::to_owned),
@@ -124,7 +123,7 @@ pub async fn record(
     };
     modify(store, &sessions_key(sub), |current| {
         let mut list = current.map(SessionList::decode).unwrap_or_default();
-        if !list.add(entry.clone(), now) {
+        if !list.add(entry.clone(), now_secs) {
             return None;
         }
         let ttl = ttl_until(list.last_exp()?, now)?;
