@@ -70,8 +70,48 @@ fn end_to_end(mut headers: HeaderMap) -> HeaderMap {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::Arc;
+
+    use gatehouse_shared::store::MemoryStore;
     use http::HeaderValue;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::authn::oidc::tests::{Idp, settings};
+
+    async fn get(oidc: &OidcAuthenticator) -> (StatusCode, HeaderMap, Bytes) {
+        let resp = handle(oidc).await;
+        let (parts, body) = resp.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_providers_answer_is_passed_through() {
+        let mut idp = Idp::start().await;
+        let oidc = OidcAuthenticator::new(settings(&idp), Arc::new(MemoryStore::new())).unwrap();
+
+        let (status, headers, body) = get(&oidc).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["issuer"], idp.issuer());
+        assert_eq!(doc["jwks_uri"], format!("{}/jwks", idp.issuer()));
+
+        // Error answers are copied too, with their headers.
+        idp.set_discovery_status(503);
+        let (status, headers, _) = get(&oidc).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+
+        idp.shut_down().await;
+        let (status, _, body) = get(&oidc).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(body.is_empty());
+    }
 
     #[test]
     fn hop_by_hop_headers_are_dropped() {
