@@ -1,5 +1,5 @@
 //! The identity events a node publishes on the bus (`main-queue`, spec §5.6): `UserSignedIn` for
-//! a new session, the directory changes the builtin backend makes, and claim-managed space
+//! a new session, `BackchannelLogout` for a session the identity provider ended, the directory changes the builtin backend makes, and claim-managed space
 //! membership changes.
 //!
 //! Publishing never waits for NATS: events go into the publisher's bounded queue. Every event
@@ -77,6 +77,12 @@ impl IdentityEvents {
 
     pub fn signed_in(&self, user_id: &str) {
         self.publish(Event::user_signed_in(self.user(user_id)));
+    }
+
+    /// `events.BackchannelLogout` for the session `session_id` (the OIDC `sid`, empty when
+    /// unknown) of the user `user_id`.
+    pub fn backchannel_logout(&self, user_id: &str, session_id: &str) {
+        self.publish(Event::backchannel_logout(self.user(user_id), session_id));
     }
 
     /// Publishes how `desired` differs from what was last published for the user, then records

@@ -6,16 +6,30 @@
 //! token many times a second, so each worker remembers the final outcome (the minted
 //! `x-access-token` and the MFA state) for [`MEMO_TTL`], never past the token's `exp`.
 //!
-//! The price is bounded staleness: a change of the user's role, groups or session reaches a
-//! worker at most [`MEMO_TTL`] late. Refusals are never memoised. The memo is per worker (one
+//! The price is bounded staleness: a change of the user's role or groups reaches a worker at
+//! most [`MEMO_TTL`] late. Refusals are never memoised. The memo is per worker (one
 //! single-threaded runtime), so its lock is never contended.
+//!
+//! A back-channel logout must not wait that long (a session must be refused on every node
+//! within 100 ms). All memos of a node share a [`MemoEpoch`]; [`spawn_invalidation`] advances it
+//! whenever the user-info store reports a logout marker (written by every logout, on any node,
+//! and delivered by the store's change feed within milliseconds) or lost changes, and entries
+//! put under an older epoch are ignored. Logouts are rare, so forgetting everything is cheap;
+//! `get` pays one atomic load. Plain deletions do not advance the epoch: on NATS every expiring
+//! claims record arrives as a deletion, which would flush the memos many times a second.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use gatehouse_shared::oidc::sessions::is_logout_marker;
+use gatehouse_shared::store::{Change, Store};
 use http::HeaderValue;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// How long a worker reuses the outcome of one bearer token.
 pub const MEMO_TTL: Duration = Duration::from_secs(2);
@@ -38,6 +52,26 @@ pub struct Prepared {
 pub struct IdentityMemo {
     entries: Mutex<Entries>,
     hasher: RandomState,
+    epoch: MemoEpoch,
+}
+
+/// The node-wide generation of memoised identities; cheap to clone, clones share the counter.
+#[derive(Debug, Clone, Default)]
+pub struct MemoEpoch(Arc<AtomicU64>);
+
+impl MemoEpoch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn current(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Makes every entry put so far stale, in every memo sharing this epoch.
+    pub fn advance(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -51,13 +85,29 @@ struct Entry {
     token: Box<str>,
     prepared: Prepared,
     until: Instant,
+    epoch: u64,
 }
 
 const HASHED_SUFFIX: usize = 48;
 
 impl IdentityMemo {
+    /// A memo with its own epoch, which nothing advances (tests, tools).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A memo that forgets everything when `epoch` advances; one per worker, all sharing the
+    /// node's epoch.
+    pub fn with_epoch(epoch: MemoEpoch) -> Self {
+        Self {
+            epoch,
+            ..Self::default()
+        }
+    }
+
+    /// The epoch to pass to [`IdentityMemo::put_since`], read before resolving a token.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.current()
     }
 
     fn slot(&self, token: &str) -> u64 {
@@ -74,12 +124,29 @@ impl IdentityMemo {
             .get(&slot)?
             .iter()
             .find(|e| &*e.token == bearer)?;
-        (now < entry.until).then(|| entry.prepared.clone())
+        (now < entry.until && entry.epoch == self.epoch.current()).then(|| entry.prepared.clone())
     }
 
     /// Remembers `prepared` for `bearer` until `MEMO_TTL` from `now`, or the token's `exp`
     /// (Unix seconds) if that comes first. A token without `exp` is not remembered.
     pub fn put(&self, bearer: &str, prepared: Prepared, exp: Option<u64>, now: Instant) {
+        self.put_since(bearer, prepared, exp, now, self.epoch());
+    }
+
+    /// Like [`IdentityMemo::put`] for an outcome whose resolution began at `epoch` (from
+    /// [`IdentityMemo::epoch`]): if a logout advanced the epoch meanwhile, the outcome may
+    /// predate the logout and is not remembered.
+    pub fn put_since(
+        &self,
+        bearer: &str,
+        prepared: Prepared,
+        exp: Option<u64>,
+        now: Instant,
+        epoch: u64,
+    ) {
+        if epoch != self.epoch() {
+            return;
+        }
         let Some(exp) = exp else { return };
         let left = UNIX_EPOCH
             .checked_add(Duration::from_secs(exp))
@@ -107,6 +174,7 @@ impl IdentityMemo {
             token: bearer.into(),
             prepared,
             until: now + keep,
+            epoch,
         };
         match list.iter_mut().find(|e| &*e.token == bearer) {
             Some(existing) => *existing = entry,
@@ -123,6 +191,37 @@ impl IdentityMemo {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Advances `epoch` whenever `userinfo` (the user-info store, whose change feed carries every
+/// node's writes) reports a logout marker, or reports that changes were lost (one of them may
+/// have been a logout), until `shutdown`. Subscribes before returning, so nothing written after
+/// the call is missed. Spawns on the current runtime.
+pub fn spawn_invalidation(
+    userinfo: &dyn Store,
+    epoch: MemoEpoch,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    let mut feed = userinfo.changes();
+    tokio::spawn(async move {
+        loop {
+            let change = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                change = feed.recv() => change,
+            };
+            match change {
+                Ok(Change::Put { key, .. }) if is_logout_marker(&key) => epoch.advance(),
+                Ok(Change::Reset) | Err(RecvError::Lagged(_)) => epoch.advance(),
+                Ok(_) => {}
+                Err(RecvError::Closed) => {
+                    tracing::warn!(
+                        "user-info change feed closed: memoised identities now expire by time only"
+                    );
+                    return;
+                }
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -207,5 +306,104 @@ mod tests {
         memo.put("new", prepared("b"), exp_in(600), now);
         assert_eq!(memo.get("new", now).unwrap().token, "b");
         assert!(memo.lock().len <= CAPACITY);
+    }
+
+    #[test]
+    fn an_advanced_epoch_hides_earlier_entries_in_every_memo() {
+        let epoch = MemoEpoch::new();
+        let (a, b) = (
+            IdentityMemo::with_epoch(epoch.clone()),
+            IdentityMemo::with_epoch(epoch.clone()),
+        );
+        let now = Instant::now();
+        a.put("tok", prepared("a"), exp_in(600), now);
+        b.put("tok", prepared("b"), exp_in(600), now);
+        assert!(a.get("tok", now).is_some() && b.get("tok", now).is_some());
+        epoch.advance();
+        assert!(a.get("tok", now).is_none());
+        assert!(b.get("tok", now).is_none());
+        // Entries put after the advance are served again.
+        a.put("tok", prepared("a2"), exp_in(600), now);
+        assert_eq!(a.get("tok", now).unwrap().token, "a2");
+    }
+
+    #[test]
+    fn an_outcome_resolved_across_an_advance_is_not_remembered() {
+        let epoch = MemoEpoch::new();
+        let memo = IdentityMemo::with_epoch(epoch.clone());
+        let now = Instant::now();
+        let started = memo.epoch();
+        epoch.advance();
+        memo.put_since("tok", prepared("a"), exp_in(600), now, started);
+        assert!(memo.get("tok", now).is_none());
+        memo.put_since("tok", prepared("a"), exp_in(600), now, memo.epoch());
+        assert!(memo.get("tok", now).is_some());
+    }
+
+    /// Polls `f` until it holds or the deadline passes.
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_listener_forgets_memos_on_a_logout_marker_only() {
+        use bytes::Bytes;
+        use gatehouse_shared::oidc::sessions::{logged_out_sid_key, sessions_key};
+        use gatehouse_shared::store::MemoryStore;
+
+        let store = MemoryStore::new();
+        let epoch = MemoEpoch::new();
+        let memo = IdentityMemo::with_epoch(epoch.clone());
+        let shutdown = CancellationToken::new();
+        let task = spawn_invalidation(&store, epoch.clone(), shutdown.clone());
+        let now = Instant::now();
+        memo.put("tok", prepared("a"), exp_in(600), now);
+
+        // Ordinary traffic — claims written, deleted (on NATS also: expired), session lists
+        // updated — then a logout marker.
+        store
+            .put("hash", Bytes::from_static(b"x"), None)
+            .await
+            .unwrap();
+        store
+            .put(&sessions_key("u"), Bytes::from_static(b"[]"), None)
+            .await
+            .unwrap();
+        store.delete("hash").await.unwrap();
+        store
+            .put(&logged_out_sid_key("s1"), Bytes::from_static(b"1"), None)
+            .await
+            .unwrap();
+        eventually("the memo to forget the token", || {
+            memo.get("tok", now).is_none()
+        })
+        .await;
+        // The feed is ordered: the marker was the first change that advanced the epoch.
+        assert_eq!(epoch.current(), 1);
+
+        // Changes lost to lag may have been logouts: forget everything too.
+        memo.put("tok", prepared("a"), exp_in(600), now);
+        assert!(memo.get("tok", now).is_some());
+        for i in 0..5_000 {
+            store
+                .put(&format!("k{i}"), Bytes::from_static(b"x"), None)
+                .await
+                .unwrap();
+        }
+        eventually("the lagged listener to forget", || {
+            memo.get("tok", now).is_none()
+        })
+        .await;
+
+        shutdown.cancel();
+        task.await.unwrap();
     }
 }

@@ -21,8 +21,8 @@ pub use envelope::{
     is_valid_traceparent, new_traceparent,
 };
 pub use types::{
-    CsTimestamp, EVENT_TYPES, Event, GoTime, GroupCreated, GroupId, GroupMembership,
-    SpaceShareChange, SpaceShared, StorageSpaceId, UserCreated, UserSignedIn,
+    BackchannelLogout, CsTimestamp, EVENT_TYPES, Event, GoTime, GroupCreated, GroupId,
+    GroupMembership, SpaceShareChange, SpaceShared, StorageSpaceId, UserCreated, UserSignedIn,
 };
 
 /// An event with the request context it was raised in.

@@ -90,6 +90,18 @@ pub struct UserSignedIn {
     pub timestamp: Option<CsTimestamp>,
 }
 
+/// `events.BackchannelLogout`: the identity provider ended a session (spec §7.3). `SessionId` is
+/// the OIDC `sid` (empty when the ended session had none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackchannelLogout {
+    #[serde(rename = "Executant")]
+    pub executant: Option<RevaUserId>,
+    #[serde(rename = "SessionId")]
+    pub session_id: String,
+    #[serde(rename = "Timestamp")]
+    pub timestamp: Option<CsTimestamp>,
+}
+
 /// `events.UserCreated`: an account was provisioned. `UserID` is the new user's opaque id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserCreated {
@@ -169,10 +181,11 @@ pub enum Event {
     SpaceShared(SpaceShared),
     SpaceUnshared(SpaceShareChange),
     SpaceShareUpdated(SpaceShareChange),
+    BackchannelLogout(BackchannelLogout),
 }
 
 /// The `eventtype` metadata values: Go's `reflect.TypeOf(ev).String()` of the reva structs.
-pub const EVENT_TYPES: [&str; 8] = [
+pub const EVENT_TYPES: [&str; 9] = [
     "events.UserSignedIn",
     "events.UserCreated",
     "events.GroupCreated",
@@ -181,6 +194,7 @@ pub const EVENT_TYPES: [&str; 8] = [
     "events.SpaceShared",
     "events.SpaceUnshared",
     "events.SpaceShareUpdated",
+    "events.BackchannelLogout",
 ];
 
 impl Event {
@@ -188,6 +202,15 @@ impl Event {
     pub fn user_signed_in(executant: RevaUserId) -> Self {
         Event::UserSignedIn(UserSignedIn {
             executant: Some(executant),
+            timestamp: Some(CsTimestamp::now()),
+        })
+    }
+
+    /// `events.BackchannelLogout` stamped now, for the session `session_id` of `executant`.
+    pub fn backchannel_logout(executant: RevaUserId, session_id: impl Into<String>) -> Self {
+        Event::BackchannelLogout(BackchannelLogout {
+            executant: Some(executant),
+            session_id: session_id.into(),
             timestamp: Some(CsTimestamp::now()),
         })
     }
@@ -264,6 +287,7 @@ impl Event {
             Event::SpaceShared(_) => 5,
             Event::SpaceUnshared(_) => 6,
             Event::SpaceShareUpdated(_) => 7,
+            Event::BackchannelLogout(_) => 8,
         }
     }
 
@@ -276,6 +300,7 @@ impl Event {
             Event::GroupMemberAdded(e) | Event::GroupMemberRemoved(e) => serde_json::to_vec(e),
             Event::SpaceShared(e) => serde_json::to_vec(e),
             Event::SpaceUnshared(e) | Event::SpaceShareUpdated(e) => serde_json::to_vec(e),
+            Event::BackchannelLogout(e) => serde_json::to_vec(e),
         }
     }
 
@@ -294,6 +319,7 @@ impl Event {
             "events.SpaceShared" => serde_json::from_slice(p).map(Event::SpaceShared),
             "events.SpaceUnshared" => serde_json::from_slice(p).map(Event::SpaceUnshared),
             "events.SpaceShareUpdated" => serde_json::from_slice(p).map(Event::SpaceShareUpdated),
+            "events.BackchannelLogout" => serde_json::from_slice(p).map(Event::BackchannelLogout),
             _ => return None,
         })
     }

@@ -8,7 +8,7 @@
 //! no `nonce` (OpenID Connect Back-Channel Logout 1.0 §2.6).
 //!
 //! Differences from oCIS: `exp`, when present, must lie in the future (oCIS does not check it),
-//! and the result names what to log out — the session, or, with only `sub`, every session of
+//! a repeated `logout_token` form field is refused, and the result names what to log out — the session, or, with only `sub`, every session of
 //! the subject (oCIS answers a `sub`-only token with "nothing to do").
 
 use std::time::SystemTime;
@@ -31,6 +31,9 @@ pub struct Logout {
     pub sid: Option<String>,
     /// The subject (`sub`), when the token names one.
     pub sub: Option<String>,
+    /// When the provider issued the logout token (`iat`, Unix seconds), if it says. Dates a
+    /// logout by subject on the provider's clock, the clock its access tokens' `iat` uses.
+    pub iat: Option<i64>,
 }
 
 /// Why a logout token was refused; the endpoint answers 400 with `invalid_request`.
@@ -104,7 +107,81 @@ fn check_claims(claims: &Claims) -> Result<Logout, LogoutTokenError> {
     if claims.contains_key("nonce") {
         return Err(LogoutTokenError::Nonce);
     }
-    Ok(Logout { sid, sub })
+    let iat = claims.get("iat").and_then(Value::as_i64);
+    Ok(Logout { sid, sub, iat })
+}
+
+/// Why a logout request carries no usable `logout_token`; the endpoint answers 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogoutRequestError {
+    #[error("content type must be application/x-www-form-urlencoded")]
+    ContentType,
+    #[error("malformed form body: {0}")]
+    Form(&'static str),
+    #[error("logout_token is missing")]
+    NoToken,
+    #[error("logout_token is given more than once")]
+    RepeatedToken,
+}
+
+/// The `logout_token` of a back-channel logout request (OpenID Connect Back-Channel Logout 1.0
+/// §2.5): an `application/x-www-form-urlencoded` POST body. Parsing is strict (bad
+/// percent-escapes, non-UTF-8 text and `;` separators are errors, like Go's `ParseForm`), and a
+/// repeated `logout_token` is refused rather than resolved by picking one.
+pub fn logout_token_from_form(
+    content_type: Option<&[u8]>,
+    body: &[u8],
+) -> Result<String, LogoutRequestError> {
+    let media_type = content_type
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    if !media_type.is_some_and(|m| m.eq_ignore_ascii_case("application/x-www-form-urlencoded")) {
+        return Err(LogoutRequestError::ContentType);
+    }
+    let mut token = None;
+    for pair in body.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        if pair.contains(&b';') {
+            return Err(LogoutRequestError::Form("';' is not a separator"));
+        }
+        let (name, value) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        if form_decode(name)? != "logout_token" {
+            continue;
+        }
+        if token.is_some() {
+            return Err(LogoutRequestError::RepeatedToken);
+        }
+        token = Some(form_decode(value)?);
+    }
+    token
+        .filter(|t| !t.is_empty())
+        .ok_or(LogoutRequestError::NoToken)
+}
+
+fn form_decode(raw: &[u8]) -> Result<String, LogoutRequestError> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                let byte = raw
+                    .get(i + 1..i + 3)
+                    .and_then(|h| Some(hex(h[0])? * 16 + hex(h[1])?))
+                    .ok_or(LogoutRequestError::Form("invalid percent-escape"))?;
+                // Two hex digits never exceed 255.
+                out.push(byte as u8);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| LogoutRequestError::Form("not UTF-8"))
 }
 
 /// The `alg` of the token's header, read before verification so that algorithms the provider
@@ -162,16 +239,19 @@ mod tests {
             check(&rs256(&good())).unwrap(),
             Logout {
                 sid: Some("a-session-id".into()),
-                sub: Some("einstein".into())
+                sub: Some("einstein".into()),
+                iat: Some(NOW as i64),
             }
         );
         let mut only_sub = good();
         only_sub.as_object_mut().unwrap().remove("sid");
+        only_sub.as_object_mut().unwrap().remove("iat");
         assert_eq!(
             check(&rs256(&only_sub)).unwrap(),
             Logout {
                 sid: None,
-                sub: Some("einstein".into())
+                sub: Some("einstein".into()),
+                iat: None,
             }
         );
     }
@@ -259,6 +339,50 @@ mod tests {
         assert!(check(&hs).is_err());
         for garbage in ["", "x", "%%%.a.b", "e30.e30.", "bm90LWpzb24.e30.sig"] {
             assert!(check(garbage).is_err(), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn the_form_body() {
+        let form = Some(&b"application/x-www-form-urlencoded"[..]);
+        assert_eq!(
+            logout_token_from_form(form, b"logout_token=a.b-c_d%2Be+f").unwrap(),
+            "a.b-c_d+e f"
+        );
+        assert_eq!(
+            logout_token_from_form(
+                Some(b"Application/X-WWW-Form-Urlencoded; charset=utf-8"),
+                b"other=1&logout_token=t&&x"
+            )
+            .unwrap(),
+            "t"
+        );
+        let err = |ct: Option<&[u8]>, body: &[u8]| logout_token_from_form(ct, body).unwrap_err();
+        assert_eq!(
+            err(None, b"logout_token=t"),
+            LogoutRequestError::ContentType
+        );
+        assert_eq!(
+            err(Some(b"application/json"), b"{\"logout_token\":\"t\"}"),
+            LogoutRequestError::ContentType
+        );
+        assert_eq!(err(form, b""), LogoutRequestError::NoToken);
+        assert_eq!(err(form, b"logout_token="), LogoutRequestError::NoToken);
+        assert_eq!(err(form, b"token=t"), LogoutRequestError::NoToken);
+        assert_eq!(
+            err(form, b"logout_token=a&logout_token=b"),
+            LogoutRequestError::RepeatedToken
+        );
+        for bad in [
+            &b"logout_token=%zz"[..],
+            b"logout_token=%4",
+            b"logout_token=%ff",
+            b"a=1;logout_token=t",
+        ] {
+            assert!(
+                matches!(err(form, bad), LogoutRequestError::Form(_)),
+                "{bad:?}"
+            );
         }
     }
 

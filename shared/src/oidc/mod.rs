@@ -5,13 +5,15 @@
 //! check ([`discovery`]), the IdP key set ([`jwks`]), access-token verification ([`verify`]),
 //! the userinfo answer and how it is merged with the token's claims ([`userinfo`]), and the
 //! msgpack form in which claims are shared with oCIS nodes through the user-info cache
-//! ([`cache`]), and back-channel logout tokens ([`logout`]). The node fetches the documents and calls these functions; it makes no security
+//! ([`cache`]), back-channel logout tokens ([`logout`]) and the session index and logout markers
+//! kept next to the cached claims ([`sessions`]). The node fetches the documents and calls these functions; it makes no security
 //! decision of its own.
 
 pub mod cache;
 pub mod discovery;
 pub mod jwks;
 pub mod logout;
+pub mod sessions;
 #[doc(hidden)]
 pub mod testing;
 pub mod userinfo;
@@ -20,7 +22,9 @@ pub mod verify;
 pub use cache::{CacheCodecError, Cached, decode_claims, encode_claims, read_cached};
 pub use discovery::{Discovery, DiscoveryError, discovery_url};
 pub use jwks::{JwksError, Key, KeySet};
-pub use logout::{Logout, LogoutTokenError, verify_logout_token};
+pub use logout::{
+    Logout, LogoutRequestError, LogoutTokenError, logout_token_from_form, verify_logout_token,
+};
 pub use userinfo::{UserinfoError, merge_claims, parse_userinfo};
 pub use verify::{MAX_TOKEN_LEN, VerifyError, VerifyPolicy, verify};
 

@@ -56,6 +56,14 @@ pub struct IdpResponse {
     pub body: Bytes,
 }
 
+/// An answer of any status, with its headers, for passing through.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
 /// Whether calls may reach the provider, after the transient failures seen so far.
 #[derive(Debug, Default)]
 pub struct Gate {
@@ -180,6 +188,82 @@ impl IdpClient {
         result
     }
 
+    /// GET `url` within `timeout` and return whatever the provider answers. Only transport
+    /// failures (and a body over the size cap) are errors; the [`Gate`] is neither consulted
+    /// nor updated.
+    pub async fn fetch_raw(
+        &self,
+        what: &str,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<RawResponse, CallError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, self.exchange_raw(what, url)).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Transient {
+                reason: format!("{what}: no answer within {timeout:?}"),
+                retry_after: None,
+            }),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CallError::Transient { .. }) => "unavailable",
+            Err(_) => "rejected",
+        };
+        self.observe(what, outcome, Some(started.elapsed()));
+        result
+    }
+
+    async fn exchange_raw(&self, what: &str, url: &str) -> Result<RawResponse, CallError> {
+        let permanent = |reason: String| CallError::Permanent {
+            reason,
+            status: None,
+        };
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| permanent(format!("{what}: invalid URL {url:?}: {e}")))?;
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .body(Empty::new())
+            .map_err(|e| permanent(format!("{what}: {e}")))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| CallError::Transient {
+                reason: format!("{what}: {}", error_chain(&e)),
+                retry_after: None,
+            })?;
+        let (parts, body) = resp.into_parts();
+        let body = self.read_body(what, body).await?;
+        Ok(RawResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    async fn read_body(&self, what: &str, body: hyper::body::Incoming) -> Result<Bytes, CallError> {
+        Limited::new(body, self.max_body)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    CallError::Permanent {
+                        reason: format!("{what}: answer larger than {} bytes", self.max_body),
+                        status: None,
+                    }
+                } else {
+                    CallError::Transient {
+                        reason: format!("{what}: reading the answer: {e}"),
+                        retry_after: None,
+                    }
+                }
+            })
+    }
+
     async fn exchange(
         &self,
         what: &str,
@@ -222,23 +306,7 @@ impl IdpClient {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = Limited::new(resp.into_body(), self.max_body)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    permanent(format!(
-                        "{what}: answer larger than {} bytes",
-                        self.max_body
-                    ))
-                } else {
-                    CallError::Transient {
-                        reason: format!("{what}: reading the answer: {e}"),
-                        retry_after: None,
-                    }
-                }
-            })?
-            .to_bytes();
+        let body = self.read_body(what, resp.into_body()).await?;
         Ok(IdpResponse { content_type, body })
     }
 }

@@ -11,6 +11,10 @@
 //!    userinfo, writes the cache (and the `sid` session index for back-channel logout) and only
 //!    then answers, so the next request on any node is a cache hit.
 //!
+//! Back-channel logout ([`sessions`]) adds to the miss path only: the token's `sid` and `sub` are
+//! checked against logout markers (two reads the near-cache answers locally), and the token is
+//! added to its subject's session list. Cache hits are not affected.
+//!
 //! The authenticator is shared by the node's worker runtimes (one current-thread tokio runtime
 //! per core), so it uses only runtime-independent synchronisation (std mutexes held without
 //! awaiting, tokio's `sync` types, a `Shared` future polled by whichever waiter runs) and never
@@ -19,10 +23,11 @@
 
 pub mod client;
 mod negative;
+pub mod sessions;
 
 pub use client::IdpObserver;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,15 +41,17 @@ use gatehouse_shared::auth::token_hash::token_cache_key;
 use gatehouse_shared::config::Config;
 use gatehouse_shared::oidc::userinfo::is_jwt_content_type;
 use gatehouse_shared::oidc::{
-    Cached, Claims, Discovery, KeySet, MAX_TOKEN_LEN, UserinfoError, VerifyError, VerifyPolicy,
-    discovery_url, encode_claims, merge_claims, parse_userinfo, read_cached, verify,
+    Cached, Claims, Discovery, KeySet, Logout, MAX_TOKEN_LEN, UserinfoError, VerifyError,
+    VerifyPolicy, discovery_url, encode_claims, merge_claims, parse_userinfo, read_cached, verify,
+    verify_logout_token,
 };
-use gatehouse_shared::store::{Clock, Store, SystemClock};
+use gatehouse_shared::store::{Clock, Store, StoreError, SystemClock};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use self::client::{CallError, IdpClient};
+use self::client::{CallError, IdpClient, RawResponse};
 use self::negative::NegativeCache;
+use self::sessions::{EndedSession, SessionIds};
 use crate::proxy::tls::UpstreamTlsError;
 
 /// How access tokens are checked before userinfo is asked.
@@ -79,7 +86,14 @@ pub struct OidcSettings {
     pub max_body: usize,
     pub negative_ttl: Duration,
     pub negative_capacity: usize,
+    /// How long a back-channel logout keeps refusing the tokens it ended: the longest an access
+    /// token issued before the logout may stay valid.
+    pub logout_marker_ttl: Duration,
 }
+
+/// Default of [`OidcSettings::logout_marker_ttl`]: longer than any access-token lifetime seen
+/// in practice (minutes to an hour).
+pub const LOGOUT_MARKER_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl OidcSettings {
     pub fn from_config(c: &Config) -> Self {
@@ -113,6 +127,7 @@ impl OidcSettings {
             max_body: 1024 * 1024,
             negative_ttl: Duration::from_secs(10),
             negative_capacity: 10_000,
+            logout_marker_ttl: LOGOUT_MARKER_TTL,
         }
     }
 }
@@ -334,6 +349,51 @@ impl OidcAuthenticator {
         })
     }
 
+    /// Verifies a back-channel logout token against the provider's keys (discovery and JWKS as
+    /// for access tokens, one refresh for an unknown kid). `Rejected` means the token is bad;
+    /// `Unavailable` that the provider's documents could not be fetched.
+    pub async fn verify_logout(&self, token: &str) -> Result<Logout, OidcError> {
+        let inner = &self.inner;
+        let discovery = inner.discovery().await?;
+        let algs = discovery.signing_algs();
+        let now = self.clock.now();
+        inner
+            .with_keys(
+                &discovery,
+                "logout token",
+                |keys| verify_logout_token(token, keys, &inner.settings.issuer, &algs, now),
+                |e| e.is_unknown_kid(),
+            )
+            .await
+    }
+
+    /// Ends the sessions a verified logout token names, on every node: marks them logged out,
+    /// deletes their cached claims and index records (see [`sessions::end`]).
+    pub async fn end_sessions(&self, logout: &Logout) -> Result<Vec<EndedSession>, StoreError> {
+        sessions::end(
+            self.inner.cache.as_ref(),
+            logout,
+            self.clock.now(),
+            self.inner.settings.logout_marker_ttl,
+        )
+        .await
+    }
+
+    /// The provider's discovery document exactly as it answers (any status), for the
+    /// `/.well-known/openid-configuration` passthrough. Not subject to the back-off of the
+    /// authentication path.
+    pub async fn fetch_discovery_document(&self) -> Result<RawResponse, CallError> {
+        let s = &self.inner.settings;
+        self.inner
+            .http
+            .fetch_raw(
+                "discovery passthrough",
+                &discovery_url(&s.issuer),
+                s.request_timeout,
+            )
+            .await
+    }
+
     fn join_flight(
         &self,
         token: &str,
@@ -466,14 +526,35 @@ impl Inner {
             VerifyMethod::Jwt => self.verify_access_token(token, &discovery, now).await?,
             _ => Claims::new(),
         };
+        let ids = SessionIds::of(&access);
+        // Before userinfo: a logged-out session costs the provider nothing.
+        if !ids.is_empty()
+            && let Some(reason) = sessions::refusal(self.cache.as_ref(), &ids).await
+        {
+            return Err(OidcError::rejected(reason.to_string()));
+        }
         let userinfo = if s.skip_user_info {
             None
         } else {
             Some(self.userinfo(token, &discovery, now).await?)
         };
         let (claims, exp) = merge_claims(&access, userinfo, now, s.user_info_ttl);
-        let sid = access.get("sid").and_then(|v| v.as_str());
-        self.write_cache(key, &claims, sid, exp, clock.now()).await;
+        // `sid` and `iat` only from a verified access token (as oCIS indexes sessions); the
+        // subject also from userinfo (the only source with the `none` method).
+        let ids = SessionIds {
+            sub: ids.sub.or_else(|| SessionIds::of(&claims).sub),
+            ..ids
+        };
+        self.write_cache(key, &claims, &ids, exp, clock.now()).await;
+        // A logout may have run while this token was being resolved (see `sessions`).
+        if !ids.is_empty()
+            && let Some(reason) = sessions::refusal(self.cache.as_ref(), &ids).await
+        {
+            if let Err(e) = self.cache.delete(key).await {
+                tracing::warn!(error = %e, "claims of a logged-out session not removed");
+            }
+            return Err(OidcError::rejected(reason.to_string()));
+        }
         Ok(Arc::new(claims))
     }
 
@@ -659,7 +740,7 @@ impl Inner {
         &self,
         key: &str,
         claims: &Claims,
-        sid: Option<&str>,
+        ids: &SessionIds,
         exp: i64,
         now: SystemTime,
     ) {
@@ -676,13 +757,27 @@ impl Inner {
             }
             Err(e) => tracing::warn!(error = %e, "claims cannot be cached"),
         }
-        if let Some(sid) = sid.filter(|s| !s.is_empty())
+        let sid = ids.sid.as_deref();
+        if let Some(sid) = sid
             && let Err(e) = self
                 .cache
                 .put(sid, Bytes::copy_from_slice(key.as_bytes()), Some(ttl))
                 .await
         {
             tracing::warn!(error = %e, "writing the session index failed");
+        }
+        if let Some(sub) = &ids.sub
+            && let Err(e) = sessions::record(
+                self.cache.as_ref(),
+                sub,
+                key,
+                sid,
+                i64::try_from(exp).unwrap_or(i64::MAX),
+                now,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "writing the subject's session list failed");
         }
     }
 

@@ -1,6 +1,7 @@
 //! The authenticator against a small identity provider served by hyper on 127.0.0.1: discovery,
 //! JWKS and userinfo with call counters, and switches for failures (status codes with
-//! `Retry-After`, slow answers, the provider gone).
+//! `Retry-After`, slow answers, the provider gone). The endpoint tests (logout, well-known) use
+//! the same provider.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use ::http;
 const DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
-enum Userinfo {
+pub(crate) enum Userinfo {
     Json(Value),
     Jwt(String),
     Status(u16, Option<u64>),
@@ -44,14 +45,14 @@ struct IdpState {
     userinfo_auth: Mutex<Vec<String>>,
 }
 
-struct Idp {
+pub(crate) struct Idp {
     state: Arc<IdpState>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
 
 impl Idp {
-    async fn start() -> Idp {
+    pub(crate) async fn start() -> Idp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let state = Arc::new(IdpState {
@@ -76,19 +77,19 @@ impl Idp {
         }
     }
 
-    fn issuer(&self) -> String {
+    pub(crate) fn issuer(&self) -> String {
         self.state.issuer.clone()
     }
 
     /// Closes the listener and every open connection.
-    async fn shut_down(&mut self) {
+    pub(crate) async fn shut_down(&mut self) {
         self.stop.cancel();
         if let Some(task) = self.task.take() {
             task.await.unwrap();
         }
     }
 
-    fn calls(&self) -> (usize, usize, usize) {
+    pub(crate) fn calls(&self) -> (usize, usize, usize) {
         (
             self.state.discovery_calls.load(Ordering::SeqCst),
             self.state.jwks_calls.load(Ordering::SeqCst),
@@ -96,19 +97,23 @@ impl Idp {
         )
     }
 
-    fn userinfo_calls(&self) -> usize {
+    pub(crate) fn userinfo_calls(&self) -> usize {
         self.state.userinfo_calls.load(Ordering::SeqCst)
     }
 
-    fn set_userinfo(&self, mode: Userinfo) {
+    pub(crate) fn set_userinfo(&self, mode: Userinfo) {
         *lock(&self.state.userinfo) = mode;
+    }
+
+    pub(crate) fn set_discovery_status(&self, status: u16) {
+        *lock(&self.state.discovery_status) = status;
     }
 
     fn set_jwks(&self, jwks: &str) {
         *lock(&self.state.jwks) = jwks.to_owned();
     }
 
-    fn token(&self, key: TestKey, kid: &str, extra: Value) -> String {
+    pub(crate) fn token(&self, key: TestKey, kid: &str, extra: Value) -> String {
         let alg = if key == TestKey::Ec1 {
             "ES256"
         } else {
@@ -127,7 +132,7 @@ impl Idp {
         testing::sign(alg, Some(kid), key, &claims)
     }
 
-    fn rsa1(&self, extra: Value) -> String {
+    pub(crate) fn rsa1(&self, extra: Value) -> String {
         self.token(TestKey::Rsa1, "rsa1", extra)
     }
 }
@@ -218,14 +223,14 @@ async fn handle(
     })
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-fn settings(idp: &Idp) -> OidcSettings {
+pub(crate) fn settings(idp: &Idp) -> OidcSettings {
     let mut config = Config::default();
     config.oidc.issuer = idp.issuer();
     let mut s = OidcSettings::from_config(&config);
@@ -233,13 +238,13 @@ fn settings(idp: &Idp) -> OidcSettings {
     s
 }
 
-fn authenticator(settings: OidcSettings) -> (OidcAuthenticator, Arc<MemoryStore>) {
+pub(crate) fn authenticator(settings: OidcSettings) -> (OidcAuthenticator, Arc<MemoryStore>) {
     let store = Arc::new(MemoryStore::new());
     let auth = OidcAuthenticator::new(settings, store.clone()).unwrap();
     (auth, store)
 }
 
-fn rejected(r: Result<Authenticated, OidcError>) -> String {
+pub(crate) fn rejected(r: Result<Authenticated, OidcError>) -> String {
     match r {
         Err(OidcError::Rejected { reason }) => reason,
         other => panic!("expected Rejected, got {other:?}"),
@@ -816,4 +821,162 @@ fn setup_refuses_unsafe_or_invalid_settings() {
     let mut skip = base;
     skip.skip_user_info = true;
     assert!(OidcAuthenticator::new(skip, store).is_ok());
+}
+
+mod logout_markers {
+    use gatehouse_shared::oidc::sessions::{
+        SessionList, encode_logout_time, logged_out_sid_key, logged_out_sub_key, sessions_key,
+    };
+
+    use super::*;
+
+    async fn mark(store: &MemoryStore, key: &str, value: Vec<u8>) {
+        store.put(key, Bytes::from(value), None).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cached_tokens_are_listed_per_subject() {
+        let idp = Idp::start().await;
+        let clock = Arc::new(ManualClock::default());
+        let store = Arc::new(MemoryStore::with_clock(clock.clone()));
+        let auth = OidcAuthenticator::new(settings(&idp), store.clone())
+            .unwrap()
+            .with_clock(clock.clone());
+        let exp = clock.now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 300;
+        let a = auth
+            .authenticate(&idp.rsa1(json!({"sid": "s1", "exp": exp})))
+            .await
+            .unwrap();
+        let b = auth
+            .authenticate(&idp.rsa1(json!({"sid": "s2", "exp": exp + 60})))
+            .await
+            .unwrap();
+        let entry = store.get(&sessions_key("einstein")).await.unwrap().unwrap();
+        let list = SessionList::decode(&entry.value);
+        assert_eq!(list.hashes_of_sid("s1").collect::<Vec<_>>(), [&a.cache_key]);
+        assert_eq!(list.hashes_of_sid("s2").collect::<Vec<_>>(), [&b.cache_key]);
+        assert_eq!(
+            entry.expires_at,
+            Some(UNIX_EPOCH + Duration::from_secs(exp + 60)),
+            "the list lives as long as its last token"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_marker_refuses_a_valid_token_without_asking_userinfo() {
+        let idp = Idp::start().await;
+        let (auth, store) = authenticator(settings(&idp));
+        mark(&store, &logged_out_sid_key("gone"), encode_logout_time(1)).await;
+        let token = idp.rsa1(json!({"sid": "gone"}));
+        let reason = rejected(auth.authenticate(&token).await);
+        assert!(reason.contains("logged out"), "{reason}");
+        assert_eq!(idp.userinfo_calls(), 0);
+        assert!(store.get(&token_cache_key(&token)).await.unwrap().is_none());
+        // Other sessions of the subject are not affected.
+        assert!(
+            auth.authenticate(&idp.rsa1(json!({"sid": "other"})))
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subject_marker_refuses_tokens_issued_up_to_the_logout() {
+        let idp = Idp::start().await;
+        let (auth, store) = authenticator(settings(&idp));
+        let t = unix_now() as i64;
+        mark(
+            &store,
+            &logged_out_sub_key("einstein"),
+            encode_logout_time(t),
+        )
+        .await;
+        for iat in [t - 60, t] {
+            let reason = rejected(
+                auth.authenticate(&idp.rsa1(json!({"iat": iat, "sid": format!("s{iat}")})))
+                    .await,
+            );
+            assert!(reason.contains("logged out"), "iat {iat}: {reason}");
+        }
+        assert!(
+            auth.authenticate(&idp.rsa1(json!({"iat": t + 1})))
+                .await
+                .is_ok(),
+            "issued after the logout"
+        );
+        let other = idp.token(
+            TestKey::Rsa1,
+            "rsa1",
+            json!({"sub": "marie", "iat": t - 60}),
+        );
+        assert!(auth.authenticate(&other).await.is_ok(), "another subject");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn markers_cost_nothing_on_a_cache_hit() {
+        // The design point: only misses read the markers. A logout deletes the cached claims,
+        // so a marker without that deletion leaves a cached token alone.
+        let idp = Idp::start().await;
+        let (auth, store) = authenticator(settings(&idp));
+        let token = idp.rsa1(json!({"sid": "s1"}));
+        auth.authenticate(&token).await.unwrap();
+        mark(&store, &logged_out_sid_key("s1"), encode_logout_time(1)).await;
+        assert!(!auth.authenticate(&token).await.unwrap().new_session);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logout_during_resolution_wins() {
+        let idp = Idp::start().await;
+        let (auth, store) = authenticator(settings(&idp));
+        idp.set_userinfo(Userinfo::Slow(
+            Duration::from_millis(300),
+            json!({"sub": "einstein"}),
+        ));
+        let token = idp.rsa1(json!({"sid": "racing"}));
+        let resolving = tokio::spawn({
+            let auth = auth.clone();
+            let token = token.clone();
+            async move { auth.authenticate(&token).await }
+        });
+        // The markers were checked before userinfo was asked; the logout lands meanwhile.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while idp.userinfo_calls() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "userinfo never asked"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        mark(&store, &logged_out_sid_key("racing"), encode_logout_time(1)).await;
+        let reason = rejected(resolving.await.unwrap());
+        assert!(reason.contains("logged out"), "{reason}");
+        assert!(
+            store.get(&token_cache_key(&token)).await.unwrap().is_none(),
+            "the claims written meanwhile are removed"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logout_tokens_are_verified_with_the_provider_keys() {
+        use gatehouse_shared::oidc::logout::BACKCHANNEL_LOGOUT_EVENT;
+        let idp = Idp::start().await;
+        let (auth, _) = authenticator(settings(&idp));
+        let claims = json!({
+            "iss": idp.issuer(), "aud": "web", "iat": unix_now(), "jti": "j",
+            "sid": "s1", "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+        });
+        let token = testing::sign("RS256", Some("rsa1"), TestKey::Rsa1, &claims);
+        let logout = auth.verify_logout(&token).await.unwrap();
+        assert_eq!(logout.sid.as_deref(), Some("s1"));
+        assert_eq!(logout.sub, None);
+        // A key the provider publishes only after a rotation: one refresh, then accepted.
+        idp.set_jwks(JWKS_ROTATED);
+        let rotated = testing::sign("RS256", Some("rsa2"), TestKey::Rsa2, &claims);
+        assert!(auth.verify_logout(&rotated).await.is_ok());
+        let forged = testing::sign("RS256", Some("rsa1"), TestKey::Rsa2, &claims);
+        assert!(matches!(
+            auth.verify_logout(&forged).await,
+            Err(OidcError::Rejected { .. })
+        ));
+    }
 }
