@@ -110,7 +110,11 @@ pub async fn bench(secs: u64, conns: u32) -> Result<(), String> {
     let one = link("");
     let first = get(&node.url(&one)).await;
     if first.status != 200 {
-        return Err(format!("the signed link got {}: {}", first.status, first.text()));
+        return Err(format!(
+            "the signed link got {}: {}",
+            first.status,
+            first.text()
+        ));
     }
     // Prepared on all cores before anything is measured.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -163,7 +167,11 @@ pub async fn bench(secs: u64, conns: u32) -> Result<(), String> {
     };
     let open = on_node("gatehouse unprotected", &node.url("/bench/hello"), None);
     let before = derivations(&node).await?;
-    let cached = on_node("signed URL, one link (verified cache)", &node.url(&one), None);
+    let cached = on_node(
+        "signed URL, one link (verified cache)",
+        &node.url(&one),
+        None,
+    );
     let after_cached = derivations(&node).await?;
     let uncached = on_node(
         "signed URL, distinct links (a derivation per request)",

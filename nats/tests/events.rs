@@ -61,6 +61,7 @@ fn sign_in(id: &str) -> OutgoingEvent {
 fn subject_of(env: &DecodedEnvelope) -> String {
     match env.event().unwrap() {
         Event::UserSignedIn(e) => e.executant.unwrap().opaque_id,
+        Event::BackchannelLogout(e) => e.executant.unwrap().opaque_id,
         Event::UserCreated(e) => e.user_id,
         Event::GroupMemberAdded(e) | Event::GroupMemberRemoved(e) => e.user_id,
         Event::GroupCreated(e) => e.group_id,

@@ -106,7 +106,7 @@ pub fn build(
 + Sync
 + 'static {
     // One memo per worker: `build` runs once for each worker runtime.
-    let memo = Arc::new(IdentityMemo::new());
+    let memo = Arc::new(IdentityMemo::with_epoch(parts.identity.memo_epoch.clone()));
     ServiceBuilder::new()
         .layer(RequestIdLayer::default())
         .map_response(|r: Response<AccessLogBody<Body>>| {

@@ -1674,7 +1674,13 @@ fn signed_url_cases(key: &str) -> Vec<Case> {
     };
     let valid = sign(&link("/files/report", "id=7"), key);
     let refused = |name: &str, target: String| {
-        case(C, name, get_(&target), Expect::Status(&[401]), Reach::Nothing)
+        case(
+            C,
+            name,
+            get_(&target),
+            Expect::Status(&[401]),
+            Reach::Nothing,
+        )
     };
     let mut out = vec![
         case(
@@ -1695,24 +1701,27 @@ fn signed_url_cases(key: &str) -> Vec<Case> {
         .check(minted_for("marie")),
         refused("tampered parameter", valid.replace("id=7", "id=8")),
         refused("parameter added", format!("{valid}&admin=1")),
-        refused("path changed", valid.replace("/files/report", "/files/other")),
         refused(
-            "signature truncated",
-            valid[..valid.len() - 1].to_owned(),
+            "path changed",
+            valid.replace("/files/report", "/files/other"),
         ),
-        refused(
-            "signature upper-cased",
-            {
-                let (head, sig) = valid.rsplit_once('=').unwrap();
-                format!("{head}={}", sig.to_uppercase())
-            },
-        ),
+        refused("signature truncated", valid[..valid.len() - 1].to_owned()),
+        refused("signature upper-cased", {
+            let (head, sig) = valid.rsplit_once('=').unwrap();
+            format!("{head}={}", sig.to_uppercase())
+        }),
         refused("empty signature", {
             let (head, _) = valid.rsplit_once('=').unwrap();
             format!("{head}=")
         }),
-        refused("OC-Expires changed", valid.replace("OC-Expires=600", "OC-Expires=6000")),
-        refused("OC-Expires negative", valid.replace("OC-Expires=600", "OC-Expires=-5")),
+        refused(
+            "OC-Expires changed",
+            valid.replace("OC-Expires=600", "OC-Expires=6000"),
+        ),
+        refused(
+            "OC-Expires negative",
+            valid.replace("OC-Expires=600", "OC-Expires=-5"),
+        ),
         refused(
             "OC-Expires huge",
             valid.replace("OC-Expires=600", "OC-Expires=99999999999999999999999"),
@@ -1773,10 +1782,7 @@ fn signed_url_cases(key: &str) -> Vec<Case> {
             "signed with another key",
             sign(&link("/files/a", ""), &"ab".repeat(64)),
         ),
-        refused(
-            "signed with the empty key",
-            sign(&link("/files/a", ""), ""),
-        ),
+        refused("signed with the empty key", sign(&link("/files/a", ""), "")),
         refused(
             "unknown user",
             sign(
@@ -1817,7 +1823,13 @@ fn signed_url_cases(key: &str) -> Vec<Case> {
             .split(['?', '&'])
             .enumerate()
             .filter(|(_, p)| !p.starts_with(&format!("{missing}=")))
-            .map(|(i, p)| if i == 0 { p.to_owned() } else { format!("&{p}") })
+            .map(|(i, p)| {
+                if i == 0 {
+                    p.to_owned()
+                } else {
+                    format!("&{p}")
+                }
+            })
             .collect::<String>()
             .replacen('&', "?", 1);
         out.push(refused(&format!("{missing} missing"), target));
@@ -1872,12 +1884,18 @@ fn share_cases() -> Vec<Case> {
         refused(
             "wrong password",
             path,
-            &[("public-token", "hostiletoken"), ("Authorization", &basic("guess"))],
+            &[
+                ("public-token", "hostiletoken"),
+                ("Authorization", &basic("guess")),
+            ],
         ),
         refused(
             "empty password",
             path,
-            &[("public-token", "hostiletoken"), ("Authorization", &basic(""))],
+            &[
+                ("public-token", "hostiletoken"),
+                ("Authorization", &basic("")),
+            ],
         ),
         refused("no password", path, &[("public-token", "hostiletoken")]),
         refused(
@@ -1906,13 +1924,18 @@ fn share_cases() -> Vec<Case> {
         ),
         refused(
             "forged signature",
-            &format!("{path}?public-token=hostiletoken&signature=abc&expiration=2099-01-01T00%3A00%3A00Z"),
+            &format!(
+                "{path}?public-token=hostiletoken&signature=abc&expiration=2099-01-01T00%3A00%3A00Z"
+            ),
             &[],
         ),
         refused(
             "oversized token",
             path,
-            &[("public-token", &"t".repeat(5000)), ("Authorization", &good)],
+            &[
+                ("public-token", &"t".repeat(5000)),
+                ("Authorization", &good),
+            ],
         ),
         refused(
             "right password on a path that is not public",

@@ -136,8 +136,8 @@ async fn signed_urls_with_gateway_served_keys() {
     assert_eq!(up.count(), before + 2);
     let claims = backend_token(&up);
     assert_eq!(claims.user.username, "einstein");
-    assert_eq!(claims.user.id.unwrap().opaque_id, user_id);
     assert_eq!(claims.user.roles().unwrap(), [ROLE_USER]);
+    assert_eq!(claims.user.id.unwrap().opaque_id, user_id);
     let last = up.last().unwrap();
     assert!(
         last.uri.contains("OC-Signature="),
@@ -356,7 +356,8 @@ async fn public_share_tokens_checked_by_the_share_service() {
     shares.add_share(FixtureShare::new("s-open", "opentoken"));
     shares.add_share(FixtureShare::new("s-pw", "pwtoken").with_password("examples3cr3t"));
     shares.add_share(
-        FixtureShare::new("s-sig", "sigtoken").with_signature("examplesignature", "2099-01-01T00:00:00Z"),
+        FixtureShare::new("s-sig", "sigtoken")
+            .with_signature("examplesignature", "2099-01-01T00:00:00Z"),
     );
     let gw = node(
         &idp,
@@ -376,8 +377,15 @@ async fn public_share_tokens_checked_by_the_share_service() {
     assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.logs());
     let claims = backend_token(&up);
     assert_eq!(claims.user.username, "einstein", "the owner, as reva does");
-    assert!(claims.scope.contains_key("publicshare:s-open"), "{:?}", claims.scope.keys());
-    assert!(!claims.scope.contains_key("user"), "no owner scope for a guest");
+    assert!(
+        claims.scope.contains_key("publicshare:s-open"),
+        "{:?}",
+        claims.scope.keys()
+    );
+    assert!(
+        !claims.scope.contains_key("user"),
+        "no owner scope for a guest"
+    );
     let r = get_with(
         &dav("pwtoken"),
         &[

@@ -28,13 +28,13 @@ use crate::authn::oidc::{OidcAuthenticator, OidcSettings};
 use crate::authn::public_share::{PublicShareAuthenticator, PublicShareSettings};
 use crate::authn::signed_url::{SignedUrlAuthenticator, SignedUrlSettings};
 use crate::endpoints::logout::LogoutService;
-use crate::endpoints::well_known::WellKnown;
 use crate::layers::account::AccountServices;
 use crate::layers::authenticate::Authenticators;
 use crate::layers::endpoints::{Endpoints, SigningKeys};
 use crate::telemetry::Metrics;
 
 use self::events::IdentityEvents;
+use self::memo::{MemoEpoch, spawn_invalidation};
 
 /// Minted tokens kept per node (one per distinct user state).
 const MINT_CACHE_CAPACITY: usize = 100_000;
@@ -57,6 +57,8 @@ pub struct Identity {
     pub authenticators: Arc<Authenticators>,
     pub accounts: Arc<AccountServices>,
     pub endpoints: Arc<Endpoints>,
+    /// Shared by every worker's identity memo; advanced when a logout lands anywhere.
+    pub memo_epoch: MemoEpoch,
     oidc: Option<OidcAuthenticator>,
     userinfo: Arc<dyn Store>,
 }
@@ -139,17 +141,9 @@ impl Identity {
         let endpoints = Endpoints {
             root: config.http.root.trim_end_matches('/').to_owned(),
             logout: oidc.as_ref().map(|oidc| {
-                LogoutService::new(
-                    oidc.clone(),
-                    events.clone(),
-                    resolver.clone(),
-                    AccountSettings::from_config(config),
-                )
+                LogoutService::from_config(config, oidc.clone(), events.clone(), resolver.clone())
             }),
-            well_known: match (&oidc, config.oidc.rewrite_well_known) {
-                (Some(oidc), true) => Some(WellKnown::new(oidc.clone())),
-                _ => None,
-            },
+            well_known: oidc.clone().filter(|_| config.oidc.rewrite_well_known),
             signing_keys: match (
                 &stores.signing_keys,
                 config.pre_signed_url.serve_signing_keys,
@@ -185,6 +179,7 @@ impl Identity {
                 mfa_session: config.mfa.session_duration.0,
             }),
             endpoints: Arc::new(endpoints),
+            memo_epoch: MemoEpoch::new(),
             oidc,
             userinfo: stores.userinfo,
         })
@@ -207,11 +202,13 @@ impl Identity {
         .await
     }
 
-    /// Starts the background work (JWKS refresh) on the current runtime until `shutdown`.
+    /// Starts the background work (JWKS refresh, memo invalidation on logouts) on the current
+    /// runtime until `shutdown`.
     pub fn spawn_background(&self, shutdown: CancellationToken) {
         if let Some(oidc) = &self.oidc {
-            oidc.spawn_background(shutdown);
+            oidc.spawn_background(shutdown.clone());
         }
+        spawn_invalidation(self.userinfo.as_ref(), self.memo_epoch.clone(), shutdown);
     }
 }
 

@@ -178,7 +178,7 @@ where
                     apply(req.headers_mut(), &prepared);
                     if let Some(bearer) = &oidc.bearer {
                         let exp = oidc.claims.get("exp").and_then(serde_json::Value::as_u64);
-                        memo.put(bearer, prepared, exp, Instant::now());
+                        memo.put_since(bearer, prepared, exp, Instant::now(), oidc.memo_epoch);
                     }
                 }
                 Identity::Account { account, .. } => {

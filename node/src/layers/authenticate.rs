@@ -124,14 +124,18 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
+        let memo_epoch = self.memo.epoch();
         futures::future::Either::Right(Box::pin(async move {
             let mut req = req;
             match auth
                 .authenticate(req.method(), req.uri(), req.headers())
                 .await
             {
-                Outcome::Accepted(identity) => {
+                Outcome::Accepted(mut identity) => {
                     auth.metrics.authentication(AuthResult::Accepted);
+                    if let Identity::Oidc(oidc) = &mut identity {
+                        oidc.memo_epoch = memo_epoch;
+                    }
                     req.extensions_mut().insert(identity);
                 }
                 Outcome::Anonymous => auth.metrics.authentication(AuthResult::Anonymous),
@@ -167,6 +171,9 @@ pub struct OidcIdentity {
     pub new_session: bool,
     /// The bearer token, under which the account layer memoises the outcome.
     pub bearer: Option<Box<str>>,
+    /// The memo epoch before the token was resolved: an outcome that a logout may have
+    /// overtaken meanwhile is not memoised.
+    pub memo_epoch: u64,
 }
 
 /// How a claim-less [`Identity::Account`] proved itself.
@@ -231,6 +238,7 @@ impl Authenticators {
                         claims: Arc::new(serde_json::Value::Object((*claims).clone())),
                         new_session,
                         bearer: Some(token.into()),
+                        memo_epoch: 0,
                     }));
                 }
                 Err(OidcError::Unavailable {

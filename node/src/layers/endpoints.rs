@@ -18,10 +18,10 @@ use tower::{Layer, Service};
 use gatehouse_shared::store::Store;
 use gatehouse_shared::token::{OWNER_SCOPE_KEY, verify};
 
+use crate::authn::oidc::OidcAuthenticator;
 use crate::context::{Body, BoxError};
-use crate::endpoints::logout::LogoutService;
-use crate::endpoints::signing_key;
-use crate::endpoints::well_known::WellKnown;
+use crate::endpoints::logout::{self, LogoutService};
+use crate::endpoints::{signing_key, well_known};
 use crate::error::GatewayError;
 
 /// Largest back-channel logout body read (a logout token is a few KiB).
@@ -32,8 +32,9 @@ pub struct Endpoints {
     /// `http.root` without a trailing slash (`""` for `/`).
     pub root: String,
     pub logout: Option<LogoutService>,
-    /// Set when `oidc.rewrite_well_known` is on.
-    pub well_known: Option<WellKnown>,
+    /// The IdP whose discovery document is passed through; set when `oidc.rewrite_well_known`
+    /// is on.
+    pub well_known: Option<OidcAuthenticator>,
     /// Set when `pre_signed_url.serve_signing_keys` is on.
     pub signing_keys: Option<SigningKeys>,
 }
@@ -133,13 +134,13 @@ where
                         }
                     };
                     let content_type = parts.headers.get(http::header::CONTENT_TYPE);
-                    Ok(logout.handle(content_type, body).await)
+                    Ok(logout::handle(logout, content_type, body).await)
                 }
                 Target::WellKnown => {
                     let Some(well_known) = &endpoints.well_known else {
                         unreachable!("target() checked it")
                     };
-                    Ok(well_known.handle().await)
+                    Ok(well_known::handle(well_known).await)
                 }
                 Target::SigningKey(version) => {
                     let Some(keys) = &endpoints.signing_keys else {
