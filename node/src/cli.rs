@@ -118,23 +118,35 @@ fn needs_signing_keys(config: &Config) -> bool {
     config.pre_signed_url.enabled || config.pre_signed_url.serve_signing_keys || config.mfa.enabled
 }
 
-/// The signing-key store to open. Its oCIS default is NATS (the `ocs` service writes keys
-/// there); a node whose own state lives in memory — no NATS at all, as with the embedded
-/// defaults — keeps the keys in memory too, with a warning, rather than failing to start.
+/// The signing-key store to open. Left at its defaults (oCIS: NATS on the default address), it
+/// follows the node's state store: the same NATS servers and credentials when the state lives on
+/// NATS, or memory (with a warning) when the node has no NATS at all — the embedded defaults — so
+/// that configuring NATS once is enough and a development node starts without one.
 fn signing_key_store_config(config: &Config) -> StoreConfig {
     let cfg = &config.pre_signed_url.signing_keys;
-    let untouched = *cfg == PreSignedUrl::default().signing_keys;
-    if untouched && config.state_store.store == "memory" {
+    if *cfg != PreSignedUrl::default().signing_keys {
+        return cfg.clone();
+    }
+    let state = &config.state_store;
+    if state.store == "memory" {
         tracing::warn!(
-            "pre_signed_url.signing_keys is left at its NATS default but this node has no NATS \
-             state store: signing keys are kept in memory, per node"
+            "pre_signed_url.signing_keys is left at its defaults and this node keeps its state in \
+             memory: signing keys are kept in memory too, per node"
         );
         return StoreConfig {
             store: "memory".into(),
             ..cfg.clone()
         };
     }
-    cfg.clone()
+    StoreConfig {
+        store: state.store.clone(),
+        addresses: state.addresses.clone(),
+        username: state.username.clone(),
+        password: state.password.clone(),
+        replicas: state.replicas,
+        op_timeout: state.op_timeout,
+        ..cfg.clone()
+    }
 }
 
 /// `--dev`: what a newcomer needs for an authenticated request without an IdP.
@@ -485,5 +497,55 @@ async fn serve(config: Config) -> ExitCode {
             eprintln!("gatehouse: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signing_key_store_follows_the_state_store_unless_configured() {
+        let mut c = Config::default();
+        assert_eq!(signing_key_store_config(&c).store, "memory");
+
+        c.state_store.store = "nats-js-kv".into();
+        c.state_store.addresses = vec!["n1:4222".into(), "n2:4222".into()];
+        c.state_store.replicas = 3;
+        let keys = signing_key_store_config(&c);
+        assert_eq!(keys.store, "nats-js-kv");
+        assert_eq!(keys.addresses, c.state_store.addresses);
+        assert_eq!(keys.replicas, 3);
+        assert_eq!(
+            (keys.database.as_str(), keys.table.as_str()),
+            ("proxy", "signing-keys")
+        );
+
+        c.pre_signed_url.signing_keys.addresses = vec!["elsewhere:4222".into()];
+        assert_eq!(signing_key_store_config(&c).addresses, ["elsewhere:4222"]);
+    }
+
+    #[test]
+    fn development_mode_turns_on_basic_auth_and_demo_users() {
+        let mut c = Config::default();
+        development_mode(&mut c).unwrap();
+        assert!(c.enable_basic_auth && c.builtin_accounts.demo_users);
+        let mut graph = Config {
+            account_backend: "graph".into(),
+            ..Config::default()
+        };
+        assert!(
+            development_mode(&mut graph)
+                .unwrap_err()
+                .contains("account_backend")
+        );
+    }
+
+    #[test]
+    fn dev_is_a_server_flag() {
+        let cli = Cli::try_parse_from(["gatehouse", "server", "--dev"]).unwrap();
+        assert!(matches!(cli.command, Command::Server { dev: true }));
+        let cli = Cli::try_parse_from(["gatehouse", "server"]).unwrap();
+        assert!(matches!(cli.command, Command::Server { dev: false }));
     }
 }

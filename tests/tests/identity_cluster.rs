@@ -1,16 +1,20 @@
 //! Identity on a cluster: three gateway nodes sharing the claims cache, accounts, provisioning
 //! leases and group-sync marks through a real 3-node NATS JetStream cluster, with a real OpenID
-//! provider and (for the `graph` backend) the LibreGraph fixture.
+//! provider and (for the `graph` backend) the LibreGraph fixture: shared claims cache, exactly-once
+//! provisioning and group sync, signing keys issued once for the whole cluster, and a back-channel
+//! logout received by one node taking effect on all of them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use gatehouse_shared::token::verify;
-use gatehouse_tests::client::get_with;
+use gatehouse_tests::client::{get, get_with};
 use gatehouse_tests::graph::GraphFixture;
 use gatehouse_tests::idp::{Idp, TokenOptions};
 use gatehouse_tests::nats::NatsCluster;
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
+use gatehouse_tests::signing::{Link, sign};
 use gatehouse_tests::upstream::Upstream;
+use gatehouse_tests::wait_until;
 
 const SECRET: &str = "cluster-test-secret";
 
@@ -21,7 +25,8 @@ struct Cluster {
     nodes: Vec<GatehouseNode>,
 }
 
-/// `backend` is the YAML selecting the account backend (empty: builtin). Store operations get
+/// `backend` is further YAML, e.g. selecting the account backend (empty: builtin); `@ADDRESSES@`
+/// in it becomes the NATS client addresses. Store operations get
 /// 2 s instead of the production 200 ms: these tests check exactly-once behaviour on a shared
 /// 2-core machine, not latency, and a timed-out store call is (correctly) a 503.
 async fn cluster(backend: &str, env: &[(&str, &str)]) -> Cluster {
@@ -39,6 +44,9 @@ async fn cluster(backend: &str, env: &[(&str, &str)]) -> Cluster {
         "policies:
   - name: ocis
     routes:
+      - endpoint: /backchannel_logout
+        backend: {up}
+        unprotected: true
       - endpoint: /
         backend: {up}
 oidc:
@@ -51,6 +59,7 @@ token_manager: {{jwt_secret: {SECRET}}}
 {backend}",
         up = up.url(),
         iss = idp.issuer(),
+        backend = backend.replace("@ADDRESSES@", &addresses),
     );
     let mut nodes = Vec::new();
     for _ in 0..3 {
@@ -232,5 +241,184 @@ async fn graph_provisioning_and_group_sync_happen_once_cluster_wide() {
     assert_eq!(
         groups,
         ["physics-lovers", "sailing-lovers", "users", "violin-haters"]
+    );
+}
+
+#[tokio::test]
+async fn signing_keys_are_issued_once_and_signed_urls_work_on_every_node() {
+    let c = cluster(
+        "pre_signed_url:
+  serve_signing_keys: true
+  signing_keys: {store: nats-js-kv, addresses: [@ADDRESSES@], replicas: 3, op_timeout: 2s}
+",
+        &[],
+    )
+    .await;
+    let t = c.idp.user_token("einstein", TokenOptions::jwt()).await;
+    let auth = bearer(t.access_token());
+    let r = get_with(&c.nodes[0].url("/first"), &[("authorization", &auth)]).await;
+    assert_eq!(r.status, 200, "{}", c.nodes[0].logs());
+
+    // Every node asked at the same moment for a key that does not exist yet: one key.
+    let tasks: Vec<_> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let url = n.url("/ocs/v1.php/cloud/user/signing-key");
+            let auth = auth.clone();
+            tokio::spawn(async move { get_with(&url, &[("authorization", &auth)]).await })
+        })
+        .collect();
+    let mut keys = Vec::new();
+    for task in tasks {
+        let r = task.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        keys.push(v["ocs"]["data"]["signing-key"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        keys.iter().all(|k| k == &keys[0] && k.len() == 128),
+        "{keys:?}"
+    );
+
+    // A link signed with it works on every node (each signed for the Host it is sent to).
+    for (i, node) in c.nodes.iter().enumerate() {
+        let host = node.http.to_string();
+        let url = sign(
+            &Link {
+                host: &host,
+                path: "/files/shared.pdf",
+                params: "",
+                user: "einstein",
+                verb: "GET",
+                signed_at: SystemTime::now(),
+                expires: Duration::from_secs(300),
+            },
+            &keys[0],
+        );
+        let r = get(&node.url(&url)).await;
+        assert_eq!(r.status, 200, "node {i}: {}\n{}", r.text(), node.logs());
+    }
+}
+
+#[tokio::test]
+async fn a_back_channel_logout_on_one_node_ends_the_session_on_all_within_100ms() {
+    let c = cluster("", &[]).await;
+    let session = c
+        .idp
+        .user_token("marie", TokenOptions::jwt().sid("session-to-end"))
+        .await;
+    let other = c
+        .idp
+        .user_token("marie", TokenOptions::jwt().sid("session-to-keep"))
+        .await;
+    let (end, keep) = (bearer(session.access_token()), bearer(other.access_token()));
+    // Every node has the session cached and memoised.
+    for _ in 0..3 {
+        for node in &c.nodes {
+            for auth in [&end, &keep] {
+                let r = get_with(&node.url("/warm"), &[("authorization", auth)]).await;
+                assert_eq!(r.status, 200, "{}", node.logs());
+            }
+        }
+    }
+
+    let target = c.nodes[0].url("/backchannel_logout");
+    let (status, body) = c
+        .idp
+        .backchannel_logout(&target, Some("session-to-end"), None)
+        .await;
+    assert_eq!((status, body.trim()), (200, "null"));
+    let done = Instant::now();
+    let mut refused_after = Vec::new();
+    for node in &c.nodes[1..] {
+        loop {
+            let r = get_with(&node.url("/after"), &[("authorization", &end)]).await;
+            if r.status == 401 {
+                refused_after.push(done.elapsed());
+                break;
+            }
+            assert_eq!(r.status, 200);
+            assert!(
+                done.elapsed() < Duration::from_secs(5),
+                "the session still works on a peer 5 s after the logout"
+            );
+        }
+    }
+    println!("peers refused the ended session after {refused_after:?}");
+    assert!(
+        refused_after
+            .iter()
+            .all(|d| *d < Duration::from_millis(100)),
+        "peers took {refused_after:?}"
+    );
+    // It stays ended (the JWT itself is still valid), and the other session is untouched.
+    for node in &c.nodes {
+        let r = get_with(&node.url("/later"), &[("authorization", &end)]).await;
+        assert_eq!(r.status, 401);
+        let r = get_with(&node.url("/later"), &[("authorization", &keep)]).await;
+        assert_eq!(r.status, 200);
+    }
+
+    // Logout by subject (which oCIS does not support) ends every session of the user.
+    let sub = session.access_claims()["sub"].as_str().unwrap().to_owned();
+    let (status, _) = c
+        .idp
+        .backchannel_logout(&c.nodes[2].url("/backchannel_logout"), None, Some(&sub))
+        .await;
+    assert_eq!(status, 200);
+    let done = Instant::now();
+    for node in &c.nodes {
+        loop {
+            let r = get_with(&node.url("/sub"), &[("authorization", &keep)]).await;
+            if r.status == 401 {
+                break;
+            }
+            assert!(
+                done.elapsed() < Duration::from_millis(100),
+                "sub logout too slow"
+            );
+        }
+    }
+    // A login after the logout works. Tokens issued in the logout's second (`iat` has one-second
+    // resolution) are refused too, so a fresh token may need the next second.
+    let node = &c.nodes[1];
+    let idp = &c.idp;
+    assert!(
+        wait_until(Duration::from_secs(3), || async move {
+            let fresh = idp.user_token("marie", TokenOptions::jwt()).await;
+            let auth = bearer(fresh.access_token());
+            get_with(&node.url("/fresh"), &[("authorization", &auth)])
+                .await
+                .status
+                == 200
+        })
+        .await,
+        "a token issued after the logout is accepted"
+    );
+
+    // A forged logout token is refused and ends nothing.
+    let r = gatehouse_tests::client::send(
+        "POST",
+        &target,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        gatehouse_tests::client::full("logout_token=eyJhbGciOiJub25lIn0.e30."),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    // One event per ended session: the sid logout and the subject logout (one session left).
+    let nats = &c.nats;
+    assert!(
+        wait_until(Duration::from_secs(5), || async move {
+            published_event_types(nats)
+                .await
+                .iter()
+                .filter(|t| t.as_str() == "events.BackchannelLogout")
+                .count()
+                == 2
+        })
+        .await,
+        "{:?}",
+        published_event_types(&c.nats).await
     );
 }
