@@ -56,8 +56,9 @@ pub struct Cli {
 enum Command {
     /// Run the gateway until SIGTERM/SIGINT, then drain and exit.
     Server {
-        /// Development mode: Basic auth on and the oCIS demo users (einstein/relativity,
-        /// marie/radioactivity, admin/admin, …) created in the builtin account backend.
+        /// Development mode: Basic auth on, the oCIS demo users (einstein/relativity,
+        /// marie/radioactivity, admin/admin, …) created in the builtin account backend, and the
+        /// signing-key endpoint served by the gateway.
         #[arg(long)]
         dev: bool,
     },
@@ -149,6 +150,21 @@ fn signing_key_store_config(config: &Config) -> StoreConfig {
     }
 }
 
+/// Settings that must never reach production, said at start-up whatever the log level.
+fn development_warnings(config: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if config.enable_basic_auth {
+        out.push("Basic auth is enabled (PROXY_ENABLE_BASIC_AUTH): for development only");
+    }
+    if config.builtin_accounts.demo_users {
+        out.push(
+            "the oCIS demo users exist with their published passwords (builtin_accounts.demo_users): \
+             for development only",
+        );
+    }
+    out
+}
+
 /// `--dev`: what a newcomer needs for an authenticated request without an IdP.
 fn development_mode(config: &mut Config) -> Result<(), String> {
     if config.account_backend != "builtin" {
@@ -159,6 +175,8 @@ fn development_mode(config: &mut Config) -> Result<(), String> {
     }
     config.enable_basic_auth = true;
     config.builtin_accounts.demo_users = true;
+    // The one endpoint the gateway answers itself for a user: something to ask without oCIS.
+    config.pre_signed_url.serve_signing_keys = true;
     Ok(())
 }
 
@@ -318,6 +336,10 @@ async fn serve(config: Config) -> ExitCode {
     };
     // Fails only if a provider is already installed, which is what we want anyway.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // On stderr as well as in the log: the default log level (error) would hide the warning.
+    for warning in development_warnings(&config) {
+        eprintln!("gatehouse: WARNING: {warning}");
+    }
 
     let metrics = Metrics::new(VERSION);
     let health = Health::new();
@@ -530,6 +552,9 @@ mod tests {
         let mut c = Config::default();
         development_mode(&mut c).unwrap();
         assert!(c.enable_basic_auth && c.builtin_accounts.demo_users);
+        assert!(c.pre_signed_url.serve_signing_keys);
+        assert_eq!(development_warnings(&c).len(), 2);
+        assert!(development_warnings(&Config::default()).is_empty());
         let mut graph = Config {
             account_backend: "graph".into(),
             ..Config::default()

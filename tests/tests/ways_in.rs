@@ -274,7 +274,7 @@ async fn basic_auth_against_the_demo_users() {
     )
     .await;
     assert!(
-        gw.logs().contains("basic auth"),
+        gw.logs().contains("WARNING: Basic auth is enabled"),
         "a warning says basic auth is on\n{}",
         gw.logs()
     );
