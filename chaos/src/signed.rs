@@ -31,7 +31,7 @@ fn node_yaml(upstream: &str, issuer: &str) -> String {
       - endpoint: /bench
         backend: {upstream}
         unprotected: true
-      - endpoint: /dl
+      - endpoint: /
         backend: {upstream}
 oidc:
   issuer: {issuer}
@@ -86,10 +86,10 @@ pub async fn bench(secs: u64, conns: u32) -> Result<(), String> {
     )
     .await;
     let v: serde_json::Value =
-        serde_json::from_slice(&r.body).map_err(|e| format!("signing key answer: {e}"))?;
+        serde_json::from_slice(&r.body).map_err(|e| format!("signing key answer {}: {e}", r.status))?;
     let key = v["ocs"]["data"]["signing-key"]
         .as_str()
-        .ok_or_else(|| format!("no signing key: {}", r.text()))?
+        .ok_or_else(|| format!("no signing key ({}): {}", r.status, r.text()))?
         .to_owned();
 
     let now = SystemTime::now();
