@@ -443,9 +443,9 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::time::UNIX_EPOCH;
 
-    use async_trait::async_trait;
     use gatehouse_shared::auth::signed_url::derive_signature;
-    use gatehouse_shared::store::{Change, Entry, ManualClock, MemoryStore, StoreResult};
+    use gatehouse_shared::store::ManualClock;
+    use gatehouse_shared::store::testing::FaultyStore;
 
     use super::*;
     use crate::accounts::backend::NewUser;
@@ -459,76 +459,14 @@ mod tests {
     const KEY: &str = "3f1c7a9e0b5d2f4a6c8e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d1f3a\
                        5c7e9b0d2f4a6c8e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d1f3a5c7e";
 
-    /// A store that counts reads and can be switched off.
-    struct Probe {
-        inner: MemoryStore,
-        reads: AtomicUsize,
-        down: AtomicBool,
-    }
-
-    impl Probe {
-        fn new() -> Arc<Self> {
-            Arc::new(Probe {
-                inner: MemoryStore::new(),
-                reads: AtomicUsize::new(0),
-                down: AtomicBool::new(false),
-            })
-        }
-
-        fn reads(&self) -> usize {
-            self.reads.load(Ordering::SeqCst)
-        }
-
-        fn fail_if_down(&self) -> StoreResult<()> {
-            if self.down.load(Ordering::SeqCst) {
-                Err(StoreError::Unavailable("connection refused".into()))
-            } else {
-                Ok(())
-            }
-        }
-    }
-
-    #[async_trait]
-    impl Store for Probe {
-        async fn get(&self, key: &str) -> StoreResult<Option<Entry>> {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            self.fail_if_down()?;
-            self.inner.get(key).await
-        }
-        async fn put(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64> {
-            self.fail_if_down()?;
-            self.inner.put(key, value, ttl).await
-        }
-        async fn create(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64> {
-            self.fail_if_down()?;
-            self.inner.create(key, value, ttl).await
-        }
-        async fn update(
-            &self,
-            key: &str,
-            value: Bytes,
-            ttl: Option<Duration>,
-            expected: u64,
-        ) -> StoreResult<u64> {
-            self.fail_if_down()?;
-            self.inner.update(key, value, ttl, expected).await
-        }
-        async fn delete(&self, key: &str) -> StoreResult<()> {
-            self.fail_if_down()?;
-            self.inner.delete(key).await
-        }
-        fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
-            self.inner.changes()
-        }
-        fn kind(&self) -> &'static str {
-            "probe"
-        }
+    fn down(store: &FaultyStore, down: bool) {
+        store.fail_all(down.then(|| StoreError::Unavailable("connection refused".into())));
     }
 
     struct Fixture {
         auth: Arc<SignedUrlAuthenticator>,
-        keys: Arc<Probe>,
-        state: Arc<Probe>,
+        keys: Arc<FaultyStore>,
+        state: Arc<FaultyStore>,
         clock: Arc<ManualClock>,
         user_id: String,
     }
@@ -545,8 +483,8 @@ mod tests {
     }
 
     async fn fixture(settings: SignedUrlSettings) -> Fixture {
-        let state = Probe::new();
-        let keys = Probe::new();
+        let state = FaultyStore::memory();
+        let keys = FaultyStore::memory();
         let accounts = AccountResolver::new(
             AccountSettings::from_config(&Config::default()),
             state.clone(),
@@ -852,7 +790,7 @@ mod tests {
     async fn store_trouble_is_unavailable_not_invalid() {
         let f = fixture(settings()).await;
         let url = alice_url();
-        f.keys.down.store(true, Ordering::SeqCst);
+        down(&f.keys, true);
         let err = f.get(&url).await.unwrap_err();
         assert!(
             matches!(err, SignedUrlRejection::Unavailable { .. }),
@@ -860,14 +798,14 @@ mod tests {
         );
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(err.is_retryable());
-        f.keys.down.store(false, Ordering::SeqCst);
-        f.state.down.store(true, Ordering::SeqCst);
+        down(&f.keys, false);
+        down(&f.state, true);
         let err = f.get(&url).await.unwrap_err();
         assert!(
             matches!(err, SignedUrlRejection::Unavailable { .. }),
             "{err:?}"
         );
-        f.state.down.store(false, Ordering::SeqCst);
+        down(&f.state, false);
         assert!(f.get(&url).await.is_ok());
         assert_eq!(f.auth.derivations(), 1);
     }

@@ -193,14 +193,14 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
     use gatehouse_shared::events::{Event, RecordingSink};
     use gatehouse_shared::oidc::logout::BACKCHANNEL_LOGOUT_EVENT;
     use gatehouse_shared::oidc::sessions::sessions_key;
     use gatehouse_shared::oidc::testing::{self, TestKey};
-    use gatehouse_shared::store::{Change, Entry, MemoryStore, Store, StoreError, StoreResult};
+    use gatehouse_shared::store::testing::FaultyStore;
+    use gatehouse_shared::store::{Store, StoreError};
     use serde_json::json;
 
     use super::*;
@@ -223,68 +223,17 @@ mod tests {
         }
     }
 
-    /// A memory store whose writes and deletions fail while `failing` is set.
-    #[derive(Default)]
-    struct FlakyStore {
-        inner: MemoryStore,
-        failing: AtomicBool,
-    }
-
-    impl FlakyStore {
-        fn check(&self) -> StoreResult<()> {
-            if self.failing.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("test".into()));
-            }
-            Ok(())
-        }
-    }
-
-    #[async_trait]
-    impl Store for FlakyStore {
-        async fn get(&self, key: &str) -> StoreResult<Option<Entry>> {
-            self.inner.get(key).await
-        }
-        async fn put(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64> {
-            self.check()?;
-            self.inner.put(key, value, ttl).await
-        }
-        async fn create(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64> {
-            self.check()?;
-            self.inner.create(key, value, ttl).await
-        }
-        async fn update(
-            &self,
-            key: &str,
-            value: Bytes,
-            ttl: Option<Duration>,
-            expected: u64,
-        ) -> StoreResult<u64> {
-            self.check()?;
-            self.inner.update(key, value, ttl, expected).await
-        }
-        async fn delete(&self, key: &str) -> StoreResult<()> {
-            self.check()?;
-            self.inner.delete(key).await
-        }
-        fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
-            self.inner.changes()
-        }
-        fn kind(&self) -> &'static str {
-            "flaky"
-        }
-    }
-
     struct Setup {
         idp: Idp,
         oidc: OidcAuthenticator,
-        store: Arc<FlakyStore>,
+        store: Arc<FaultyStore>,
         sink: Arc<RecordingSink>,
         service: LogoutService,
     }
 
     async fn setup() -> Setup {
         let idp = Idp::start().await;
-        let store = Arc::new(FlakyStore::default());
+        let store = FaultyStore::memory();
         let oidc = OidcAuthenticator::new(settings(&idp), store.clone()).unwrap();
         let sink = Arc::new(RecordingSink::new());
         let events = IdentityEvents::new(sink.clone(), &idp.issuer());
@@ -538,7 +487,8 @@ mod tests {
         let s = setup().await;
         let token = s.idp.rsa1(json!({"sid": "s1"}));
         s.oidc.authenticate(&token).await.unwrap();
-        s.store.failing.store(true, Ordering::SeqCst);
+        s.store
+            .fail_writes(Some(StoreError::Unavailable("test".into())));
         let (status, body) = s.logout(json!({"sid": "s1"})).await;
         assert!(is_invalid_request(status, &body), "{status} {body}");
         assert!(s.sink.take().is_empty());

@@ -282,94 +282,14 @@ fn push_element(out: &mut String, name: &str, text: &str) {
 #[cfg(test)]
 mod tests {
 
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use async_trait::async_trait;
-    use gatehouse_shared::store::{Change, Entry, MemoryStore, StoreResult};
+    use gatehouse_shared::store::testing::FaultyStore;
     use serde_json::{Value, json};
-    use tokio::sync::Barrier;
 
     use super::*;
 
     const USER: &str = "ddc2004c-0977-11eb-9d3f-a793888cd0f8";
-
-    /// A store whose reads and writes can fail, and whose first `hold_reads` reads wait for each
-    /// other (to make two first calls race).
-    struct Probe {
-        inner: MemoryStore,
-        reads_down: AtomicBool,
-        writes_down: AtomicBool,
-        barrier: Barrier,
-        held: AtomicUsize,
-        hold_reads: usize,
-    }
-
-    impl Probe {
-        fn new(hold_reads: usize) -> Arc<Self> {
-            Arc::new(Probe {
-                inner: MemoryStore::new(),
-                reads_down: AtomicBool::new(false),
-                writes_down: AtomicBool::new(false),
-                barrier: Barrier::new(hold_reads.max(1)),
-                held: AtomicUsize::new(0),
-                hold_reads,
-            })
-        }
-
-        fn writes(&self) -> StoreResult<()> {
-            if self.writes_down.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("no responders".into()));
-            }
-            Ok(())
-        }
-    }
-
-    #[async_trait]
-    impl Store for Probe {
-        async fn get(&self, key: &str) -> StoreResult<Option<Entry>> {
-            if self.reads_down.load(Ordering::SeqCst) {
-                return Err(StoreError::Timeout {
-                    op: "get",
-                    after: Duration::from_secs(2),
-                });
-            }
-            let read = self.inner.get(key).await;
-            if self.held.fetch_add(1, Ordering::SeqCst) < self.hold_reads {
-                self.barrier.wait().await;
-            }
-            read
-        }
-        async fn put(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64> {
-            self.writes()?;
-            self.inner.put(key, value, ttl).await
-        }
-        async fn create(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> StoreResult<u64> {
-            self.writes()?;
-            self.inner.create(key, value, ttl).await
-        }
-        async fn update(
-            &self,
-            key: &str,
-            value: Bytes,
-            ttl: Option<Duration>,
-            expected: u64,
-        ) -> StoreResult<u64> {
-            self.writes()?;
-            self.inner.update(key, value, ttl, expected).await
-        }
-        async fn delete(&self, key: &str) -> StoreResult<()> {
-            self.writes()?;
-            self.inner.delete(key).await
-        }
-        fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
-            self.inner.changes()
-        }
-        fn kind(&self) -> &'static str {
-            "probe"
-        }
-    }
 
     async fn body(resp: Response<Body>) -> (StatusCode, String, String) {
         let status = resp.status();
@@ -414,7 +334,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_key_is_created_once_and_then_returned() {
-        let store = Probe::new(0);
+        let store = FaultyStore::memory();
         let (status, v1) = json_of(handle(store.as_ref(), USER, OcsVersion::V1, false).await).await;
         assert_eq!(status, StatusCode::OK);
         let key = v1["ocs"]["data"]["signing-key"]
@@ -443,7 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_written_by_ocis_is_returned_unchanged() {
-        let store = Probe::new(0);
+        let store = FaultyStore::memory();
         store
             .put(USER, Bytes::from_static(b"1234567890"), None)
             .await
@@ -456,7 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_key_is_replaced() {
-        let store = Probe::new(0);
+        let store = FaultyStore::memory();
         store.put(USER, Bytes::new(), None).await.unwrap();
         let key = signing_key(store.as_ref(), USER).await.unwrap();
         assert!(is_key(&key));
@@ -469,7 +389,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_concurrent_first_calls_hand_out_one_key() {
         // Both calls read "no key" before either writes: one create wins, the other re-reads.
-        let store = Probe::new(2);
+        let store = FaultyStore::memory();
+        store.hold_reads(2);
         let calls: Vec<_> = (0..2)
             .map(|_| {
                 let store = store.clone();
@@ -486,12 +407,12 @@ mod tests {
             store.get(USER).await.unwrap().unwrap().value,
             Bytes::from(keys[0].clone())
         );
-        assert!(store.held.load(Ordering::SeqCst) >= 3, "the loser re-read");
+        assert!(store.reads() >= 3, "the loser re-read");
     }
 
     #[tokio::test]
     async fn xml_when_asked() {
-        let store = Probe::new(0);
+        let store = FaultyStore::memory();
         store
             .put(USER, Bytes::from_static(b"abc123"), None)
             .await
@@ -515,8 +436,11 @@ mod tests {
 
     #[tokio::test]
     async fn store_failures_are_ocs_996() {
-        let store = Probe::new(0);
-        store.reads_down.store(true, Ordering::SeqCst);
+        let store = FaultyStore::memory();
+        store.fail_reads(Some(StoreError::Timeout {
+            op: "get",
+            after: Duration::from_secs(2),
+        }));
         let (status, v2) = json_of(handle(store.as_ref(), USER, OcsVersion::V2, false).await).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(
@@ -531,8 +455,8 @@ mod tests {
         let err = signing_key(store.as_ref(), USER).await.unwrap_err();
         assert!(err.is_retryable());
 
-        store.reads_down.store(false, Ordering::SeqCst);
-        store.writes_down.store(true, Ordering::SeqCst);
+        store.fail_reads(None);
+        store.fail_writes(Some(StoreError::Unavailable("no responders".into())));
         let (status, content_type, text) =
             body(handle(store.as_ref(), USER, OcsVersion::V2, true).await).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -549,7 +473,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_user_is_a_bad_request() {
-        let store = Probe::new(0);
+        let store = FaultyStore::memory();
         let (status, v2) = json_of(handle(store.as_ref(), "", OcsVersion::V2, false).await).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(v2["ocs"]["meta"]["statuscode"], 400);

@@ -92,9 +92,8 @@ fn age(at: SystemTime, now: SystemTime) -> Option<Duration> {
 mod tests {
     use std::sync::Arc;
 
-    use gatehouse_shared::store::{
-        Change, Clock, Entry, ManualClock, MemoryStore, NoopStore, StoreResult,
-    };
+    use gatehouse_shared::store::testing::FaultyStore;
+    use gatehouse_shared::store::{Clock, ManualClock, MemoryStore, NoopStore};
 
     use super::*;
 
@@ -201,39 +200,13 @@ mod tests {
         assert!(proven(&store, USER, clock.now(), SESSION).await);
     }
 
-    /// A store whose backend is unreachable.
-    struct Down;
-
-    #[async_trait::async_trait]
-    impl Store for Down {
-        async fn get(&self, _: &str) -> StoreResult<Option<Entry>> {
-            Err(StoreError::Unavailable("no servers".into()))
-        }
-        async fn put(&self, _: &str, _: Bytes, _: Option<Duration>) -> StoreResult<u64> {
-            Err(StoreError::Unavailable("no servers".into()))
-        }
-        async fn create(&self, _: &str, _: Bytes, _: Option<Duration>) -> StoreResult<u64> {
-            Err(StoreError::Unavailable("no servers".into()))
-        }
-        async fn update(&self, _: &str, _: Bytes, _: Option<Duration>, _: u64) -> StoreResult<u64> {
-            Err(StoreError::Unavailable("no servers".into()))
-        }
-        async fn delete(&self, _: &str) -> StoreResult<()> {
-            Err(StoreError::Unavailable("no servers".into()))
-        }
-        fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
-            tokio::sync::broadcast::channel(1).1
-        }
-        fn kind(&self) -> &'static str {
-            "down"
-        }
-    }
-
     #[tokio::test]
     async fn store_errors_fail_closed() {
+        let down = FaultyStore::memory();
+        down.fail_all(Some(StoreError::Unavailable("no servers".into())));
         let now = SystemTime::now();
-        assert!(!proven(&Down, USER, now, SESSION).await);
-        let err = record(&Down, USER, now, SESSION).await.unwrap_err();
+        assert!(!proven(down.as_ref(), USER, now, SESSION).await);
+        let err = record(down.as_ref(), USER, now, SESSION).await.unwrap_err();
         assert!(err.is_retryable());
         assert!(!proven(&NoopStore::new(), USER, now, SESSION).await);
     }

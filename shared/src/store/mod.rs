@@ -11,6 +11,8 @@ mod codec;
 mod memory;
 mod near_cache;
 mod noop;
+#[doc(hidden)]
+pub mod testing;
 
 use std::time::{Duration, SystemTime};
 
