@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(applies, "check accepted {query:?} but applies() said no");
     // `OC-Expires=0` passes while `OC-Date` lies ahead (within the skew), as in oCIS.
     assert!(params.expires_at > now);
-    assert_eq!(Some(params.expires_at), params.signed_at.checked_add(params.lifetime));
+    assert_eq!(
+        Some(params.expires_at),
+        params.signed_at.checked_add(params.lifetime)
+    );
     assert!(params.signed_at <= now + Duration::from_secs(300));
     assert!(params.expires_at > SystemTime::UNIX_EPOCH);
 
