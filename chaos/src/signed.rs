@@ -85,8 +85,8 @@ pub async fn bench(secs: u64, conns: u32) -> Result<(), String> {
         &[("authorization", &bearer)],
     )
     .await;
-    let v: serde_json::Value =
-        serde_json::from_slice(&r.body).map_err(|e| format!("signing key answer {}: {e}", r.status))?;
+    let v: serde_json::Value = serde_json::from_slice(&r.body)
+        .map_err(|e| format!("signing key answer {}: {e}", r.status))?;
     let key = v["ocs"]["data"]["signing-key"]
         .as_str()
         .ok_or_else(|| format!("no signing key ({}): {}", r.status, r.text()))?

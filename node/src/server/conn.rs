@@ -1,12 +1,13 @@
 //! Per-connection plumbing between hyper and the pipeline: every request gets the connection's
 //! [`ConnInfo`] and the [`ClientAddr`], and the connection keeps count of requests in flight so
-//! that an idle keep-alive connection can be closed.
+//! that an idle keep-alive connection can be closed, and a connection whose first request never
+//! arrives can be told apart from one that is merely between requests.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,6 +26,9 @@ use crate::proxy::forwarded::TrustedProxies;
 pub(crate) struct Activity {
     in_flight: AtomicUsize,
     idle_since_ms: AtomicU64,
+    /// Set when hyper hands over the first complete request head.
+    first_request: AtomicBool,
+    /// When the connection started being served (after the TLS handshake).
     epoch: Instant,
 }
 
@@ -33,6 +37,7 @@ impl Activity {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            first_request: AtomicBool::new(false),
             epoch: Instant::now(),
         })
     }
@@ -42,6 +47,7 @@ impl Activity {
     }
 
     fn start(self: &Arc<Self>) -> InFlight {
+        self.first_request.store(true, Ordering::Release);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }
@@ -60,6 +66,16 @@ impl Activity {
                 timeout
             };
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Resolves if no complete request head has arrived `timeout` after the connection started
+    /// (whatever the client sent meanwhile: nothing, part of the HTTP/2 preface, only SETTINGS
+    /// frames, part of a head); never resolves once one has.
+    pub(crate) async fn no_request_within(&self, timeout: Duration) {
+        tokio::time::sleep_until(self.epoch + timeout).await;
+        if self.first_request.load(Ordering::Acquire) {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -152,5 +168,30 @@ impl HttpBody for TrackedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn first_request_deadline_fires_only_without_a_request() {
+        let silent = Activity::new();
+        let started = Instant::now();
+        silent.no_request_within(Duration::from_secs(1)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+
+        let served = Activity::new();
+        drop(served.start());
+        let waited = tokio::time::timeout(
+            Duration::from_secs(60),
+            served.no_request_within(Duration::from_secs(1)),
+        )
+        .await;
+        assert!(
+            waited.is_err(),
+            "the deadline fired after a request had arrived"
+        );
     }
 }

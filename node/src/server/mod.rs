@@ -2,9 +2,14 @@
 //! in clear text), limits against slow or abusive clients, and a graceful drain.
 //!
 //! Limits (all from `http.*`; a zero duration disables a timeout):
-//! - `header_read_timeout`: time to send a complete request head (HTTP/1.1) and to finish the TLS
-//!   handshake. hyper starts this timer whenever an HTTP/1.1 connection waits for a request head,
-//!   so it also bounds how long an idle HTTP/1.1 keep-alive connection lives.
+//! - `header_read_timeout`: time to finish the TLS handshake, and then time until the first
+//!   complete request head has arrived, protocol detection included: the HTTP/1.1 head, or for
+//!   HTTP/2 the preface, the SETTINGS exchange and the first stream's HEADERS. hyper only starts
+//!   its own HTTP/1.1 timer once it knows the protocol, and has none for HTTP/2, so without the
+//!   connection-level deadline a client that sent nothing, or a prefix of the HTTP/2 preface, was
+//!   held until `idle_timeout`. hyper's timer then bounds every later HTTP/1.1 head, and with it
+//!   how long an idle HTTP/1.1 keep-alive connection lives; later HTTP/2 streams are bounded by
+//!   `idle_timeout`.
 //! - `max_header_bytes`: largest request head. HTTP/1.1 heads above it get 431 and the connection
 //!   is closed (hyper's read buffer cannot be smaller than 8192, so smaller values act as 8192);
 //!   HTTP/2 uses it as `SETTINGS_MAX_HEADER_LIST_SIZE`. Zero keeps hyper's defaults.
@@ -22,6 +27,8 @@
 //! `serve` returns once every worker thread has ended.
 
 mod conn;
+#[cfg(test)]
+mod tests;
 pub mod tls;
 mod worker;
 
@@ -337,17 +344,18 @@ struct Handler<S> {
     service: S,
     trusted: Arc<TrustedProxies>,
     info: ConnInfo,
+    header_read_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
     shutdown: CancellationToken,
 }
 
 impl<S: RequestService> Handler<S> {
-    async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>, handshake: Option<Duration>) {
+    async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
         match tls {
             None => self.serve(TokioIo::new(tcp)).await,
             Some(acceptor) => {
                 let accept = acceptor.accept(tcp);
-                let stream = match handshake {
+                let stream = match self.header_read_timeout {
                     Some(t) => match tokio::time::timeout(t, accept).await {
                         Ok(r) => r,
                         Err(_) => {
@@ -388,12 +396,25 @@ impl<S: RequestService> Handler<S> {
             }
         };
         tokio::pin!(idle);
+        let first_request = async {
+            match self.header_read_timeout {
+                Some(t) => activity.no_request_within(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(first_request);
         loop {
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
                         tracing::debug!(peer = %self.info.peer, error = %e, "connection ended with an error");
                     }
+                    return;
+                }
+                () = &mut first_request => {
+                    // Dropping the connection closes the socket: nothing was requested, so there
+                    // is nothing to answer or to finish.
+                    tracing::debug!(peer = %self.info.peer, "no complete request head within header_read_timeout");
                     return;
                 }
                 () = self.shutdown.cancelled(), if !closing => {

@@ -143,14 +143,14 @@ fn serve<F, S>(
                         service: service.clone(),
                         trusted: shared.trusted.clone(),
                         info,
+                        header_read_timeout: shared.limits.header_read_timeout,
                         idle_timeout: shared.limits.idle_timeout,
                         shutdown: shared.shutdown.clone(),
                     };
                     let tls = shared.tls.clone();
-                    let handshake = shared.limits.header_read_timeout;
                     conns.spawn(async move {
                         let _guard = guard;
-                        handler.run(tcp, tls, handshake).await;
+                        handler.run(tcp, tls).await;
                     });
                 }
             }

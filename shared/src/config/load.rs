@@ -110,11 +110,35 @@ pub fn load(src: &ConfigSource) -> Result<Loaded, ConfigErrors> {
             )),
         }
     }
-    env::overlay(&mut config, &src.env, &mut problems);
-    resolve_paths(&mut config, &base_data_path(&src.env));
+    let config = overlay_and_validate(config, &src.env, problems)?;
+    Ok(Loaded { config, file })
+}
+
+/// [`load`] for a `proxy.yaml` that is already in memory: parses `text` onto the defaults, then
+/// overlays `env`, sanitises and validates. `origin` names the text in problems that have no key
+/// path. Never panics on any text or environment; everything wrong is a [`ConfigProblem`].
+pub fn load_text(
+    text: &str,
+    origin: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, ConfigErrors> {
+    let (config, problems) = match parse_yaml(text, origin) {
+        Ok(config) => (config, Vec::new()),
+        Err(problems) => (Config::default(), problems),
+    };
+    overlay_and_validate(config, env, problems)
+}
+
+fn overlay_and_validate(
+    mut config: Config,
+    env: &BTreeMap<String, String>,
+    mut problems: Vec<ConfigProblem>,
+) -> Result<Config, ConfigErrors> {
+    env::overlay(&mut config, env, &mut problems);
+    resolve_paths(&mut config, &base_data_path(env));
     validate::sanitize_and_validate(&mut config, &mut problems);
     if problems.is_empty() {
-        Ok(Loaded { config, file })
+        Ok(config)
     } else {
         Err(ConfigErrors(problems))
     }

@@ -2,7 +2,8 @@
 //! oCIS precedence, defaults, validation, masking for dumps and the generated reference
 //! (docs/configuration.md).
 //!
-//! Entry point: [`load`] with a [`ConfigSource`] (usually [`ConfigSource::from_process`]).
+//! Entry point: [`load`] with a [`ConfigSource`] (usually [`ConfigSource::from_process`]);
+//! [`load_text`] does the same for a file already in memory.
 mod docs;
 mod dump;
 mod duration;
@@ -21,6 +22,7 @@ pub use duration::{DurationError, GoDuration};
 pub use env::{SECTIONS, Section, Setter, Setting, parse_go_bool, settings, split_list};
 pub use error::{ConfigErrors, ConfigProblem};
 pub use load::{
-    CONFIG_FILE_ENV, ConfigSource, Loaded, base_data_path, config_file_candidates, load, parse_yaml,
+    CONFIG_FILE_ENV, ConfigSource, Loaded, base_data_path, config_file_candidates, load, load_text,
+    parse_yaml,
 };
 pub use schema::*;

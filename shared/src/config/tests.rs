@@ -527,3 +527,20 @@ fn development_features_and_share_service_are_checked() {
         7 * 24 * 3600
     );
 }
+
+#[test]
+fn load_text_is_load_without_the_file_lookup() {
+    let f = Fixture::new().set("PROXY_HTTP_ADDR", "127.0.0.1:9999");
+    let text = "http:\n  addr: 0.0.0.0:1\n  tls: false\n";
+    let from_file = f.load_text(text).unwrap().config;
+    let from_text = load_text(text, Path::new("mem.yaml"), &f.env).unwrap();
+    assert_eq!(from_text, from_file);
+    assert_eq!(from_text.http.addr, "127.0.0.1:9999");
+    assert!(!from_text.http.tls);
+
+    let err = load_text("http: [", Path::new("mem.yaml"), &f.env).unwrap_err();
+    assert!(err.has_key("mem.yaml"), "{err}");
+    let g = Fixture::new().set("PROXY_TLS", "maybe");
+    let err = load_text("", Path::new("mem.yaml"), &g.env).unwrap_err();
+    assert!(err.has_key("PROXY_TLS"), "{err}");
+}
