@@ -29,6 +29,7 @@ use bytes::Bytes;
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use gatehouse_shared::auth::challenge::is_public_path;
+use gatehouse_shared::auth::password::decode_basic;
 use gatehouse_shared::auth::token_hash::token_cache_key;
 use gatehouse_shared::config::Config;
 use gatehouse_shared::events::GoTime;
@@ -753,56 +754,15 @@ fn checked_credential(what: &str, value: String) -> Result<String, String> {
 /// The password of `Authorization: Basic base64(user:password)`; `None` without (well-formed)
 /// Basic credentials, as Go's `Request.BasicAuth` reads them.
 fn basic_password(headers: &HeaderMap) -> Result<Option<String>, String> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let Some((_, password)) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| decode_basic(v.as_bytes()))
+    else {
         return Ok(None);
     };
-    let bytes = value.as_bytes();
-    if bytes.len() < 6 || !bytes[..6].eq_ignore_ascii_case(b"basic ") {
-        return Ok(None);
-    }
-    let Some(decoded) = decode_base64(&bytes[6..]) else {
-        return Ok(None);
-    };
-    let Some(colon) = decoded.iter().position(|&b| b == b':') else {
-        return Ok(None);
-    };
-    String::from_utf8(decoded[colon + 1..].to_vec())
+    String::from_utf8(password)
         .map(Some)
         .map_err(|_| "the Basic password is not valid UTF-8".to_owned())
-}
-
-/// Standard base64 with padding, as Go's `base64.StdEncoding` reads it. The node has no
-/// base64 dependency of its own and this is the only place it needs one.
-fn decode_base64(input: &[u8]) -> Option<Vec<u8>> {
-    if !input.len().is_multiple_of(4) {
-        return None;
-    }
-    let value = |c: u8| -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    };
-    let mut out = Vec::with_capacity(input.len() / 4 * 3);
-    let chunks = input.len() / 4;
-    for (n, chunk) in input.chunks(4).enumerate() {
-        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && n + 1 != chunks) {
-            return None;
-        }
-        let mut acc = 0u32;
-        for &c in &chunk[..4 - pad] {
-            acc = (acc << 6) | value(c)?;
-        }
-        acc <<= 6 * pad as u32;
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..4 - pad]);
-    }
-    Some(out)
 }
 
 /// The decoded value of query parameter `name` (Go `url.ParseQuery` rules: `+` is a space, pairs
@@ -858,6 +818,7 @@ fn unescape(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gatehouse_shared::auth::password::BasicCredentials;
     use gatehouse_shared::store::ManualClock;
     use gatehouse_shared::token::{
         DEFAULT_LEEWAY, PUBLIC_SHARE_SCOPE_PREFIX, ScopeRole, verify, verify_at,
@@ -899,31 +860,11 @@ mod tests {
     }
 
     fn basic(password: &str) -> String {
-        use std::fmt::Write as _;
-        // Test-side encoder, independent of decode_base64.
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let input = format!("public:{password}").into_bytes();
-        let mut out = String::from("Basic ");
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    let _ = write!(
-                        out,
-                        "{}",
-                        ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char
-                    );
-                } else {
-                    out.push('=');
-                }
-            }
+        BasicCredentials {
+            username: "public".into(),
+            password: password.into(),
         }
-        out
+        .header_value()
     }
 
     const SHARE_PATH: &str = "/dav/public-files/sharetoken/file.txt";

@@ -104,19 +104,27 @@ impl BasicCredentials {
     /// no colon, or text that is not UTF-8 — the header is then not Basic credentials at all,
     /// as for Go's `Request.BasicAuth`. The password may contain colons; the user name may not.
     pub fn parse(value: &[u8]) -> Option<Self> {
-        let (scheme, rest) = value.split_at_checked(5)?;
-        if !scheme.eq_ignore_ascii_case(b"basic") || rest.first() != Some(&b' ') {
-            return None;
-        }
-        let token = rest.trim_ascii();
-        let decoded = STANDARD.decode(token).ok()?;
-        let text = String::from_utf8(decoded).ok()?;
-        let (username, password) = text.split_once(':')?;
+        let (username, password) = decode_basic(value)?;
         Some(Self {
-            username: username.to_owned(),
-            password: password.to_owned(),
+            username: String::from_utf8(username).ok()?,
+            password: String::from_utf8(password).ok()?,
         })
     }
+}
+
+/// `Basic <base64 of user:password>` → the raw user and password bytes, split at the first `:`;
+/// `None` for another scheme, bad base64 or no colon (as Go's `Request.BasicAuth` reads it).
+/// For callers that treat a password that is not UTF-8 differently from no password.
+pub fn decode_basic(value: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (scheme, rest) = value.split_at_checked(5)?;
+    if !scheme.eq_ignore_ascii_case(b"basic") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let mut decoded = STANDARD.decode(rest.trim_ascii()).ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    let password = decoded.split_off(colon + 1);
+    decoded.truncate(colon);
+    Some((decoded, password))
 }
 
 impl BasicCredentials {
