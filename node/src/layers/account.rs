@@ -281,15 +281,7 @@ impl AccountServices {
             .await
             .map_err(account_error)?;
         let account = &resolved.account;
-        let mut user = reva_user(account, &self.idp);
-        if let Some(quota) = self.quotas.get(&account.role_id) {
-            set_opaque(
-                &mut user,
-                QUOTA_OPAQUE_KEY,
-                "plain",
-                quota.to_string().into_bytes(),
-            );
-        }
+        let mut user = self.user_with_quota(account);
         if let Some(spaces) = &self.spaces {
             match spaces.memberships(claims) {
                 Ok(memberships) => {
@@ -346,6 +338,15 @@ impl AccountServices {
         if require_mfa && !mfa {
             return Err(mfa_required());
         }
+        let user = self.user_with_quota(account);
+        Ok(Prepared {
+            token: self.mint(&user)?,
+            mfa,
+        })
+    }
+
+    /// The user of the minted token, with the role quota when the role has one.
+    fn user_with_quota(&self, account: &crate::accounts::Account) -> RevaUser {
         let mut user = reva_user(account, &self.idp);
         if let Some(quota) = self.quotas.get(&account.role_id) {
             set_opaque(
@@ -355,10 +356,7 @@ impl AccountServices {
                 quota.to_string().into_bytes(),
             );
         }
-        Ok(Prepared {
-            token: self.mint(&user)?,
-            mfa,
-        })
+        user
     }
 
     fn mint(&self, user: &RevaUser) -> Result<HeaderValue, GatewayError> {
