@@ -90,11 +90,15 @@ impl Identity {
         let one = |p: String| IdentityError::Config(vec![p]);
         let secret = jwt_secret(config);
         let lifetime = config.token_manager.token_lifetime.0;
-        let mint = Minter::new(secret.as_bytes(), lifetime)
-            .and_then(|m| {
-                MintCache::new(m, MINT_CACHE_CAPACITY, lifetime / 4, Arc::new(SystemClock))
-            })
+        let minter = Minter::new(secret.as_bytes(), lifetime)
             .map_err(|e| one(format!("token_manager: {e}")))?;
+        let mint = MintCache::new(
+            minter.clone(),
+            MINT_CACHE_CAPACITY,
+            lifetime / 4,
+            Arc::new(SystemClock),
+        )
+        .map_err(|e| one(format!("token_manager: {e}")))?;
         let oidc = if config.oidc.issuer.is_empty() {
             None
         } else {
@@ -121,12 +125,9 @@ impl Identity {
         let basic = config
             .enable_basic_auth
             .then(|| BasicAuthenticator::new(resolver.clone()));
-        let public_share = Minter::new(secret.as_bytes(), lifetime)
-            .map_err(|e| one(format!("token_manager: {e}")))
-            .and_then(|minter| {
-                PublicShareAuthenticator::new(PublicShareSettings::from_config(config), minter)
-                    .map_err(|e| one(format!("public_shares: {e}")))
-            })?;
+        let public_share =
+            PublicShareAuthenticator::new(PublicShareSettings::from_config(config), minter)
+                .map_err(|e| one(format!("public_shares: {e}")))?;
         let signed_url = match (&stores.signing_keys, config.pre_signed_url.enabled) {
             (Some(keys), true) => Some(
                 SignedUrlAuthenticator::new(
