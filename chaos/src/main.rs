@@ -97,6 +97,27 @@ impl Wrk {
         self.run_script(target, url, headers, None, duration)
     }
 
+    /// [`Wrk::run_script`] against a gatehouse node, also measuring the node's CPU per request.
+    fn run_on_node(
+        &self,
+        pid: u32,
+        target: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        script: Option<&std::path::Path>,
+        duration: Duration,
+    ) -> Run {
+        let before = process_cpu(pid);
+        let mut run = self.run_script(target, url, headers, script, duration);
+        if let (Some(before), Some(after)) = (before, process_cpu(pid))
+            && run.requests > 0
+        {
+            run.node_cpu_us_per_req =
+                Some((after - before).as_secs_f64() * 1e6 / run.requests as f64);
+        }
+        run
+    }
+
     /// Like [`Wrk::run`], with a wrk Lua script (e.g. one that varies the request path).
     fn run_script(
         &self,
@@ -128,6 +149,21 @@ impl Wrk {
             String::from_utf8_lossy(&out.stderr)
         );
         parse_report(target, &text)
+    }
+}
+
+/// The runs as a Markdown table.
+fn print_table<'a>(runs: impl Iterator<Item = &'a Run>) {
+    println!("| target | req/s | p50 ms | p99 ms | node CPU µs/req | errors |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in runs {
+        let cpu = r
+            .node_cpu_us_per_req
+            .map_or_else(String::new, |us| format!("{us:.1}"));
+        println!(
+            "| {} | {:.0} | {:.3} | {:.3} | {cpu} | {} |",
+            r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
+        );
     }
 }
 
@@ -280,15 +316,7 @@ async fn bench(secs: u64, conns: u32) -> Result<(), String> {
     idp.reset_stats().await;
 
     let on_node = |target: &str, url: &str, headers: &[(&str, &str)]| {
-        let before = process_cpu(node.pid());
-        let mut run = wrk.run(target, url, headers, d);
-        if let (Some(before), Some(after)) = (before, process_cpu(node.pid()))
-            && run.requests > 0
-        {
-            run.node_cpu_us_per_req =
-                Some((after - before).as_secs_f64() * 1e6 / run.requests as f64);
-        }
-        run
+        wrk.run_on_node(node.pid(), target, url, headers, None, d)
     };
     let runs = vec![
         wrk.run("upstream direct", &upstream.url(open), &[], d),
@@ -311,17 +339,7 @@ async fn bench(secs: u64, conns: u32) -> Result<(), String> {
     let idp_userinfo = idp.count("/me").await;
     let idp_jwks = idp.count("/jwks").await;
 
-    println!("| target | req/s | p50 ms | p99 ms | node CPU µs/req | errors |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for r in &runs {
-        let cpu = r
-            .node_cpu_us_per_req
-            .map_or_else(String::new, |us| format!("{us:.1}"));
-        println!(
-            "| {} | {:.0} | {:.3} | {:.3} | {cpu} | {} |",
-            r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
-        );
-    }
+    print_table(runs.iter());
     let (ng, fl, gh, hd, au) = (&runs[1], &runs[2], &runs[3], &runs[4], &runs[5]);
     let cpu = |r: &Run| r.node_cpu_us_per_req.unwrap_or(f64::NAN);
     println!();

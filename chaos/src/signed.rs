@@ -18,7 +18,7 @@ use gatehouse_tests::lb::{LbOptions, Nginx};
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
 use gatehouse_tests::signing::{Link, sign};
 
-use crate::{Run, WARMUP, Wrk, process_cpu};
+use crate::{Run, WARMUP, Wrk, print_table};
 
 /// Distinct links prepared for the uncached run (about 4 ms of client CPU each).
 const DISTINCT_LINKS: usize = 6000;
@@ -155,15 +155,7 @@ pub async fn bench(secs: u64, conns: u32) -> Result<(), String> {
     wrk.run("warmup", &node.url(&one), &[], WARMUP);
 
     let on_node = |target: &str, url: &str, script: Option<&std::path::Path>| {
-        let before = process_cpu(node.pid());
-        let mut run = wrk.run_script(target, url, &[], script, d);
-        if let (Some(before), Some(after)) = (before, process_cpu(node.pid()))
-            && run.requests > 0
-        {
-            run.node_cpu_us_per_req =
-                Some((after - before).as_secs_f64() * 1e6 / run.requests as f64);
-        }
-        run
+        wrk.run_on_node(node.pid(), target, url, &[], script, d)
     };
     let open = on_node("gatehouse unprotected", &node.url("/bench/hello"), None);
     let before = derivations(&node).await?;
@@ -181,17 +173,7 @@ pub async fn bench(secs: u64, conns: u32) -> Result<(), String> {
     let after_uncached = derivations(&node).await?;
 
     let runs: Vec<&Run> = vec![&open, &cached, &uncached];
-    println!("| target | req/s | p50 ms | p99 ms | node CPU µs/req | errors |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for r in &runs {
-        let cpu = r
-            .node_cpu_us_per_req
-            .map_or_else(String::new, |us| format!("{us:.1}"));
-        println!(
-            "| {} | {:.0} | {:.3} | {:.3} | {cpu} | {} |",
-            r.target, r.requests_per_sec, r.p50_ms, r.p99_ms, r.errors
-        );
-    }
+    print_table(runs.iter().copied());
     println!();
     for r in [&cached, &uncached] {
         println!(
