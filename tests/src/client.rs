@@ -67,6 +67,11 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: ReqBo
         .unwrap_or_else(|_| panic!("{method} {url}: no answer within 30 s"))
 }
 
+/// The `Authorization` value for a bearer token.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
 pub async fn get(url: &str) -> Reply {
     send("GET", url, &[], empty()).await
 }

@@ -106,6 +106,20 @@ impl Upstream {
         self.shared.records.lock().unwrap().len()
     }
 
+    /// The claims of the `x-access-token` the last request carried, verified with the gateway's
+    /// JWT `secret`. Panics when there is no request, no token, or a token not signed with it.
+    pub fn last_access_token(&self, secret: &str) -> gatehouse_shared::token::RevaClaims {
+        let last = self.last().expect("the upstream got a request");
+        let token = last
+            .headers
+            .get("x-access-token")
+            .expect("x-access-token sent to the backend")
+            .to_str()
+            .expect("x-access-token is text");
+        gatehouse_shared::token::verify(secret.as_bytes(), token, Duration::from_secs(5))
+            .expect("token signed with the secret")
+    }
+
     /// Lets every waiting SSE stream send its second event.
     pub fn release_sse(&self) {
         self.shared.sse_gate.notify_waiters();

@@ -23,7 +23,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use gatehouse_shared::oidc::testing::{self, TestKey};
 use gatehouse_shared::token::verify;
-use gatehouse_tests::client::get;
+use gatehouse_tests::client::{bearer, get};
 use gatehouse_tests::idp::{Idp, TokenOptions, decode_jwt};
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
 use gatehouse_tests::shares::{FixtureShare, ShareFixture};
@@ -136,10 +136,6 @@ fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec<u8> {
 
 fn get_(target: &str) -> Vec<u8> {
     req("GET", target, &[])
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 /// What came back on one connection.

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use gatehouse_shared::token::{RevaClaims, verify};
-use gatehouse_tests::client::{empty, get, get_with, send};
+use gatehouse_shared::token::RevaClaims;
+use gatehouse_tests::client::{bearer, empty, get, get_with, send};
 use gatehouse_tests::idp::{Idp, TokenOptions, decode_jwt};
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
 use gatehouse_tests::upstream::Upstream;
@@ -51,20 +51,9 @@ async fn node(idp: &Idp, up: &Upstream, extra: &str, env: &[(&str, &str)]) -> Ga
     GatehouseNode::start_with(opts).await
 }
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
 /// The claims of the `x-access-token` the upstream received last.
 fn backend_token(up: &Upstream) -> RevaClaims {
-    let last = up.last().expect("the upstream got a request");
-    let token = last
-        .headers
-        .get("x-access-token")
-        .expect("x-access-token sent to the backend")
-        .to_str()
-        .unwrap();
-    verify(SECRET.as_bytes(), token, Duration::from_secs(5)).expect("token signed with the secret")
+    up.last_access_token(SECRET)
 }
 
 #[tokio::test]

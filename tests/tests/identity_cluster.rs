@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use gatehouse_shared::token::verify;
-use gatehouse_tests::client::{get, get_with};
+use gatehouse_tests::client::{bearer, get, get_with};
 use gatehouse_tests::graph::GraphFixture;
 use gatehouse_tests::idp::{Idp, TokenOptions};
 use gatehouse_tests::nats::NatsCluster;
@@ -75,10 +75,6 @@ token_manager: {{jwt_secret: {SECRET}}}
         up,
         nodes,
     }
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 /// `n` fresh JWTs of `user`, sent at the same moment, spread round-robin over the nodes; the

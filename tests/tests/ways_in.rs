@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime};
 
-use gatehouse_shared::token::{RevaClaims, verify};
-use gatehouse_tests::client::{get, get_with};
+use gatehouse_shared::token::RevaClaims;
+use gatehouse_tests::client::{bearer, get, get_with};
 use gatehouse_tests::idp::{Idp, TokenOptions};
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
 use gatehouse_tests::signing::{Link, sign};
@@ -48,20 +48,9 @@ async fn node(idp: &Idp, up: &Upstream, extra: &str) -> GatehouseNode {
 const SIGNED: &str =
     "pre_signed_url:\n  serve_signing_keys: true\n  signing_keys: {store: memory}\n";
 
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
 /// The claims of the `x-access-token` the upstream received last.
 fn backend_token(up: &Upstream) -> RevaClaims {
-    let last = up.last().expect("the upstream got a request");
-    let token = last
-        .headers
-        .get("x-access-token")
-        .expect("x-access-token sent to the backend")
-        .to_str()
-        .unwrap();
-    verify(SECRET.as_bytes(), token, Duration::from_secs(5)).expect("token signed with the secret")
+    up.last_access_token(SECRET)
 }
 
 /// `GET /ocs/v1.php/cloud/user/signing-key` as `token`: (user id, key).
