@@ -11,19 +11,16 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::fixture::FixtureServer;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 /// One request as the fixture received it.
 #[derive(Debug, Clone)]
@@ -78,46 +75,22 @@ impl Shared {
 }
 
 pub struct GraphFixture {
-    addr: SocketAddr,
+    server: FixtureServer,
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for GraphFixture {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl GraphFixture {
     /// Starts the fixture on a free loopback port.
     pub async fn start() -> GraphFixture {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind graph fixture");
-        let addr = listener.local_addr().expect("graph fixture addr");
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(s.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        GraphFixture { addr, shared, task }
+        let server = FixtureServer::start("graph fixture", move |req| handle(s.clone(), req)).await;
+        GraphFixture { server, shared }
     }
 
     /// The base URL up to `/graph`, as `graph.url` takes it.
     pub fn url(&self) -> String {
-        format!("http://{}/graph", self.addr)
+        format!("http://{}/graph", self.server.addr)
     }
 
     /// Waits this long before answering each request.

@@ -14,6 +14,7 @@
 //! - [`signing`] the client side of pre-signed URLs.
 
 pub mod client;
+pub mod fixture;
 pub mod graph;
 pub mod idp;
 pub mod lb;

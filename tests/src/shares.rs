@@ -11,20 +11,17 @@
 //! handling.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::fixture::FixtureServer;
 use bytes::Bytes;
 use gatehouse_shared::events::GoTime;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 /// The path of the one endpoint of the contract.
 pub const AUTHENTICATE_PATH: &str = "/v1/public-shares/authenticate";
@@ -184,46 +181,22 @@ struct Shared {
 }
 
 pub struct ShareFixture {
-    addr: SocketAddr,
+    server: FixtureServer,
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ShareFixture {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl ShareFixture {
     /// Starts the fixture on a free loopback port.
     pub async fn start() -> ShareFixture {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind share fixture");
-        let addr = listener.local_addr().expect("share fixture addr");
         let shared = Arc::new(Shared::default());
         let s = shared.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = s.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(s.clone(), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        ShareFixture { addr, shared, task }
+        let server = FixtureServer::start("share fixture", move |req| handle(s.clone(), req)).await;
+        ShareFixture { server, shared }
     }
 
     /// The base URL, as `public_shares.url` takes it.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr)
     }
 
     pub fn add_share(&self, share: FixtureShare) {
@@ -417,6 +390,7 @@ mod tests {
     use http_body_util::Empty;
     use hyper_util::client::legacy::Client;
     use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
 
     async fn post(fixture: &ShareFixture, body: Value) -> (StatusCode, Value) {
         let client: Client<HttpConnector, Full<Bytes>> =
