@@ -30,6 +30,7 @@ use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use gatehouse_shared::auth::challenge::is_public_path;
 use gatehouse_shared::auth::password::decode_basic;
+use gatehouse_shared::auth::query::Query;
 use gatehouse_shared::auth::token_hash::token_cache_key;
 use gatehouse_shared::config::Config;
 use gatehouse_shared::events::GoTime;
@@ -768,51 +769,17 @@ fn basic_password(headers: &HeaderMap) -> Result<Option<String>, String> {
 /// The decoded value of query parameter `name` (Go `url.ParseQuery` rules: `+` is a space, pairs
 /// with `;` or a bad escape are skipped). A parameter given twice, or not UTF-8, is an error.
 fn single_query_value(query: Option<&str>, name: &str) -> Result<Option<String>, String> {
-    let mut found: Option<Vec<u8>> = None;
-    for pair in query.unwrap_or("").split('&') {
-        if pair.is_empty() || pair.contains(';') {
-            continue;
-        }
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (Some(k), Some(v)) = (unescape(k), unescape(v)) else {
-            continue;
-        };
-        if k != name.as_bytes() {
-            continue;
-        }
-        if found.is_some() {
-            return Err(format!("query parameter {name} given more than once"));
-        }
-        found = Some(v);
+    let parsed = Query::parse(query.unwrap_or(""));
+    let mut values = parsed.all(name);
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(format!("query parameter {name} given more than once"));
     }
-    found
-        .map(|v| String::from_utf8(v).map_err(|_| format!("query parameter {name} is not UTF-8")))
-        .transpose()
-}
-
-fn unescape(s: &str) -> Option<Vec<u8>> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
-                let (hi, lo) = (hex(bytes.get(i + 1))?, hex(bytes.get(i + 2))?);
-                out.push(u8::try_from(hi * 16 + lo).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    Some(out)
+    String::from_utf8(value.to_vec())
+        .map(Some)
+        .map_err(|_| format!("query parameter {name} is not UTF-8"))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod challenge;
 pub mod claims;
 pub mod mfa;
 pub mod password;
+pub mod query;
 pub mod roles;
 pub mod signed_url;
 pub mod spaces;

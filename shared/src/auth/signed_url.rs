@@ -28,6 +28,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
+
+use super::query::{Query, unescape};
 use sha2::{Digest, Sha256, Sha512};
 
 pub const OC_SIGNATURE: &str = "OC-Signature";
@@ -306,67 +308,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     }
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     std::hint::black_box(diff) == 0
-}
-
-/// A query decoded like Go's `url.ParseQuery`: pairs split on `&`, pairs containing `;` or an
-/// invalid escape dropped, `+` decoded as space. Values may be arbitrary bytes.
-struct Query {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Query {
-    fn parse(raw: &str) -> Self {
-        let pairs = raw
-            .split('&')
-            .filter(|pair| !pair.is_empty() && !pair.contains(';'))
-            .filter_map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                Some((unescape(k, true)?, unescape(v, true)?))
-            })
-            .collect();
-        Self { pairs }
-    }
-
-    fn first(&self, name: &str) -> Option<&[u8]> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k.as_slice() == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
-    }
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-fn unescape(s: &str, plus_is_space: bool) -> Option<Vec<u8>> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hi = hex_value(*bytes.get(i + 1)?)?;
-                let lo = hex_value(*bytes.get(i + 2)?)?;
-                out.push(hi << 4 | lo);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    Some(out)
 }
 
 const UPPER_HEX: &[u8; 16] = b"0123456789ABCDEF";
