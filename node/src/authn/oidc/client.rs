@@ -160,21 +160,9 @@ impl IdpClient {
             self.observe(what, "backoff", None);
             return Err(CallError::Gated { remaining });
         }
-        let started = Instant::now();
-        let mut result = match tokio::time::timeout(timeout, self.exchange(what, url, bearer)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(CallError::Transient {
-                reason: format!("{what}: no answer within {timeout:?}"),
-                retry_after: None,
-            }),
-        };
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(CallError::Transient { .. }) => "unavailable",
-            Err(_) => "rejected",
-        };
-        self.observe(what, outcome, Some(started.elapsed()));
+        let mut result = self
+            .timed(what, timeout, self.exchange(what, url, bearer))
+            .await;
         if gated {
             match &mut result {
                 Ok(_) => self.gate().succeeded(),
@@ -197,8 +185,20 @@ impl IdpClient {
         url: &str,
         timeout: Duration,
     ) -> Result<RawResponse, CallError> {
+        self.timed(what, timeout, self.exchange_raw(what, url))
+            .await
+    }
+
+    /// Runs one call within `timeout` (running out is transient) and reports its outcome and
+    /// duration to the observer.
+    async fn timed<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        call: impl Future<Output = Result<T, CallError>>,
+    ) -> Result<T, CallError> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, self.exchange_raw(what, url)).await {
+        let result = match tokio::time::timeout(timeout, call).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Transient {
                 reason: format!("{what}: no answer within {timeout:?}"),
