@@ -16,6 +16,9 @@
 //!   awaited, so a slow cluster is not flooded with copies.
 //! - While the client is disconnected nothing is sent: copies would only pile up in the client's
 //!   buffer. async-nats reconnects by itself.
+//! - Every event is a PRODUCER span (`send main-queue`) of the trace that raised it, from the
+//!   moment it is queued until the bus acknowledges it; the span's `traceparent` travels in the
+//!   envelope metadata (where go-micro consumers read it) and as a NATS header.
 //! - With [`StreamSetup::Ensure`] the task makes sure a stream captures `main-queue` before the
 //!   first publish and again whenever the server says no stream does. If none exists it creates
 //!   one named `main-queue` (file storage, unlimited age, `duplicate_window` 2 min) — the same
@@ -32,6 +35,10 @@ use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
 use gatehouse_shared::config::Events as EventsConfig;
 use gatehouse_shared::events::{EventSink, MAIN_QUEUE, OutgoingEvent, PublishError};
+use gatehouse_shared::trace::{self, propagate};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt as _};
+use opentelemetry_semantic_conventions::attribute as semconv;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -175,6 +182,18 @@ struct Queued {
     id: String,
     event_type: &'static str,
     bytes: Bytes,
+    /// The event's PRODUCER span, ended when the bus acknowledges the event.
+    span: trace::Span,
+    /// The trace context the event carries, also sent as NATS headers.
+    traceparent: Option<String>,
+}
+
+/// The queue head, as the publishing task sends it.
+struct Head {
+    id: String,
+    event_type: &'static str,
+    bytes: Bytes,
+    traceparent: Option<String>,
 }
 
 struct Shared {
@@ -205,25 +224,38 @@ impl Shared {
     }
 
     /// The queue head, waiting for one.
-    async fn head(&self) -> (String, &'static str, Bytes) {
+    async fn head(&self) -> Head {
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             if let Some(q) = self.lock().front() {
-                return (q.id.clone(), q.event_type, q.bytes.clone());
+                return Head {
+                    id: q.id.clone(),
+                    event_type: q.event_type,
+                    bytes: q.bytes.clone(),
+                    traceparent: q.traceparent.clone(),
+                };
             }
             notified.await;
         }
     }
 
-    fn acked(&self, id: &str) {
+    /// The head was acknowledged after `attempts` attempts.
+    fn acked(&self, id: &str, attempts: u32) {
         let mut queue = self.lock();
-        if queue.front().is_some_and(|q| q.id == id) {
-            queue.pop_front();
-        }
+        let done = if queue.front().is_some_and(|q| q.id == id) {
+            queue.pop_front()
+        } else {
+            None
+        };
         let empty = queue.is_empty();
         drop(queue);
+        if let Some(done) = done {
+            done.span
+                .set("gatehouse.event.attempts", i64::from(attempts));
+            done.span.end();
+        }
         self.published.fetch_add(1, Ordering::Relaxed);
         if empty {
             self.drained.notify_waiters();
@@ -332,13 +364,47 @@ impl Drop for EventPublisher {
     }
 }
 
+/// The PRODUCER span of an event: a child of the trace the event was raised in (its
+/// `traceparent`, or the current span), named and attributed by the messaging conventions.
+fn producer_span(event: &OutgoingEvent) -> trace::Span {
+    if !trace::enabled() {
+        return trace::Span::NONE;
+    }
+    let parent = event
+        .traceparent
+        .as_deref()
+        .map(propagate::from_traceparent)
+        .filter(|cx| cx.span().span_context().is_valid())
+        .unwrap_or_else(opentelemetry::Context::current);
+    trace::Span::child_of(&parent, || {
+        SpanBuilder::from_name(format!("send {MAIN_QUEUE}"))
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                KeyValue::new(semconv::MESSAGING_SYSTEM, "nats"),
+                KeyValue::new(semconv::MESSAGING_DESTINATION_NAME, MAIN_QUEUE),
+                KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "send"),
+                KeyValue::new(semconv::MESSAGING_OPERATION_NAME, "publish"),
+                KeyValue::new("gatehouse.event.type", event.event.type_name()),
+            ])
+    })
+}
+
 impl EventSink for EventPublisher {
-    fn publish(&self, event: OutgoingEvent) -> Result<(), PublishError> {
+    fn publish(&self, mut event: OutgoingEvent) -> Result<(), PublishError> {
+        // Consumers continue the producer span: its context goes into the envelope metadata
+        // (go-micro consumers read it there) and into the NATS headers.
+        let span = producer_span(&event);
+        if let Some(tp) = span.context().and_then(propagate::traceparent) {
+            event.traceparent = Some(tp);
+        }
         let encoded = event.encode()?;
+        span.set(semconv::MESSAGING_MESSAGE_ID, encoded.id.clone());
         let shared = &self.shared;
         let mut queue = shared.lock();
         if queue.len() >= shared.capacity {
             drop(queue);
+            span.fail("queue_full", "event queue full: event dropped");
+            span.end();
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             if !shared.dropping.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -355,6 +421,8 @@ impl EventSink for EventPublisher {
             id: encoded.id,
             event_type: encoded.event_type,
             bytes: Bytes::from(encoded.bytes),
+            span,
+            traceparent: event.traceparent,
         });
         drop(queue);
         if shared.dropping.swap(false, Ordering::Relaxed) {
@@ -407,7 +475,12 @@ async fn run(shared: Arc<Shared>, opts: EventPublisherOptions, addrs: Vec<async_
     let mut attempt: u32 = 0;
     let mut failing = false;
     loop {
-        let (id, event_type, bytes) = shared.head().await;
+        let Head {
+            id,
+            event_type,
+            bytes,
+            traceparent,
+        } = shared.head().await;
         shared.wait_connected().await;
         if !stream_ready {
             // The context's timeout is sized for acknowledgements; a request sent just as the
@@ -426,12 +499,12 @@ async fn run(shared: Arc<Shared>, opts: EventPublisherOptions, addrs: Vec<async_
             }
         }
         let wait = ack_wait(opts.ack_timeout, attempt);
-        match publish_once(&js, &id, bytes, wait).await {
+        match publish_once(&js, &id, bytes, traceparent.as_deref(), wait).await {
             Ok(ack) => {
                 if ack.duplicate {
                     shared.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
-                shared.acked(&id);
+                shared.acked(&id, attempt + 1);
                 attempt = 0;
                 if failing {
                     failing = false;
@@ -466,11 +539,17 @@ async fn publish_once(
     js: &jetstream::Context,
     id: &str,
     bytes: Bytes,
+    traceparent: Option<&str>,
     wait: Duration,
 ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
     let timed_out =
         || jetstream::context::PublishError::new(jetstream::context::PublishErrorKind::TimedOut);
-    let message = PublishMessage::build().payload(bytes).message_id(id);
+    let mut message = PublishMessage::build();
+    if let Some(tp) = traceparent {
+        // `header` adds to the message's headers (the message id below is one as well).
+        message = message.header("traceparent", tp);
+    }
+    let message = message.payload(bytes).message_id(id);
     // Sending only queues the message in the client (bounded by the context timeout).
     let ack = js.send_publish(MAIN_QUEUE, message).await?;
     tokio::time::timeout(wait, ack.into_future())

@@ -14,7 +14,8 @@
 //!   message or idle heartbeat, at most 5 s later). If the watch fails anyway it is re-created
 //!   from the last seen revision and a `Change::Reset` is emitted so caches drop what they might
 //!   have missed.
-//! - Every operation is bounded by `op_timeout`.
+//! - Every operation is bounded by `op_timeout` and, in a sampled trace, is a CLIENT span
+//!   (`get <bucket>`, …) of the request that caused it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,6 +29,10 @@ use gatehouse_shared::store::{
     Change, Entry, Store, StoreError, StoreResult, decode_key, decode_value, encode_key,
     encode_value,
 };
+use gatehouse_shared::trace;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanBuilder, SpanKind};
+use opentelemetry_semantic_conventions::attribute as semconv;
 use tokio::sync::broadcast;
 
 use crate::connect;
@@ -242,18 +247,39 @@ fn map_entry_error(e: &kv::EntryError) -> StoreError {
 }
 
 impl Inner {
+    /// Runs one operation under `op_timeout`, as a CLIENT span of the current trace (only
+    /// operations that reach NATS come here: a near-cache hit opens no span). Keys are not
+    /// recorded: they can carry user identifiers.
     async fn bounded<T>(
         &self,
         op: &'static str,
         fut: impl std::future::Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
-        match tokio::time::timeout(self.op_timeout, fut).await {
+        let span = trace::Span::child_with(|| {
+            SpanBuilder::from_name(format!("{op} {}", self.kv.name))
+                .with_kind(SpanKind::Client)
+                .with_attributes([
+                    KeyValue::new(semconv::DB_SYSTEM_NAME, "nats"),
+                    KeyValue::new(semconv::DB_COLLECTION_NAME, self.kv.name.clone()),
+                    KeyValue::new(semconv::DB_OPERATION_NAME, op),
+                ])
+        });
+        let result = match tokio::time::timeout(self.op_timeout, span.instrument(fut)).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout {
                 op,
                 after: self.op_timeout,
             }),
+        };
+        match &result {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => span.set("gatehouse.store.conflict", true),
+            Err(e @ StoreError::Timeout { .. }) => span.fail("timeout", e.to_string()),
+            Err(e @ StoreError::Unavailable(_)) => span.fail("unavailable", e.to_string()),
+            Err(e @ StoreError::Invalid(_)) => span.fail("invalid", e.to_string()),
         }
+        span.end();
+        result
     }
 
     fn nats_key(&self, key: &str) -> StoreResult<String> {
@@ -443,10 +469,14 @@ impl Store for NatsKvStore {
         let s = &*self.inner;
         let nkey = s.nats_key(key)?;
         s.bounded("get", async {
-            match s.get_entry(&nkey).await? {
+            let found = match s.get_entry(&nkey).await? {
                 Some(stored) => s.live_entry(&stored),
                 None => Ok(None),
+            };
+            if let Ok(found) = &found {
+                trace::set_current("gatehouse.store.found", found.is_some());
             }
+            found
         })
         .await
     }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use gatehouse_node::debug::{self, DebugState};
 use gatehouse_node::health::Health;
-use gatehouse_node::telemetry::{Metrics, logging};
+use gatehouse_node::telemetry::traces::{self, NodeResource, TraceGuard};
+use gatehouse_node::telemetry::{self, Metrics, logging};
 use tokio_util::sync::CancellationToken;
 
 use gatehouse_node::server::{self, ServerDeps};
@@ -31,6 +32,8 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 const USERINFO_BUCKET_MIN_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Time queued events get to reach NATS when the node stops.
 const EVENT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time queued spans get to reach the collector when the node stops.
+const SPAN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Parser)]
 #[command(
@@ -298,6 +301,34 @@ async fn health(config: Config) -> ExitCode {
     }
 }
 
+/// Starts trace export when `tracing.enabled`; what it decided on the operator's behalf is said
+/// on stderr and in the log (the default log level would hide a warning).
+fn start_tracing(config: &Config, node_id: &str) -> Result<Option<TraceGuard>, String> {
+    let host = telemetry::host_name();
+    let node = NodeResource {
+        node_id,
+        version: VERSION,
+        host_name: &host,
+    };
+    let guard = traces::start(&config.tracing, &node, Arc::new(traces::export::Unobserved))
+        .map_err(|e| e.to_string())?;
+    if let Some(guard) = &guard {
+        let plan = guard.plan();
+        for warning in &plan.warnings {
+            eprintln!("gatehouse: WARNING: {warning}");
+            tracing::warn!("{warning}");
+        }
+        tracing::info!(
+            collector = %plan.url,
+            protocol = plan.protocol.as_str(),
+            ratio = plan.sampling.ratio,
+            parent_based = plan.sampling.parent_based,
+            "exporting traces"
+        );
+    }
+    Ok(guard)
+}
+
 /// The oCIS service registry mirror, when `service_registry.enabled`; readiness then depends on
 /// its NATS connection.
 async fn connect_registry(
@@ -327,7 +358,8 @@ async fn connect_registry(
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let _log_guard = match logging::init(&config.log) {
+    let node_id = telemetry::node_id(&config.node_id);
+    let _log_guard = match logging::init(&config.log, &node_id) {
         Ok(guard) => guard,
         Err(err) => {
             eprintln!("gatehouse: {err}");
@@ -342,6 +374,13 @@ async fn serve(config: Config) -> ExitCode {
     }
 
     let metrics = Metrics::new(VERSION);
+    let traces = match start_tracing(&config, &node_id) {
+        Ok(traces) => traces,
+        Err(message) => {
+            eprintln!("gatehouse: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     let health = Health::new();
     let shutdown = CancellationToken::new();
 
@@ -503,6 +542,13 @@ async fn serve(config: Config) -> ExitCode {
                 pending = p.pending(),
                 "events still queued at exit were not published"
             );
+        }
+    }
+    // After the events: their PRODUCER spans end when the bus acknowledges them.
+    if let Some(traces) = traces {
+        let deadline = tokio::time::Instant::now() + SPAN_FLUSH_TIMEOUT;
+        if !traces.shutdown(deadline).await {
+            tracing::warn!("spans still queued at exit were not exported");
         }
     }
     shutdown.cancel();

@@ -6,6 +6,8 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 
+use crate::layers::route::Routed;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body type of every response the pipeline produces (upstream bodies are boxed into it).
@@ -25,16 +27,18 @@ pub struct ConnInfo {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub Arc<str>);
 
-/// Filled in while the request travels down the pipeline, read by the access log on the way back.
+/// Filled in while the request travels down the pipeline, read by the access log and the server
+/// span on the way back.
 #[derive(Debug, Default)]
 pub struct RequestTrace {
-    /// `policy/endpoint` of the matched route.
-    pub route: OnceLock<String>,
+    /// The matched route.
+    pub route: OnceLock<Routed>,
     /// The upstream base URL the proxy chose.
-    pub upstream: OnceLock<String>,
+    pub upstream: OnceLock<Arc<str>>,
 }
 
-/// Shared handle to a request's [`RequestTrace`], inserted by the access-log layer.
+/// Shared handle to a request's [`RequestTrace`], inserted by the trace layer (or, with tracing
+/// off, the access-log layer).
 pub type SharedTrace = Arc<RequestTrace>;
 
 /// The client address as the gateway believes it (after trusted-proxy evaluation).

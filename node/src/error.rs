@@ -81,6 +81,23 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// A stable, low-cardinality name of the failure (span attribute `error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest { .. } => "bad_request",
+            GatewayError::BadHost { .. } => "bad_host",
+            GatewayError::MalformedBody { .. } => "malformed_body",
+            GatewayError::NoRoute { .. } => "no_route",
+            GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
+            GatewayError::Unauthenticated { .. } => "unauthenticated",
+            GatewayError::IdentityUnavailable { .. } => "identity_unavailable",
+            GatewayError::Forbidden { .. } => "forbidden",
+            GatewayError::AccountBackend { .. } => "account_backend",
+            GatewayError::Internal { .. } => "internal",
+        }
+    }
+
     /// Whether the same request may succeed when tried again.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -111,9 +128,11 @@ impl GatewayError {
         }
     }
 
-    /// Logs the failure once and turns it into the response the client gets.
+    /// Logs the failure once (the log line carries the request's trace ids), notes its kind on
+    /// the request's span, and turns it into the response the client gets.
     pub fn into_response(self) -> Response<Body> {
         let status = self.status();
+        gatehouse_shared::trace::set_current("gatehouse.error", self.kind());
         match &self {
             GatewayError::BadRequest { path } => {
                 tracing::warn!(status = status.as_u16(), path = %path, "rejected request path");

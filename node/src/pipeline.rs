@@ -25,6 +25,7 @@ use crate::layers::redirect::RedirectLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::route::RouteLayer;
 use crate::layers::security::SecurityLayer;
+use crate::layers::trace::{TraceLayer, TracedBody};
 use crate::proxy::forwarded::{TrustedProxies, TrustedProxyError};
 use crate::proxy::tls::UpstreamTlsError;
 use crate::proxy::{Proxy, ProxyOptions};
@@ -32,6 +33,7 @@ use crate::telemetry::Metrics;
 use crate::upstream::{Resolver, ServiceNodes, UpstreamUrlError};
 use gatehouse_shared::routing::{Router, RoutingError, effective_policies};
 use gatehouse_shared::security::{Csp, CspError, SecurityHeaders};
+use gatehouse_shared::trace::settings::{self, Trust};
 
 /// The pieces of the pipeline that are built from configuration once at start-up. Cloning is
 /// cheap (the tables are shared); every HTTP worker builds its own pipeline from a clone, so each
@@ -45,6 +47,8 @@ pub struct PipelineParts {
     pub proxy: ProxyOptions,
     /// `ocis_url`, the only host the HTTPS redirect targets; empty disables it.
     pub public_url: String,
+    /// Whose incoming trace context is continued (`tracing.trust_incoming`).
+    pub trace_trust: Trust,
     pub metrics: Arc<Metrics>,
     pub identity: Identity,
 }
@@ -87,6 +91,8 @@ impl PipelineParts {
             trusted: Arc::new(TrustedProxies::parse(&config.http.trusted_proxies)?),
             proxy: ProxyOptions::from_config(config)?,
             public_url: config.ocis_url.clone(),
+            // Validated when the configuration was loaded.
+            trace_trust: settings::trust(&config.tracing).unwrap_or(Trust::TrustedProxies),
             metrics,
             identity,
         })
@@ -109,9 +115,10 @@ pub fn build(
     let memo = Arc::new(IdentityMemo::with_epoch(parts.identity.memo_epoch.clone()));
     ServiceBuilder::new()
         .layer(RequestIdLayer::default())
-        .map_response(|r: Response<AccessLogBody<Body>>| {
+        .map_response(|r: Response<TracedBody<AccessLogBody<Body>>>| {
             r.map(http_body_util::BodyExt::boxed_unsync)
         })
+        .layer(TraceLayer::new(parts.trusted.clone(), parts.trace_trust))
         .layer(AccessLogLayer)
         .layer(MetricsLayer::new(parts.metrics))
         .layer(SecurityLayer::new(parts.security))

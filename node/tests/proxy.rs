@@ -163,6 +163,7 @@ async fn gateway(o: Opts) -> Gateway {
         trusted: trusted.clone(),
         proxy: o.proxy,
         public_url: o.public_url,
+        trace_trust: gatehouse_shared::trace::settings::Trust::TrustedProxies,
         metrics: gatehouse_node::telemetry::Metrics::new("test"),
         identity: Identity::standalone(&Config::default()).await.unwrap(),
     };

@@ -10,3 +10,4 @@ pub mod routing;
 pub mod security;
 pub mod store;
 pub mod token;
+pub mod trace;

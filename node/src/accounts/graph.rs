@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use gatehouse_shared::token::{Minter, RevaUser, RevaUserId, UserType};
+use gatehouse_shared::trace::{self, http as conv, propagate};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -254,13 +255,30 @@ impl GraphDirectory {
             }
             None => Bytes::new(),
         };
-        let request = request
+        let mut request = request
             .body(Full::new(body))
             .map_err(|e| AccountError::Backend {
                 reason: format!("LibreGraph {what}: cannot build the request: {e}"),
                 retryable: false,
             })?;
-        let exchange = async {
+        let span = conv::client_span(request.method(), request.uri(), "graph");
+        propagate::inject_span(&span, request.headers_mut());
+        let answer = self.exchange(request, &what, &span).await;
+        match &answer {
+            Ok(a) => conv::record_client_status(&span, a.status),
+            Err(e) => span.fail("unavailable", e.to_string()),
+        }
+        span.end();
+        answer
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        what: &str,
+        span: &trace::Span,
+    ) -> Result<Answer, AccountError> {
+        let exchange = span.instrument(async {
             let response =
                 self.client
                     .request(request)
@@ -280,7 +298,7 @@ impl GraphDirectory {
                 })?
                 .to_bytes();
             Ok(Answer { status, body })
-        };
+        });
         tokio::time::timeout(self.timeout, exchange)
             .await
             .unwrap_or_else(|_| {

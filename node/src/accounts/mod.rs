@@ -42,6 +42,10 @@ use gatehouse_shared::auth::roles::{BuiltinRole, RoleDecision};
 use gatehouse_shared::config::Config;
 use gatehouse_shared::store::{Store, StoreError};
 use gatehouse_shared::token::{Minter, RevaUser, RevaUserId, TokenError, UserType};
+use gatehouse_shared::trace::{self, propagate};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use opentelemetry_semantic_conventions::attribute::ENDUSER_ID;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -258,6 +262,30 @@ pub fn reva_user(account: &Account, idp: &str) -> RevaUser {
 /// node's id.
 const GROUP_SYNC_DONE: &[u8] = b"done";
 
+/// A group-sync marker value: `state` (the syncing node's id, or `done`) followed by the
+/// `traceparent` of the request that started the sync, when it was traced, so that another node
+/// that finds the marker can link its request to that trace.
+fn group_sync_marker(state: &[u8]) -> Bytes {
+    match propagate::current_traceparent() {
+        Some(tp) => {
+            let mut v = Vec::with_capacity(state.len() + 1 + tp.len());
+            v.extend_from_slice(state);
+            v.push(b' ');
+            v.extend_from_slice(tp.as_bytes());
+            Bytes::from(v)
+        }
+        None => Bytes::copy_from_slice(state),
+    }
+}
+
+/// The state and the starting request's `traceparent` of a group-sync marker.
+fn parse_group_sync_marker(value: &[u8]) -> (&[u8], Option<&str>) {
+    match value.iter().position(|b| *b == b' ') {
+        Some(i) => (&value[..i], std::str::from_utf8(&value[i + 1..]).ok()),
+        None => (value, None),
+    }
+}
+
 /// What `sync_groups` did for one login.
 enum GroupSync {
     /// No groups claim to sync from.
@@ -435,7 +463,19 @@ impl AccountResolver {
                 });
             }
             None => {
-                let (user, created) = self.provision(claims).await?;
+                let span = trace::Span::child("provision user", SpanKind::Internal);
+                let provisioned = span.instrument(self.provision(claims)).await;
+                match &provisioned {
+                    Ok((user, created)) => span.set_with(|| {
+                        vec![
+                            KeyValue::new(ENDUSER_ID, user.id.clone()),
+                            KeyValue::new("gatehouse.account.created", *created),
+                        ]
+                    }),
+                    Err(e) => span.fail("backend", e.to_string()),
+                }
+                span.end();
+                let (user, created) = provisioned?;
                 (user, true, created)
             }
         };
@@ -491,7 +531,19 @@ impl AccountResolver {
             self.invalidate(&old).await;
             self.invalidate(&user).await;
         }
-        let (role_id, role_changed) = self.apply_role(&user.id, role).await?;
+        let span = trace::Span::child("assign role", SpanKind::Internal);
+        let applied = span.instrument(self.apply_role(&user.id, role)).await;
+        match &applied {
+            Ok((role_id, changed)) => span.set_with(|| {
+                vec![
+                    KeyValue::new("gatehouse.role", role_id.clone()),
+                    KeyValue::new("gatehouse.role.changed", *changed),
+                ]
+            }),
+            Err(e) => span.fail("store", e.to_string()),
+        }
+        span.end();
+        let (role_id, role_changed) = applied?;
         if role_changed && !changed {
             self.invalidate(&user).await;
         }
@@ -801,16 +853,19 @@ impl AccountResolver {
         let ttl = Some(self.settings.group_sync_interval);
         match self
             .state
-            .create(&marker, Bytes::from(self.node_id.clone()), ttl)
+            .create(&marker, group_sync_marker(self.node_id.as_bytes()), ttl)
             .await
         {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) => {
-                let done = matches!(
-                    self.state.get(&marker).await,
-                    Ok(Some(entry)) if entry.value == GROUP_SYNC_DONE
-                );
-                return Ok(if done {
+                let entry = self.state.get(&marker).await.ok().flatten();
+                let (state, started_by) = entry
+                    .as_ref()
+                    .map_or((&b""[..], None), |e| parse_group_sync_marker(&e.value));
+                if let Some(tp) = started_by {
+                    trace::link_current(&propagate::from_traceparent(tp), "group sync");
+                }
+                return Ok(if state == GROUP_SYNC_DONE {
                     GroupSync::DoneElsewhere
                 } else {
                     GroupSync::RunningElsewhere
@@ -821,12 +876,19 @@ impl AccountResolver {
                 return Ok(GroupSync::Skipped);
             }
         }
-        match self.apply_groups(user, &desired).await {
+        let span = trace::Span::child("sync groups", SpanKind::Internal);
+        let applied = span.instrument(self.apply_groups(user, &desired)).await;
+        match &applied {
+            Ok(changed) => span.set("gatehouse.groups.changed", *changed),
+            Err(e) => span.fail("backend", e.to_string()),
+        }
+        span.end();
+        match applied {
             Ok(changed) => {
                 // The marker now tells other nodes that what they read from now on is synced.
                 if let Err(e) = self
                     .state
-                    .put(&marker, Bytes::from_static(GROUP_SYNC_DONE), ttl)
+                    .put(&marker, group_sync_marker(GROUP_SYNC_DONE), ttl)
                     .await
                 {
                     tracing::warn!(key = %marker, error = %e, "cannot mark the group sync done");

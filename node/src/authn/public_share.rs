@@ -39,10 +39,12 @@ use gatehouse_shared::token::{
     Minter, PublicShareRole, ResourceId, RevaUser, RevaUserId, ScopedPublicShare, Scopes,
     TokenError, UserType, public_share_scope,
 };
+use gatehouse_shared::trace::{self, http as conv, propagate};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use opentelemetry::context::FutureExt as _;
 use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
 
@@ -434,12 +436,15 @@ impl Service {
                 // even when every request waiting for it has gone away.
                 let service = self.clone();
                 let task_key = key.clone();
-                let task = tokio::spawn(async move {
-                    let verdict = service.ask(&token, &secret).await;
-                    service.remember(&task_key, &verdict);
-                    lock(&service.inflight).remove(&task_key);
-                    verdict
-                });
+                let task = tokio::spawn(
+                    async move {
+                        let verdict = service.ask(&token, &secret).await;
+                        service.remember(&task_key, &verdict);
+                        lock(&service.inflight).remove(&task_key);
+                        verdict
+                    }
+                    .with_current_context(),
+                );
                 let call = async move {
                     task.await.unwrap_or_else(|e| {
                         Verdict::Unavailable(format!("share service call failed: {e}"), None)
@@ -488,11 +493,27 @@ impl Service {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body)));
-        let request = match request {
+        let mut request = match request {
             Ok(request) => request,
             Err(e) => return unavailable(format!("cannot build the request: {e}")),
         };
-        let exchange = async {
+        let span = conv::client_span(&Method::POST, request.uri(), "share-service");
+        propagate::inject_span(&span, request.headers_mut());
+        let verdict = self.exchange(request, &span, token).await;
+        if let Verdict::Unavailable(reason, _) = &verdict {
+            span.fail("unavailable", reason.clone());
+        }
+        span.end();
+        verdict
+    }
+
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        span: &trace::Span,
+        token: &str,
+    ) -> Verdict {
+        let exchange = span.instrument(async {
             let response = self
                 .client
                 .request(request)
@@ -506,7 +527,7 @@ impl Service {
                 .map_err(|e| format!("share service: reading the answer: {e}"))?
                 .to_bytes();
             Ok::<_, String>((status, retry_after, body))
-        };
+        });
         let (status, retry_after, body) = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(reason)) => return unavailable(reason),
@@ -517,6 +538,7 @@ impl Service {
                 ));
             }
         };
+        conv::record_client_status(span, status);
         match status {
             StatusCode::OK => self.accept(token, &body),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Verdict::Rejected(format!(

@@ -32,7 +32,9 @@ use gatehouse_shared::auth::signed_url::{
 };
 use gatehouse_shared::config::Config;
 use gatehouse_shared::store::{Clock, Store, StoreError, SystemClock};
+use gatehouse_shared::trace;
 use http::StatusCode;
+use opentelemetry::trace::SpanKind;
 use tokio::sync::{Semaphore, TryAcquireError};
 
 use crate::accounts::backend::LookupKind;
@@ -381,6 +383,26 @@ impl SignedUrlAuthenticator {
     }
 
     async fn derive(
+        &self,
+        req: &SignedUrlRequest<'_>,
+        params: SignedUrlParams,
+        key: Bytes,
+    ) -> Result<(), SignedUrlRejection> {
+        let span = trace::Span::child("derive signed-url key", SpanKind::Internal);
+        let result = span.instrument(self.derive_bounded(req, params, key)).await;
+        match &result {
+            Ok(()) => span.set("gatehouse.signed_url.valid", true),
+            Err(SignedUrlRejection::Invalid { .. }) => {
+                span.set("gatehouse.signed_url.valid", false)
+            }
+            Err(e) => span.fail("unavailable", e.to_string()),
+        }
+        span.end();
+        result
+    }
+
+    /// The PBKDF2 run on the blocking pool, within the bounded concurrency.
+    async fn derive_bounded(
         &self,
         req: &SignedUrlRequest<'_>,
         params: SignedUrlParams,

@@ -24,9 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gatehouse_shared::oidc::sessions::is_logout_marker;
+use gatehouse_shared::oidc::sessions::{is_logout_marker, marker_traceparent};
 use gatehouse_shared::store::{Change, Store};
+use gatehouse_shared::trace::{self, propagate};
 use http::HeaderValue;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanKind, TraceContextExt as _};
+use opentelemetry_semantic_conventions::attribute as semconv;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -210,7 +214,10 @@ pub fn spawn_invalidation(
                 change = feed.recv() => change,
             };
             match change {
-                Ok(Change::Put { key, .. }) if is_logout_marker(&key) => epoch.advance(),
+                Ok(Change::Put { key, entry }) if is_logout_marker(&key) => {
+                    applied_logout(&entry.value);
+                    epoch.advance();
+                }
                 Ok(Change::Reset) | Err(RecvError::Lagged(_)) => epoch.advance(),
                 Ok(_) => {}
                 Err(RecvError::Closed) => {
@@ -222,6 +229,35 @@ pub fn spawn_invalidation(
             }
         }
     })
+}
+
+/// A trace of its own for this node's reaction to a logout another request recorded (on any
+/// node), linked to that request's trace when the marker names it.
+fn applied_logout(marker: &[u8]) {
+    let Some(tp) = marker_traceparent(marker) else {
+        return;
+    };
+    let cause = propagate::from_traceparent(tp);
+    let sc = cause.span().span_context().clone();
+    let span = trace::Span::root(
+        "apply logout",
+        SpanKind::Consumer,
+        vec![(
+            sc,
+            vec![
+                KeyValue::new(trace::CLUSTER_LINK, true),
+                KeyValue::new("gatehouse.link.cause", "logout"),
+            ],
+        )],
+    );
+    span.set_with(|| {
+        vec![
+            KeyValue::new(semconv::MESSAGING_SYSTEM, "nats"),
+            KeyValue::new(semconv::MESSAGING_OPERATION_TYPE, "process"),
+            KeyValue::new("gatehouse.memo.dropped", true),
+        ]
+    });
+    span.end();
 }
 
 #[cfg(test)]

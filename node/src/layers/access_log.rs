@@ -10,8 +10,8 @@
 //! logged as 500. The single line is guaranteed by ownership: the pending record logs when it is
 //! dropped, and it moves from the response future into the body.
 //!
-//! This layer runs inside the request-id layer (it reads [`RequestId`]) and inserts the
-//! [`SharedTrace`] the router and the proxy fill in. `remote_addr` is the [`ClientAddr`] when the
+//! This layer runs inside the request-id layer (it reads [`RequestId`]) and uses the
+//! [`SharedTrace`] the router and the proxy fill in (inserting it when the trace layer did not). `remote_addr` is the [`ClientAddr`] when the
 //! layer sees one on the request, else the TCP peer from [`ConnInfo`].
 
 use std::fmt;
@@ -61,8 +61,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let trace = SharedTrace::default();
-        req.extensions_mut().insert(Arc::clone(&trace));
+        let trace = match req.extensions().get::<SharedTrace>() {
+            Some(trace) => Arc::clone(trace),
+            None => {
+                let trace = SharedTrace::default();
+                req.extensions_mut().insert(Arc::clone(&trace));
+                trace
+            }
+        };
         let ext = req.extensions();
         let remote = ext
             .get::<ClientAddr>()
@@ -199,8 +205,8 @@ impl Drop for Pending {
             duration_ms,
             bytes = self.bytes,
             remote_addr = %OrEmpty(self.remote),
-            upstream = self.trace.upstream.get().map_or("", String::as_str),
-            route = self.trace.route.get().map_or("", String::as_str),
+            upstream = self.trace.upstream.get().map_or("", |u| &**u),
+            route = self.trace.route.get().map_or("", |r| r.label.as_str()),
             "access-log"
         );
     }
@@ -228,7 +234,8 @@ mod tests {
             level: "info".into(),
             ..Default::default()
         };
-        let sub = logging::subscriber(&log, None, BoxMakeWriter::new(capture.clone())).unwrap();
+        let sub = logging::subscriber(&log, "test-node", None, BoxMakeWriter::new(capture.clone()))
+            .unwrap();
         (capture, tracing::subscriber::set_default(sub))
     }
 
@@ -239,6 +246,20 @@ mod tests {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .filter(|v| v["target"] == "access_log")
             .collect()
+    }
+
+    fn test_route(policy: &str, endpoint: &str) -> crate::layers::route::Routed {
+        use crate::layers::route::{RouteInfo, RouteUpstream, Routed};
+        Routed::new(RouteInfo {
+            policy: policy.into(),
+            endpoint: endpoint.into(),
+            target: gatehouse_shared::routing::Target::Service("webdav".into()),
+            unprotected: false,
+            apache_vhost: false,
+            require_mfa: false,
+            label: format!("{policy}/{endpoint}"),
+            upstream: RouteUpstream::Service("webdav".into()),
+        })
     }
 
     type ChunkBody =
@@ -281,7 +302,7 @@ mod tests {
                 .get::<SharedTrace>()
                 .expect("trace inserted")
                 .clone();
-            trace.route.set("ocis/webdav".into()).unwrap();
+            trace.route.set(test_route("ocis", "/webdav")).unwrap();
             trace.upstream.set("http://127.0.0.1:9140".into()).unwrap();
             let mut resp = Response::new(chunks(&["hello ", "world", "!"]));
             *resp.status_mut() = StatusCode::MULTI_STATUS;
@@ -310,7 +331,7 @@ mod tests {
         assert_eq!(l["bytes"], 12);
         assert_eq!(l["remote_addr"], "203.0.113.9");
         assert_eq!(l["upstream"], "http://127.0.0.1:9140");
-        assert_eq!(l["route"], "ocis/webdav");
+        assert_eq!(l["route"], "ocis//webdav");
         assert!(l["duration_ms"].as_f64().unwrap() >= 0.0);
     }
 

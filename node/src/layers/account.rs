@@ -29,6 +29,9 @@ use gatehouse_shared::auth::spaces::SpaceClaimMapper;
 use gatehouse_shared::events::envelope::{is_valid_traceparent, new_traceparent};
 use gatehouse_shared::store::Store;
 use gatehouse_shared::token::{MintCache, OpaqueEntry, RevaUser};
+use gatehouse_shared::trace::{self, propagate};
+use opentelemetry::trace::SpanKind;
+use opentelemetry_semantic_conventions::attribute::ENDUSER_ID;
 
 use crate::accounts::{AccountError, AccountResolver, reva_user};
 use crate::context::Body;
@@ -154,12 +157,43 @@ where
         let services = self.services.clone();
         let memo = self.memo.clone();
         futures::future::Either::Right(Box::pin(async move {
-            let traceparent = req
-                .headers()
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .filter(|tp| is_valid_traceparent(tp))
-                .map_or_else(new_traceparent, str::to_owned);
+            let span = trace::Span::child("resolve account", SpanKind::Internal);
+            let result = span
+                .instrument(resolve(&services, &memo, &mut req, identity, &routed))
+                .await;
+            if let Err(e) = &result {
+                span.fail(e.kind(), e.to_string());
+            }
+            span.end();
+            result?;
+            // Backends learn the user from the minted token; credentials stay here.
+            req.headers_mut().remove(http::header::AUTHORIZATION);
+            inner.call(req).await
+        }))
+    }
+}
+
+/// Resolves the identity into the minted token on `req` (and memoises an OIDC outcome).
+async fn resolve<B>(
+    services: &AccountServices,
+    memo: &IdentityMemo,
+    req: &mut Request<B>,
+    identity: Identity,
+    routed: &Routed,
+) -> Result<(), GatewayError> {
+    {
+        {
+            // Events carry the request's trace: the current span's context when tracing is on,
+            // else a trace context a trusted caller sent (others' were removed), else a new one.
+            let traceparent = propagate::current_traceparent()
+                .or_else(|| {
+                    req.headers()
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|tp| is_valid_traceparent(tp))
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(new_traceparent);
             let initiator_id = req
                 .headers()
                 .get("initiator-id")
@@ -182,6 +216,7 @@ where
                     }
                 }
                 Identity::Account { account, .. } => {
+                    trace::set_current(ENDUSER_ID, account.id.clone());
                     let prepared = services
                         .prepare_account(&account, routed.require_mfa)
                         .await?;
@@ -189,10 +224,8 @@ where
                 }
                 Identity::Share { .. } => unreachable!("answered above"),
             }
-            // Backends learn the user from the minted token; credentials stay here.
-            req.headers_mut().remove(http::header::AUTHORIZATION);
-            inner.call(req).await
-        }))
+            Ok(())
+        }
     }
 }
 
@@ -281,6 +314,8 @@ impl AccountServices {
             .await
             .map_err(account_error)?;
         let account = &resolved.account;
+        trace::set_current(ENDUSER_ID, account.id.clone());
+        trace::set_current("gatehouse.role", account.role_id.clone());
         let mut user = self.user_with_quota(account);
         if let Some(spaces) = &self.spaces {
             match spaces.memberships(claims) {

@@ -12,6 +12,10 @@
 //! Public paths (public links, OCM, capabilities) without a share token pass on anonymously —
 //! the public-share authenticator accepts them, as in oCIS — and their backend checks access.
 //! `OPTIONS` requests and the IdP token endpoint `/konnect/v1/token` pass without any check.
+//!
+//! In a sampled trace the authenticators run inside an `authenticate` span that says which way in
+//! decided (`gatehouse.auth.method`) and how (`gatehouse.auth.result`); a memoised token opens no
+//! span and is noted on the request's span (`gatehouse.auth.method = memo`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,7 +24,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
+use opentelemetry::trace::SpanKind;
 use tower::{Layer, Service};
+
+use gatehouse_shared::trace;
 
 use gatehouse_shared::auth::challenge::{
     ChallengePolicy, ChallengeRequest, is_webdav_method, skips_authentication,
@@ -118,6 +125,7 @@ where
                 bearer_token(req.headers()).and_then(|t| self.memo.get(t, Instant::now()))
         {
             self.auth.metrics.authentication(AuthResult::Accepted);
+            trace::set_current(AUTH_METHOD, "memo");
             req.extensions_mut().insert(MemoHit(hit));
             return futures::future::Either::Left(self.inner.call(req));
         }
@@ -127,10 +135,14 @@ where
         let memo_epoch = self.memo.epoch();
         futures::future::Either::Right(Box::pin(async move {
             let mut req = req;
-            match auth
-                .authenticate(req.method(), req.uri(), req.headers())
-                .await
-            {
+            let span = trace::Span::child("authenticate", SpanKind::Internal);
+            let outcome = span
+                .instrument(auth.authenticate(req.method(), req.uri(), req.headers()))
+                .await;
+            span.set(AUTH_METHOD, outcome.method());
+            span.set(AUTH_RESULT, outcome.result());
+            span.end();
+            match outcome {
                 Outcome::Accepted(mut identity) => {
                     auth.metrics.authentication(AuthResult::Accepted);
                     if let Identity::Oidc(oidc) = &mut identity {
@@ -196,6 +208,38 @@ enum Outcome {
 struct Transient {
     reason: String,
     retry_after: Option<Duration>,
+}
+
+/// Span attributes: which way in decided, and how.
+const AUTH_METHOD: &str = "gatehouse.auth.method";
+const AUTH_RESULT: &str = "gatehouse.auth.result";
+
+impl Outcome {
+    fn method(&self) -> &'static str {
+        match self {
+            Outcome::Accepted(Identity::Oidc(_)) => "oidc",
+            Outcome::Accepted(Identity::Account {
+                scheme: Scheme::Basic,
+                ..
+            }) => "basic",
+            Outcome::Accepted(Identity::Account {
+                scheme: Scheme::SignedUrl,
+                ..
+            }) => "signed_url",
+            Outcome::Accepted(Identity::Share { .. }) => "public_share",
+            Outcome::Anonymous => "anonymous",
+            Outcome::Refused { .. } => "none",
+        }
+    }
+
+    fn result(&self) -> &'static str {
+        match self {
+            Outcome::Accepted(_) => "accepted",
+            Outcome::Anonymous => "anonymous",
+            Outcome::Refused { transient: Some(_) } => "unavailable",
+            Outcome::Refused { transient: None } => "refused",
+        }
+    }
 }
 
 impl Authenticators {

@@ -9,3 +9,4 @@ pub mod redirect;
 pub mod request_id;
 pub mod route;
 pub mod security;
+pub mod trace;

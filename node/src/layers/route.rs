@@ -244,7 +244,7 @@ where
         match self.shared.route(&mut req) {
             Ok(routed) => {
                 if let Some(trace) = req.extensions().get::<SharedTrace>() {
-                    let _ = trace.route.set(routed.label.clone());
+                    let _ = trace.route.set(routed.clone());
                 }
                 req.extensions_mut().insert(routed);
                 Either::Right(self.inner.call(req))

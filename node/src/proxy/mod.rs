@@ -33,6 +33,7 @@ use crate::error::GatewayError;
 use crate::layers::route::{RouteUpstream, Routed};
 use crate::upstream::{Chosen, Resolver};
 use gatehouse_shared::routing::upstream_path_and_query;
+use gatehouse_shared::trace::{self, http as conv, propagate};
 
 /// How the proxy talks to upstreams (the `upstream` configuration section, `insecure_backends`
 /// and `backend_https_cacert`).
@@ -139,17 +140,25 @@ impl Inner {
             })?,
         };
         if let Some(trace) = req.extensions().get::<SharedTrace>() {
-            let _ = trace.upstream.set(chosen.base.url.to_string());
+            let _ = trace.upstream.set(chosen.base.url.clone());
         }
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let out = self.rewrite(req, &routed, &chosen, upgrade)?;
+        let mut out = self.rewrite(req, &routed, &chosen, upgrade)?;
+        let span = if trace::enabled() {
+            conv::client_span(out.method(), out.uri(), &target_name(&routed))
+        } else {
+            trace::Span::NONE
+        };
+        // The backend continues the upstream span's trace, or (unsampled) the server span's.
+        propagate::inject_span(&span, out.headers_mut());
 
-        let sent = self.client.request(out);
+        let sent = span.instrument(self.client.request(out));
         let result = match self.response_header_timeout {
             Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => r,
                 Err(_) => {
+                    span.fail("timeout", format!("no response head within {t:?}"));
                     return Err(GatewayError::UpstreamTimeout {
                         route: routed.label.clone(),
                         upstream: chosen.base.url.to_string(),
@@ -162,6 +171,7 @@ impl Inner {
         let mut resp = match result {
             Ok(r) => r,
             Err(e) if is_malformed_client_body(&e) => {
+                span.fail("malformed_request_body", error_chain(&e));
                 return Err(GatewayError::MalformedBody {
                     route: routed.label.clone(),
                     reason: error_chain(&e),
@@ -171,9 +181,19 @@ impl Inner {
                 if e.is_connect() {
                     chosen.report_refused();
                 }
-                return Err(unavailable(&routed, &chosen, error_chain(&e)));
+                let reason = error_chain(&e);
+                span.fail(
+                    if e.is_connect() {
+                        "connect"
+                    } else {
+                        "upstream"
+                    },
+                    reason.clone(),
+                );
+                return Err(unavailable(&routed, &chosen, reason));
             }
         };
+        conv::record_client_status(&span, resp.status());
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
@@ -192,6 +212,17 @@ impl Inner {
             }
         }
         strip_hop_by_hop(resp.headers_mut(), switching);
+        if span.is_recording() {
+            // The upstream span lasts until the upstream's body is finished.
+            return Ok(resp.map(|b| {
+                EndSpanBody {
+                    inner: b,
+                    span: Some(span),
+                }
+                .map_err(Into::into)
+                .boxed_unsync()
+            }));
+        }
         Ok(resp.map(|b| b.map_err(Into::into).boxed_unsync()))
     }
 
@@ -244,6 +275,54 @@ impl Inner {
             headers.insert(header::USER_AGENT, HeaderValue::from_static(""));
         }
         Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// An upstream response body that ends the upstream span when it is finished or dropped.
+struct EndSpanBody {
+    inner: Incoming,
+    span: Option<trace::Span>,
+}
+
+impl hyper::body::Body for EndSpanBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some(span) = self.span.take() {
+                    span.end();
+                }
+            }
+            Some(Err(e)) => {
+                if let Some(span) = &self.span {
+                    span.fail("upstream_body", e.to_string());
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for EndSpanBody {
+    fn drop(&mut self) {
+        if let Some(span) = self.span.take() {
+            span.end();
+        }
     }
 }
 

@@ -33,18 +33,23 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio::net::TcpStream;
 use tower::Service;
 
-/// Why the upstream TLS configuration could not be built. Not retryable: the configuration or
-/// the file has to change.
+/// Why a TLS client configuration could not be built. Not retryable: the configuration or the
+/// file has to change. `setting` names the configuration key of the CA file.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamTlsError {
-    #[error("backend_https_cacert: cannot read {path}: {source}")]
+    #[error("{setting}: cannot read {path}: {source}")]
     ReadCa {
+        setting: &'static str,
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("backend_https_cacert: {path} is not a usable PEM CA certificate file: {reason}")]
-    InvalidCa { path: PathBuf, reason: String },
-    #[error("upstream TLS configuration: {0}")]
+    #[error("{setting}: {path} is not a usable PEM CA certificate file: {reason}")]
+    InvalidCa {
+        setting: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("TLS client configuration: {0}")]
     Config(#[from] rustls::Error),
 }
 
@@ -56,11 +61,22 @@ pub fn client_config(
     insecure: bool,
     ca_file: Option<&Path>,
 ) -> Result<Arc<ClientConfig>, UpstreamTlsError> {
+    client_config_for("backend_https_cacert", insecure, ca_file, &[b"http/1.1"])
+}
+
+/// [`client_config`] for another peer (the trace collector): `setting` names its CA-file key in
+/// errors, `alpn` the protocols offered (`h2` for gRPC).
+pub fn client_config_for(
+    setting: &'static str,
+    insecure: bool,
+    ca_file: Option<&Path>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, UpstreamTlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = system_roots().clone();
     if let Some(path) = ca_file {
-        let added = add_ca_file(&mut roots, path)?;
-        tracing::info!(file = %path.display(), certificates = added, "backend_https_cacert added to the upstream trust roots");
+        let added = add_ca_file(setting, &mut roots, path)?;
+        tracing::info!(file = %path.display(), certificates = added, "{setting} added to the trust roots");
     }
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -79,7 +95,7 @@ pub fn client_config(
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
@@ -98,12 +114,18 @@ fn system_roots() -> &'static RootCertStore {
     })
 }
 
-fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<usize, UpstreamTlsError> {
+fn add_ca_file(
+    setting: &'static str,
+    roots: &mut RootCertStore,
+    path: &Path,
+) -> Result<usize, UpstreamTlsError> {
     let invalid = |reason: String| UpstreamTlsError::InvalidCa {
+        setting,
         path: path.to_owned(),
         reason,
     };
     let pem = fs::read(path).map_err(|source| UpstreamTlsError::ReadCa {
+        setting,
         path: path.to_owned(),
         source,
     })?;
@@ -239,7 +261,10 @@ mod tests {
         let two = format!("{}{}", ck.cert.pem(), self_signed().cert.pem());
         let path = write(dir.path(), "ca.pem", two.as_bytes());
         let mut roots = RootCertStore::empty();
-        assert_eq!(add_ca_file(&mut roots, &path).unwrap(), 2);
+        assert_eq!(
+            add_ca_file("backend_https_cacert", &mut roots, &path).unwrap(),
+            2
+        );
         assert_eq!(roots.len(), 2);
         let config = client_config(false, Some(&path)).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);

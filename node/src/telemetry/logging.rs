@@ -9,16 +9,26 @@
 //! `error`; an empty level means `info`. The access log is emitted at `info` (as in oCIS), so a level
 //! of `warn` or stricter silences it. `RUST_LOG`, when set, replaces the level with a full
 //! `tracing` filter directive (e.g. `info,access_log=off`).
+//!
+//! Every line carries the node's id (`node_id`, the `service.instance.id` of its traces) and,
+//! when it is written while a traced unit of work runs (a request, an IdP call inside it), the
+//! `trace_id` and `span_id` of the current OpenTelemetry span, so that a log line leads to its
+//! trace and a trace to its log lines.
 
+use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use gatehouse_shared::config::Log;
-use tracing::Subscriber;
+use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Writer};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::fmt::{FmtContext, format};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{Layer, Registry};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +70,7 @@ pub fn level_filter(level: &str) -> Result<LevelFilter, LogError> {
 /// that tests can capture the exact output format with their own writer.
 pub fn subscriber(
     log: &Log,
+    node_id: &str,
     rust_log: Option<&str>,
     writer: BoxMakeWriter,
 ) -> Result<impl Subscriber + Send + Sync + 'static, LogError> {
@@ -74,23 +85,101 @@ pub fn subscriber(
     };
     let format: Box<dyn Layer<Registry> + Send + Sync> = if log.pretty {
         tracing_subscriber::fmt::layer()
+            .event_format(WithIds::pretty(format().with_ansi(log.color), node_id))
             .with_ansi(log.color)
             .with_writer(writer)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer()
+        let json = format()
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .with_span_list(false)
+            .with_span_list(false);
+        tracing_subscriber::fmt::layer()
+            .fmt_fields(JsonFields::new())
+            .event_format(WithIds::json(json, node_id))
             .with_writer(writer)
             .boxed()
     };
     Ok(Registry::default().with(format.with_filter(filter)))
 }
 
-/// Installs the global subscriber described by `log` (and `RUST_LOG`).
-pub fn init(log: &Log) -> Result<LogGuard, LogError> {
+/// An event format that appends `node_id`, and the current OpenTelemetry span's `trace_id` and
+/// `span_id` when there is one, to every line the wrapped format writes.
+struct WithIds<F> {
+    inner: F,
+    json: bool,
+    /// The node id as the format spells it (a JSON string, or the bare id).
+    node_id: String,
+}
+
+impl<F> WithIds<F> {
+    fn json(inner: F, node_id: &str) -> Self {
+        Self {
+            inner,
+            json: true,
+            node_id: serde_json::to_string(node_id).unwrap_or_else(|_| "\"\"".to_owned()),
+        }
+    }
+
+    fn pretty(inner: F, node_id: &str) -> Self {
+        Self {
+            inner,
+            json: false,
+            node_id: node_id.to_owned(),
+        }
+    }
+}
+
+thread_local! {
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        LINE.with(|line| {
+            let Ok(mut line) = line.try_borrow_mut() else {
+                // Re-entered (a log line written while formatting one): no ids for that one.
+                return self.inner.format_event(ctx, writer, event);
+            };
+            line.clear();
+            self.inner
+                .format_event(ctx, Writer::new(&mut *line), event)?;
+            let ids = gatehouse_shared::trace::current_ids();
+            let end = line.trim_end_matches('\n').len();
+            line.truncate(end);
+            if self.json && line.ends_with('}') {
+                line.pop();
+                let _ = write!(line, ",\"node_id\":{}", self.node_id);
+                if let Some((trace, span)) = ids {
+                    let _ = write!(line, ",\"trace_id\":\"{trace}\",\"span_id\":\"{span}\"");
+                }
+                line.push('}');
+            } else {
+                let _ = write!(line, " node_id={}", self.node_id);
+                if let Some((trace, span)) = ids {
+                    let _ = write!(line, " trace_id={trace} span_id={span}");
+                }
+            }
+            line.push('\n');
+            writer.write_str(&line)
+        })
+    }
+}
+
+/// Installs the global subscriber described by `log` (and `RUST_LOG`); `node_id` goes into every
+/// line.
+pub fn init(log: &Log, node_id: &str) -> Result<LogGuard, LogError> {
     let (writer, file) = if log.file.is_empty() {
         (BoxMakeWriter::new(std::io::stderr), None)
     } else {
@@ -106,7 +195,7 @@ pub fn init(log: &Log) -> Result<LogGuard, LogError> {
         (BoxMakeWriter::new(Arc::clone(&file)), Some(file))
     };
     let rust_log = std::env::var("RUST_LOG").ok();
-    let subscriber = subscriber(log, rust_log.as_deref(), writer)?;
+    let subscriber = subscriber(log, node_id, rust_log.as_deref(), writer)?;
     tracing::subscriber::set_global_default(subscriber).map_err(|_| LogError::AlreadyInstalled)?;
     Ok(LogGuard { _file: file })
 }
@@ -176,6 +265,7 @@ pub(crate) mod tests {
         let capture = Capture::default();
         let sub = subscriber(
             &log("warn", false),
+            "node-a",
             None,
             BoxMakeWriter::new(capture.clone()),
         )
@@ -192,6 +282,40 @@ pub(crate) mod tests {
         assert_eq!(v["message"], "kept");
         assert_eq!(v["answer"], 42);
         assert!(v["timestamp"].is_string());
+        assert_eq!(v["node_id"], "node-a");
+        assert!(v.get("trace_id").is_none(), "no trace, no trace id");
+    }
+
+    #[test]
+    fn lines_written_inside_a_span_carry_its_ids() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+        };
+        let capture = Capture::default();
+        let sub = subscriber(
+            &log("info", false),
+            "node \"b\"",
+            None,
+            BoxMakeWriter::new(capture.clone()),
+        )
+        .unwrap();
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        let cx = opentelemetry::Context::new().with_remote_span_context(sc);
+        tracing::subscriber::with_default(sub, || {
+            let _attached = cx.attach();
+            tracing::info!(target: "t", "inside");
+        });
+        let v: serde_json::Value = serde_json::from_str(&capture.lines()[0]).unwrap();
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["span_id"], "00f067aa0ba902b7");
+        assert_eq!(v["node_id"], "node \"b\"", "escaped into valid JSON");
+        assert_eq!(v["message"], "inside");
     }
 
     #[test]
@@ -199,6 +323,7 @@ pub(crate) mod tests {
         let capture = Capture::default();
         let sub = subscriber(
             &log("error", true),
+            "node-a",
             Some("debug"),
             BoxMakeWriter::new(capture.clone()),
         )
@@ -209,6 +334,7 @@ pub(crate) mod tests {
         assert!(
             lines[0].contains("DEBUG") && lines[0].contains("hello") && lines[0].contains("n=1")
         );
+        assert!(lines[0].ends_with(" node_id=node-a"), "{}", lines[0]);
         assert!(serde_json::from_str::<serde_json::Value>(&lines[0]).is_err());
         assert!(!lines[0].contains('\u{1b}'), "no colour unless log.color");
     }
@@ -217,14 +343,18 @@ pub(crate) mod tests {
     fn invalid_rust_log_and_unopenable_file_are_reported() {
         let err = subscriber(
             &log("", false),
+            "n",
             Some("=[bad"),
             BoxMakeWriter::new(std::io::sink),
         );
         assert!(matches!(err, Err(LogError::InvalidRustLog { .. })));
-        let err = init(&Log {
-            file: "/nonexistent-dir/gatehouse.log".into(),
-            ..Log::default()
-        });
+        let err = init(
+            &Log {
+                file: "/nonexistent-dir/gatehouse.log".into(),
+                ..Log::default()
+            },
+            "n",
+        );
         assert!(matches!(err, Err(LogError::File { .. })));
     }
 }

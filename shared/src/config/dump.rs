@@ -33,7 +33,8 @@ fn mask_userinfo(url: &mut String) {
 impl Config {
     /// A copy with every secret replaced by `***` (empty secrets stay empty, so a dump still
     /// shows whether one is set): the debug token, the machine-auth key, the service-account
-    /// secret, every store and events password, and credentials embedded in service URLs.
+    /// secret, every store and events password, the values of the trace exporter's headers, and
+    /// credentials embedded in service and collector URLs.
     pub fn masked(&self) -> Config {
         let mut c = self.clone();
         mask(&mut c.debug.token);
@@ -47,6 +48,9 @@ impl Config {
         for urls in c.services.values_mut() {
             urls.iter_mut().for_each(mask_userinfo);
         }
+        c.tracing.headers.values_mut().for_each(mask);
+        mask_userinfo(&mut c.tracing.endpoint);
+        mask_userinfo(&mut c.tracing.collector);
         c
     }
 

@@ -28,6 +28,11 @@ pub enum Setter {
     Usize(fn(&mut Config) -> &mut usize),
     /// `name=url1|url2,name2=url3`, replacing the whole `services` map.
     Services,
+    /// A floating-point number.
+    F64(fn(&mut Config) -> &mut f64),
+    /// `key=value,key2=value2` (W3C baggage / OpenTelemetry style: items trimmed, values
+    /// percent-decoded), replacing the whole map.
+    Pairs(fn(&mut Config) -> &mut BTreeMap<String, String>),
 }
 
 /// One documented configuration key.
@@ -132,13 +137,20 @@ pub static SECTIONS: &[Section] = &[
             set("log.file", &["OCIS_LOG_FILE", "PROXY_LOG_FILE"], string!(log.file),
                 "Write the log to this file instead of standard error."),
             set("tracing.enabled", &["OCIS_TRACING_ENABLED", "PROXY_TRACING_ENABLED"], boolean!(tracing.enabled),
-                "Export traces."),
+                "Export traces (docs/operations.md, \"Tracing\")."),
             set("tracing.type", &["OCIS_TRACING_TYPE", "PROXY_TRACING_TYPE"], string!(tracing.kind),
-                "Trace exporter: empty (= `jaeger`) or `otlp`."),
-            set("tracing.endpoint", &["OCIS_TRACING_ENDPOINT", "PROXY_TRACING_ENDPOINT"], string!(tracing.endpoint),
-                "Jaeger agent `host:port`, or the OTLP gRPC target."),
+                "`otlp`, or empty/`jaeger` (the oCIS default). Gatehouse exports OTLP either way: for `jaeger` it \
+                 sends OTLP to the Jaeger host (4317 for gRPC, 4318 for HTTP) and logs a warning."),
+            set("tracing.endpoint",
+                &["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OCIS_TRACING_ENDPOINT", "PROXY_TRACING_ENDPOINT"],
+                string!(tracing.endpoint),
+                "Collector: `host:port` (oCIS form, plain gRPC) or a URL (`http://`, `https://`). For `http/protobuf` a URL \
+                 without a path gets `/v1/traces`. Empty: `localhost:4317` (gRPC) or `http://localhost:4318/v1/traces` (HTTP)."),
             set("tracing.collector", &["OCIS_TRACING_COLLECTOR", "PROXY_TRACING_COLLECTOR"], string!(tracing.collector),
-                "Jaeger collector HTTP URL, used only when `tracing.endpoint` is empty."),
+                "Jaeger collector HTTP URL, used only when `tracing.endpoint` is empty: Gatehouse sends OTLP/HTTP to \
+                 port 4318 of its host."),
+            set("tracing.service", &["OTEL_SERVICE_NAME", "PROXY_TRACING_SERVICE"], string!(tracing.service),
+                "`service.name` of the spans."),
         ],
     },
     Section {
@@ -461,6 +473,53 @@ pub static SECTIONS: &[Section] = &[
         ],
     },
     Section {
+        title: "Tracing",
+        intro: "Gatehouse settings of the trace exporter, with the standard OpenTelemetry variables they also \
+                read. For every setting the variables are listed in precedence order, the last one set wins: the \
+                generic `OTEL_*` one, then the signal-specific `OTEL_*_TRACES_*` one, then `OCIS_*`, then `PROXY_*`; all \
+                override `proxy.yaml`.",
+        gatehouse: true,
+        settings: &[
+            set("tracing.protocol", &["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "PROXY_TRACING_PROTOCOL"],
+                string!(tracing.protocol),
+                "`grpc` or `http/protobuf` (`http/json` is not supported). Empty: gRPC, or HTTP when only `tracing.collector` is set."),
+            set("tracing.headers", &["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "PROXY_TRACING_HEADERS"],
+                Setter::Pairs(|c| &mut c.tracing.headers),
+                "Headers sent with every export, e.g. a collector token. In the environment `name=value,name2=value2` \
+                 (values percent-decoded), which replaces the whole map. Secret: values masked in dumps."),
+            set("tracing.ca_file", &["OTEL_EXPORTER_OTLP_CERTIFICATE", "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "PROXY_TRACING_CA_FILE"],
+                string!(tracing.ca_file),
+                "PEM file of CA certificates trusted, besides the system store, for an `https` endpoint."),
+            set("tracing.insecure", &["PROXY_TRACING_INSECURE"], boolean!(tracing.insecure),
+                "Do not verify the certificate of an `https` endpoint (development only; a warning is logged). \
+                 Plain-text export is chosen by the endpoint's scheme, not by this switch."),
+            set("tracing.sampler", &["OTEL_TRACES_SAMPLER", "PROXY_TRACING_SAMPLER"], string!(tracing.sampler),
+                "`parentbased_traceidratio`, `parentbased_always_on`, `parentbased_always_off`, `traceidratio`, \
+                 `always_on` or `always_off`. Parent-based samplers follow the decision of a trusted caller."),
+            set("tracing.sample_ratio", &["OTEL_TRACES_SAMPLER_ARG", "PROXY_TRACING_SAMPLE_RATIO"],
+                Setter::F64(|c| &mut c.tracing.sample_ratio),
+                "Share of new traces sampled by the ratio samplers, from 0 to 1."),
+            set("tracing.trust_incoming", &["PROXY_TRACING_TRUST_INCOMING"], string!(tracing.trust_incoming),
+                "Whose `traceparent`/`tracestate`/`baggage` a request may carry in: `trusted_proxies` (the \
+                 `http.trusted_proxies` peers), `always` or `never`. Other callers' context is recorded as a span \
+                 link and never forwarded."),
+            set("tracing.resource_attributes", &["OTEL_RESOURCE_ATTRIBUTES", "PROXY_TRACING_RESOURCE_ATTRIBUTES"],
+                Setter::Pairs(|c| &mut c.tracing.resource_attributes),
+                "Extra resource attributes of every span (`key=value,key2=value2`). `service.name`, \
+                 `service.instance.id` and `service.version` here are ignored: they come from the settings above, \
+                 `node_id` and the build."),
+            set("tracing.export_timeout", &["PROXY_TRACING_EXPORT_TIMEOUT"], duration!(tracing.export_timeout),
+                "Time allowed for one export call. Must be positive."),
+            set("tracing.queue_size", &["OTEL_BSP_MAX_QUEUE_SIZE", "PROXY_TRACING_QUEUE_SIZE"], usize!(tracing.queue_size),
+                "Finished spans kept while the collector is slow or unreachable; further spans are dropped and counted. \
+                 Must be positive."),
+            set("node_id", &["PROXY_NODE_ID"], string!(node_id),
+                "This node's name in log lines (`node_id`), metrics (`gatehouse_node_info`) and traces \
+                 (`service.instance.id`). Empty: the host name.")
+                .shown_default("the host name"),
+        ],
+    },
+    Section {
         title: "Store tuning",
         intro: "JetStream settings Gatehouse adds to the oCIS store definitions.",
         gatehouse: true,
@@ -524,13 +583,37 @@ fn parse_services(v: &str) -> Result<BTreeMap<String, Vec<String>>, String> {
     Ok(map)
 }
 
+/// `key=value,key2=value2` as the OpenTelemetry variables write it (`OTEL_EXPORTER_OTLP_HEADERS`,
+/// `OTEL_RESOURCE_ATTRIBUTES`): items and keys trimmed, values percent-decoded, empty items dropped.
+fn parse_pairs(v: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut map = BTreeMap::new();
+    for item in split_list(v) {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("item {item:?} is not of the form key=value"))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("item {item:?} has no key"));
+        }
+        let value = crate::auth::query::unescape(value.trim(), false)
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| format!("the value of {key:?} is not valid percent-encoded UTF-8"))?;
+        map.insert(key.to_owned(), value);
+    }
+    Ok(map)
+}
+
 impl Setter {
     /// Writes `value` into `config`. Empty values leave booleans, numbers and durations alone,
     /// as Go's envdecode does (it ignores values it cannot parse for those types).
     fn apply(self, config: &mut Config, value: &str) -> Result<(), String> {
         let skip_empty = matches!(
             self,
-            Setter::Bool(_) | Setter::Duration(_) | Setter::U64(_) | Setter::Usize(_)
+            Setter::Bool(_)
+                | Setter::Duration(_)
+                | Setter::U64(_)
+                | Setter::Usize(_)
+                | Setter::F64(_)
         ) && value.is_empty();
         if skip_empty {
             return Ok(());
@@ -561,6 +644,13 @@ impl Setter {
                 })?;
             }
             Setter::Services => config.services = parse_services(value)?,
+            Setter::F64(field) => {
+                *field(config) = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("invalid value {value:?}: expected a number"))?;
+            }
+            Setter::Pairs(field) => *field(config) = parse_pairs(value)?,
         }
         Ok(())
     }

@@ -50,6 +50,8 @@ pub struct Config {
     // ---- Gatehouse additions (docs/configuration.md, "Gatehouse additions") ----
     /// The public URL of the installation (`OCIS_URL`); the HTTPS redirect only targets this host.
     pub ocis_url: String,
+    /// This node's name in logs, metrics and traces (`service.instance.id`); empty: the host name.
+    pub node_id: String,
     /// Service name → base URLs. Consulted before the NATS service registry.
     pub services: BTreeMap<String, Vec<String>>,
     pub service_registry: ServiceRegistry,
@@ -160,14 +162,62 @@ pub struct Log {
     pub file: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+/// Trace export (oCIS `tracing.*` plus the Gatehouse additions; `crate::trace::settings` resolves
+/// them, together with the standard `OTEL_*` variables, to one exporter).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tracing {
     pub enabled: bool,
+    /// `otlp`, or `jaeger` / empty (oCIS' default), which Gatehouse serves with OTLP too.
     #[serde(rename = "type")]
     pub kind: String,
     pub endpoint: String,
     pub collector: String,
+    /// `service.name` of every span (oCIS `PROXY_TRACING_SERVICE`).
+    pub service: String,
+    // Gatehouse additions.
+    /// OTLP transport: `grpc` or `http/protobuf`; empty: gRPC, unless only a collector URL is set.
+    pub protocol: String,
+    /// Headers sent with every export (collector tokens). Values are secrets: masked in dumps.
+    pub headers: BTreeMap<String, String>,
+    /// PEM file of CA certificates added to the system roots for an `https` endpoint.
+    pub ca_file: String,
+    /// Accept any certificate from an `https` endpoint (development only).
+    pub insecure: bool,
+    /// OpenTelemetry sampler name (`parentbased_traceidratio`, `always_on`, …).
+    pub sampler: String,
+    /// Share of new traces sampled by the ratio samplers, 0 to 1.
+    pub sample_ratio: f64,
+    /// Whose incoming `traceparent` is continued: `trusted_proxies`, `always` or `never`.
+    pub trust_incoming: String,
+    /// Extra resource attributes of every span.
+    pub resource_attributes: BTreeMap<String, String>,
+    /// Time allowed for one export call.
+    pub export_timeout: GoDuration,
+    /// Finished spans kept while the collector is slow or away; further spans are dropped.
+    pub queue_size: usize,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Tracing {
+            enabled: false,
+            kind: String::new(),
+            endpoint: String::new(),
+            collector: String::new(),
+            service: "proxy".into(),
+            protocol: String::new(),
+            headers: BTreeMap::new(),
+            ca_file: String::new(),
+            insecure: false,
+            sampler: "parentbased_traceidratio".into(),
+            sample_ratio: 1.0,
+            trust_incoming: "trusted_proxies".into(),
+            resource_attributes: BTreeMap::new(),
+            export_timeout: GoDuration::secs(10),
+            queue_size: 2048,
+        }
+    }
 }
 
 /// A store definition in the oCIS shape (`store`, `addresses`/nodes, `database`, `table`, `ttl`, …)
@@ -386,6 +436,7 @@ impl Default for Config {
             claim_space_management: ClaimSpaceManagement::default(),
             mfa: Mfa::default(),
             ocis_url: String::new(),
+            node_id: String::new(),
             services: BTreeMap::new(),
             service_registry: ServiceRegistry::default(),
             state_store: StoreConfig {

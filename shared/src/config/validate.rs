@@ -358,6 +358,22 @@ fn misc(config: &mut Config, p: &mut Problems<'_>) {
     {
         p.add("events.endpoint", e);
     }
+    // The exporter settings are checked only when tracing is on (`OTEL_*` variables meant for
+    // other programs must not stop a node that does not trace); the trust rule applies always.
+    if config.tracing.enabled {
+        if let Err(problems) = crate::trace::settings::resolve(&config.tracing) {
+            p.0.extend(problems);
+        }
+    } else if let Err(problem) = crate::trace::settings::trust(&config.tracing) {
+        p.0.push(problem);
+    }
+    let node_id = &config.node_id;
+    if node_id.len() > 64 || !node_id.bytes().all(|b| b.is_ascii_graphic()) {
+        p.add(
+            "node_id",
+            format!("{node_id:?} must be at most 64 visible ASCII characters"),
+        );
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -120,6 +120,23 @@ pub fn encode_logout_time(t: i64) -> Vec<u8> {
     t.to_string().into_bytes()
 }
 
+/// The value of a `sid` marker: the logout time, then — when the logout was traced — the
+/// `traceparent` of the request that recorded it, so that the nodes reacting to the marker can
+/// link their work to that trace. Only the marker's presence is ever checked.
+pub fn encode_sid_marker(t: i64, traceparent: Option<&str>) -> Vec<u8> {
+    match traceparent {
+        Some(tp) => format!("{t} {tp}").into_bytes(),
+        None => encode_logout_time(t),
+    }
+}
+
+/// The `traceparent` a logout marker carries, if any.
+pub fn marker_traceparent(value: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (_, tp) = text.split_once(' ')?;
+    Some(tp.trim()).filter(|tp| !tp.is_empty())
+}
+
 /// `None` for a value that is not a decimal integer.
 pub fn decode_logout_time(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.trim().parse().ok()
@@ -217,6 +234,15 @@ mod tests {
 
     #[test]
     fn keys_and_values() {
+        assert_eq!(
+            marker_traceparent(&encode_sid_marker(
+                7,
+                Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            )),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+        assert_eq!(marker_traceparent(&encode_sid_marker(7, None)), None);
+        assert_eq!(marker_traceparent(b"7"), None);
         assert!(is_logout_marker(&logged_out_sid_key("s")));
         assert!(is_logout_marker(&logged_out_sub_key("u")));
         assert!(!is_logout_marker(&sessions_key("u")));

@@ -12,6 +12,9 @@
 //! or for an exponential back-off of 1 s doubling to 30 s. While it is closed, calls fail at once
 //! without reaching the provider, which gives a struggling provider room to recover instead of
 //! a retry storm from every node. The first success opens it and resets the back-off.
+//!
+//! Every call that reaches the provider is a CLIENT span of the current trace (`gatehouse.idp.call`
+//! says which: discovery, JWKS, userinfo, …) and carries the trace context to the provider.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::proxy::tls::{Connector, UpstreamTlsError, client_config};
+use gatehouse_shared::trace::{self, http as conv, propagate};
 
 /// The longest `Retry-After` honoured: a provider asking for more is asked again after this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -54,6 +58,23 @@ pub enum CallError {
 pub struct IdpResponse {
     pub content_type: Option<String>,
     pub body: Bytes,
+}
+
+/// The status a successful call answered with (for its span).
+trait Answered {
+    fn status(&self) -> StatusCode;
+}
+
+impl Answered for IdpResponse {
+    fn status(&self) -> StatusCode {
+        StatusCode::OK
+    }
+}
+
+impl Answered for RawResponse {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
 }
 
 /// An answer of any status, with its headers, for passing through.
@@ -161,7 +182,7 @@ impl IdpClient {
             return Err(CallError::Gated { remaining });
         }
         let mut result = self
-            .timed(what, timeout, self.exchange(what, url, bearer))
+            .timed(what, url, timeout, self.exchange(what, url, bearer))
             .await;
         if gated {
             match &mut result {
@@ -185,20 +206,26 @@ impl IdpClient {
         url: &str,
         timeout: Duration,
     ) -> Result<RawResponse, CallError> {
-        self.timed(what, timeout, self.exchange_raw(what, url))
+        self.timed(what, url, timeout, self.exchange_raw(what, url))
             .await
     }
 
-    /// Runs one call within `timeout` (running out is transient) and reports its outcome and
-    /// duration to the observer.
-    async fn timed<T>(
+    /// Runs one call within `timeout` (running out is transient), as a CLIENT span of the
+    /// current trace, and reports its outcome and duration to the observer.
+    async fn timed<T: Answered>(
         &self,
         what: &str,
+        url: &str,
         timeout: Duration,
         call: impl Future<Output = Result<T, CallError>>,
     ) -> Result<T, CallError> {
+        let span = match url.parse::<http::Uri>() {
+            Ok(uri) if trace::enabled() => conv::client_span(&Method::GET, &uri, "idp"),
+            _ => trace::Span::NONE,
+        };
+        span.set("gatehouse.idp.call", what.to_owned());
         let started = Instant::now();
-        let result = match tokio::time::timeout(timeout, call).await {
+        let result = match tokio::time::timeout(timeout, span.instrument(call)).await {
             Ok(r) => r,
             Err(_) => Err(CallError::Transient {
                 reason: format!("{what}: no answer within {timeout:?}"),
@@ -210,6 +237,18 @@ impl IdpClient {
             Err(CallError::Transient { .. }) => "unavailable",
             Err(_) => "rejected",
         };
+        match &result {
+            Ok(answer) => conv::record_client_status(&span, answer.status()),
+            Err(CallError::Permanent {
+                status: Some(status),
+                ..
+            }) => conv::record_client_status(&span, *status),
+            Err(CallError::Permanent { reason, .. } | CallError::Transient { reason, .. }) => {
+                span.fail(outcome, reason.clone());
+            }
+            Err(CallError::Gated { .. }) => {}
+        }
+        span.end();
         self.observe(what, outcome, Some(started.elapsed()));
         result
     }
@@ -222,11 +261,12 @@ impl IdpClient {
         let uri: http::Uri = url
             .parse()
             .map_err(|e| permanent(format!("{what}: invalid URL {url:?}: {e}")))?;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::GET)
             .uri(uri)
             .body(Empty::new())
             .map_err(|e| permanent(format!("{what}: {e}")))?;
+        propagate::inject_current(req.headers_mut());
         let resp = self
             .client
             .request(req)
@@ -286,9 +326,10 @@ impl IdpClient {
                 .map_err(|_| permanent(format!("{what}: token is not a valid header value")))?;
             req = req.header(header::AUTHORIZATION, value);
         }
-        let req = req
+        let mut req = req
             .body(Empty::new())
             .map_err(|e| permanent(format!("{what}: {e}")))?;
+        propagate::inject_current(req.headers_mut());
         let resp = self
             .client
             .request(req)

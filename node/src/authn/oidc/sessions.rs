@@ -14,10 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use gatehouse_shared::oidc::sessions::{
     LoggedOut, SessionEntry, SessionList, check_markers, decode_logout_time, encode_logout_time,
-    logged_out_sid_key, logged_out_sub_key, sessions_key,
+    encode_sid_marker, logged_out_sid_key, logged_out_sub_key, sessions_key,
 };
 use gatehouse_shared::oidc::{Claims, Logout, decode_claims};
 use gatehouse_shared::store::{Store, StoreError, StoreResult};
+use gatehouse_shared::trace::propagate;
 use serde_json::Value;
 
 /// Compare-and-set attempts before a list update gives up (each lost round means another node
@@ -174,7 +175,7 @@ pub async fn end(
     };
     let list_key;
     if let Some(sid) = &logout.sid {
-        let stamp = encode_logout_time(now_secs);
+        let stamp = encode_sid_marker(now_secs, propagate::current_traceparent().as_deref());
         store
             .put(
                 &logged_out_sid_key(sid),

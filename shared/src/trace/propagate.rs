@@ -1,0 +1,136 @@
+//! W3C trace context (`traceparent`, `tracestate`) and W3C baggage across process boundaries,
+//! through the process-wide propagator the node installs (trace context + baggage, as oCIS).
+//! With tracing off the propagator is the no-op one and injection writes nothing.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::Context;
+use opentelemetry::global;
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TraceContextExt as _;
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+
+/// The headers that carry trace context and baggage.
+pub const HEADERS: [HeaderName; 3] = [TRACEPARENT, TRACESTATE, BAGGAGE];
+
+/// Removes every trace-context and baggage header (a client's, before ours are set).
+pub fn strip(headers: &mut HeaderMap) {
+    for name in &HEADERS {
+        headers.remove(name);
+    }
+}
+
+/// Whether the request carries any trace-context or baggage header.
+pub fn carries_context(headers: &HeaderMap) -> bool {
+    HEADERS.iter().any(|n| headers.contains_key(n))
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let name = match key {
+            "traceparent" => TRACEPARENT,
+            "tracestate" => TRACESTATE,
+            "baggage" => BAGGAGE,
+            other => match HeaderName::from_bytes(other.as_bytes()) {
+                Ok(n) => n,
+                Err(_) => return,
+            },
+        };
+        if let Ok(value) = HeaderValue::try_from(value) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+}
+
+/// Writes `cx` into `headers`, replacing whatever trace context and baggage they carried. A
+/// context without a valid span context writes nothing (but still removes the old headers).
+pub fn inject(cx: &Context, headers: &mut HeaderMap) {
+    strip(headers);
+    if !cx.span().span_context().is_valid() {
+        return;
+    }
+    global::get_text_map_propagator(|p| p.inject_context(cx, &mut HeaderInjector(headers)));
+}
+
+/// What an outgoing request carries: `span`'s context when it records, else the current one
+/// (an unsampled trace still propagates its decision). Nothing when tracing is off.
+pub fn inject_span(span: &super::Span, headers: &mut HeaderMap) {
+    if !super::enabled() {
+        return;
+    }
+    match span.context() {
+        Some(cx) => inject(cx, headers),
+        None => inject_current(headers),
+    }
+}
+
+/// [`inject`] with the current context; nothing when tracing is off.
+pub fn inject_current(headers: &mut HeaderMap) {
+    if !super::enabled() {
+        return;
+    }
+    Context::map_current(|cx| inject(cx, headers));
+}
+
+/// The context (remote span context and baggage) `headers` carry; empty if none or invalid.
+pub fn extract(headers: &HeaderMap) -> Context {
+    global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+}
+
+struct Traceparent(Option<String>);
+
+impl Injector for Traceparent {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = Some(value);
+        }
+    }
+}
+
+/// `cx` as a `traceparent` value (for event metadata), if it has a valid span context.
+pub fn traceparent(cx: &Context) -> Option<String> {
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut out = Traceparent(None);
+    global::get_text_map_propagator(|p| p.inject_context(cx, &mut out));
+    out.0
+}
+
+/// The current context as a `traceparent` value, if there is a current span.
+pub fn current_traceparent() -> Option<String> {
+    Context::map_current(traceparent)
+}
+
+struct Single<'a>(&'a str);
+
+impl Extractor for Single<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
+/// The remote context a `traceparent` value names (empty if it is invalid).
+pub fn from_traceparent(traceparent: &str) -> Context {
+    global::get_text_map_propagator(|p| p.extract(&Single(traceparent)))
+}
