@@ -303,15 +303,20 @@ async fn health(config: Config) -> ExitCode {
 
 /// Starts trace export when `tracing.enabled`; what it decided on the operator's behalf is said
 /// on stderr and in the log (the default log level would hide a warning).
-fn start_tracing(config: &Config, node_id: &str) -> Result<Option<TraceGuard>, String> {
+fn start_tracing(
+    config: &Config,
+    node_id: &str,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<TraceGuard>, String> {
     let host = telemetry::host_name();
     let node = NodeResource {
         node_id,
         version: VERSION,
         host_name: &host,
     };
-    let guard = traces::start(&config.tracing, &node, Arc::new(traces::export::Unobserved))
-        .map_err(|e| e.to_string())?;
+    // The counters are shared handles: the export task feeds the node's registry.
+    let observer = Arc::new(metrics.trace().clone());
+    let guard = traces::start(&config.tracing, &node, observer).map_err(|e| e.to_string())?;
     if let Some(guard) = &guard {
         let plan = guard.plan();
         for warning in &plan.warnings {
@@ -374,7 +379,8 @@ async fn serve(config: Config) -> ExitCode {
     }
 
     let metrics = Metrics::new(VERSION);
-    let traces = match start_tracing(&config, &node_id) {
+    metrics.node_started(&node_id, VERSION);
+    let traces = match start_tracing(&config, &node_id, &metrics) {
         Ok(traces) => traces,
         Err(message) => {
             eprintln!("gatehouse: {message}");

@@ -42,6 +42,25 @@ pub fn full(b: impl Into<Bytes>) -> ReqBody {
 
 /// Sends one request and reads the whole answer (30 s limit).
 pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: ReqBody) -> Reply {
+    send_via(client(), method, url, headers, body).await
+}
+
+/// [`get_with`] from the local address `from` (another loopback address, to look like another
+/// client to the node's trusted-proxy rule).
+pub async fn get_from(from: std::net::IpAddr, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(Some(from));
+    let client = Client::builder(TokioExecutor::new()).build(connector);
+    send_via(client, "GET", url, headers, empty()).await
+}
+
+async fn send_via(
+    client: Client<HttpConnector, ReqBody>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: ReqBody,
+) -> Reply {
     let mut req = Request::builder()
         .method(Method::from_bytes(method.as_bytes()).unwrap())
         .uri(url);
@@ -50,7 +69,7 @@ pub async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: ReqBo
     }
     let req = req.body(body).expect("request");
     let fut = async {
-        let resp = client()
+        let resp = client
             .request(req)
             .await
             .unwrap_or_else(|e| panic!("{method} {url}: {e:?}"));

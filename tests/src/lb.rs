@@ -101,6 +101,51 @@ http {{
                 )
             },
         );
+        Self::spawn(dir, &conf, port).await
+    }
+
+    /// nginx terminating TLS in front of an OTLP receiver, with `cert`/`key` (PEM files): gRPC
+    /// (HTTP/2) on the returned address's port and OTLP/HTTP on `http_port`, the real TLS a
+    /// collector behind a load balancer presents.
+    pub async fn tls_front(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        grpc_backend: SocketAddr,
+        http_backend: SocketAddr,
+        http_port: u16,
+    ) -> Nginx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = crate::free_port();
+        let d = dir.path().display();
+        let user = if is_root() { "user root root;\n" } else { "" };
+        let (cert, key) = (cert.display(), key.display());
+        let conf = format!(
+            r#"{user}worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp_body; proxy_temp_path {d}/tmp_proxy;
+  fastcgi_temp_path {d}/tmp_fcgi; uwsgi_temp_path {d}/tmp_uwsgi; scgi_temp_path {d}/tmp_scgi;
+  ssl_certificate {cert};
+  ssl_certificate_key {key};
+  server {{
+    listen 127.0.0.1:{port} ssl http2;
+    location / {{ grpc_pass grpc://{grpc_backend}; }}
+  }}
+  server {{
+    listen 127.0.0.1:{http_port} ssl;
+    location / {{ proxy_pass http://{http_backend}; }}
+  }}
+}}
+"#
+        );
+        Self::spawn(dir, &conf, port).await
+    }
+
+    async fn spawn(dir: tempfile::TempDir, conf: &str, port: u16) -> Nginx {
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");
         let mut cmd = Command::new(nginx_bin());

@@ -12,6 +12,7 @@
 //! - [`graph`] an in-memory LibreGraph (oCIS graph service) stand-in that records its calls.
 //! - [`shares`] a share service implementing the public-share contract of docs/public-shares.md.
 //! - [`signing`] the client side of pre-signed URLs.
+//! - [`otlp`] a real OTLP trace receiver (gRPC and HTTP) recording what nodes export.
 
 pub mod client;
 pub mod fixture;
@@ -20,6 +21,7 @@ pub mod idp;
 pub mod lb;
 pub mod nats;
 pub mod node;
+pub mod otlp;
 pub mod process;
 pub mod shares;
 pub mod signing;

@@ -261,7 +261,7 @@ impl GraphDirectory {
                 reason: format!("LibreGraph {what}: cannot build the request: {e}"),
                 retryable: false,
             })?;
-        let span = conv::client_span(request.method(), request.uri(), "graph");
+        let span = conv::client_span(request.method(), request.uri(), "graph", None);
         propagate::inject_span(&span, request.headers_mut());
         let answer = self.exchange(request, &what, &span).await;
         match &answer {

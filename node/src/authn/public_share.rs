@@ -497,7 +497,12 @@ impl Service {
             Ok(request) => request,
             Err(e) => return unavailable(format!("cannot build the request: {e}")),
         };
-        let span = conv::client_span(&Method::POST, request.uri(), "share-service");
+        let span = conv::client_span(
+            &Method::POST,
+            request.uri(),
+            "share-service",
+            Some("authenticate"),
+        );
         propagate::inject_span(&span, request.headers_mut());
         let verdict = self.exchange(request, &span, token).await;
         if let Verdict::Unavailable(reason, _) = &verdict {

@@ -146,7 +146,7 @@ impl Inner {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let mut out = self.rewrite(req, &routed, &chosen, upgrade)?;
         let span = if trace::enabled() {
-            conv::client_span(out.method(), out.uri(), &target_name(&routed))
+            conv::client_span(out.method(), out.uri(), &target_name(&routed), None)
         } else {
             trace::Span::NONE
         };

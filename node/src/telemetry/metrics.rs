@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use http::Method;
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use super::traces::{DropReason, ExportObserver};
 use super::{Outcome, StoreObserver};
 use crate::authn::oidc::IdpObserver;
 
@@ -168,6 +169,8 @@ pub struct Metrics {
     /// `gatehouse_signed_url_key_derivations_total`: PBKDF2 runs of signed-URL checks (a cache
     /// hit runs none).
     pub signed_url_derivations: IntCounter,
+    node_info: IntGaugeVec,
+    trace: TraceMetrics,
 }
 
 /// How the authentication step ended for a request on a protected route.
@@ -199,7 +202,99 @@ impl AuthResult {
     }
 }
 
+/// What happens to finished spans (`gatehouse_trace_*`), fed by the export task. Clones share
+/// the same series.
+#[derive(Clone)]
+pub struct TraceMetrics {
+    /// `gatehouse_trace_spans_exported_total`: spans the collector accepted.
+    pub spans_exported: IntCounter,
+    /// `gatehouse_trace_spans_dropped_total{reason="queue_full"}`.
+    pub spans_dropped_queue_full: IntCounter,
+    /// `gatehouse_trace_spans_dropped_total{reason="export_failed"}`.
+    pub spans_dropped_export_failed: IntCounter,
+    /// `gatehouse_trace_export_failures_total`: export calls that failed or timed out.
+    pub export_failures: IntCounter,
+    /// `gatehouse_trace_queue_spans`: finished spans waiting for export.
+    pub queue_depth: IntGauge,
+}
+
+impl TraceMetrics {
+    fn register(registry: &Registry) -> Self {
+        const VALID: &str = "metric definitions are static and valid";
+        let exported = IntCounter::new(
+            "gatehouse_trace_spans_exported_total",
+            "Finished spans the trace collector accepted",
+        )
+        .expect(VALID);
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_trace_spans_dropped_total",
+                "Finished spans that never reached the collector, by reason (queue_full, export_failed)",
+            ),
+            &["reason"],
+        )
+        .expect(VALID);
+        let failures = IntCounter::new(
+            "gatehouse_trace_export_failures_total",
+            "Export calls to the trace collector that failed or timed out",
+        )
+        .expect(VALID);
+        let queue = IntGauge::new(
+            "gatehouse_trace_queue_spans",
+            "Finished spans waiting to be exported",
+        )
+        .expect(VALID);
+        for collector in [
+            Box::new(exported.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(dropped.clone()),
+            Box::new(failures.clone()),
+            Box::new(queue.clone()),
+        ] {
+            registry.register(collector).expect(VALID);
+        }
+        TraceMetrics {
+            spans_exported: exported,
+            spans_dropped_queue_full: dropped.with_label_values(&["queue_full"]),
+            spans_dropped_export_failed: dropped.with_label_values(&["export_failed"]),
+            export_failures: failures,
+            queue_depth: queue,
+        }
+    }
+}
+
+impl ExportObserver for TraceMetrics {
+    fn exported(&self, spans: usize) {
+        self.spans_exported.inc_by(spans as u64);
+    }
+
+    fn dropped(&self, reason: DropReason, spans: usize) {
+        match reason {
+            DropReason::QueueFull => &self.spans_dropped_queue_full,
+            DropReason::ExportFailed => &self.spans_dropped_export_failed,
+        }
+        .inc_by(spans as u64);
+    }
+
+    fn export_failed(&self) {
+        self.export_failures.inc();
+    }
+
+    fn queued(&self, spans: usize) {
+        self.queue_depth
+            .set(i64::try_from(spans).unwrap_or(i64::MAX));
+    }
+}
+
 impl Metrics {
+    /// `gatehouse_node_info{node_id, version}` = 1: joins a node's series to its logs and traces.
+    pub fn node_started(&self, node_id: &str, version: &str) {
+        self.node_info.with_label_values(&[node_id, version]).set(1);
+    }
+
+    pub fn trace(&self) -> &TraceMetrics {
+        &self.trace
+    }
+
     pub fn new(version: &str) -> Arc<Metrics> {
         // The definitions below are constants; registering them can only fail through a
         // programming error (a duplicate or malformed name), which the unit tests catch.
@@ -305,6 +400,16 @@ impl Metrics {
             .expect(VALID);
 
         build_info.with_label_values(&[version]).set(1);
+        let node_info = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_node_info",
+                "This node's id (as in its log lines and traces) and version",
+            ),
+            &["node_id", "version"],
+        )
+        .expect(VALID);
+        registry.register(Box::new(node_info.clone())).expect(VALID);
+        let trace = TraceMetrics::register(&registry);
 
         let metrics = Metrics {
             registry,
@@ -318,6 +423,8 @@ impl Metrics {
             idp_duration,
             authentications,
             signed_url_derivations,
+            node_info,
+            trace,
         };
         // oCIS exports the GET series at 0 before the first request.
         metrics.method(&Method::GET);
@@ -544,6 +651,44 @@ mod tests {
                 r#"gatehouse_store_duration_seconds_count{op="get",store="nats-js-kv"}"#
             ),
             Some(3.0)
+        );
+    }
+
+    #[test]
+    fn span_export_and_node_info_series() {
+        let m = Metrics::new("v");
+        m.node_started("node-7", "v");
+        let t = m.trace();
+        t.exported(5);
+        t.dropped(DropReason::QueueFull, 2);
+        t.dropped(DropReason::ExportFailed, 3);
+        t.export_failed();
+        t.queued(9);
+        let text = m.encode();
+        for (series, want) in [
+            ("gatehouse_trace_spans_exported_total", 5.0),
+            (
+                r#"gatehouse_trace_spans_dropped_total{reason="queue_full"}"#,
+                2.0,
+            ),
+            (
+                r#"gatehouse_trace_spans_dropped_total{reason="export_failed"}"#,
+                3.0,
+            ),
+            ("gatehouse_trace_export_failures_total", 1.0),
+            ("gatehouse_trace_queue_spans", 9.0),
+            (r#"gatehouse_node_info{node_id="node-7",version="v"}"#, 1.0),
+        ] {
+            assert_eq!(value_of(&text, series), Some(want), "{series}\n{text}");
+        }
+        let fresh = Metrics::new("v").encode();
+        assert_eq!(
+            value_of(
+                &fresh,
+                r#"gatehouse_trace_spans_dropped_total{reason="export_failed"}"#
+            ),
+            Some(0.0),
+            "both reasons exist from the start"
         );
     }
 

@@ -138,8 +138,9 @@ pub fn port_of(uri: &Uri) -> Option<u16> {
 
 /// The CLIENT span of an HTTP call to `uri`, a child of the current span (see [`Span::child`]).
 /// `peer` names the service called (`service.peer.name`): `idp`, `share-service`, `graph`, or the
-/// route's service for upstream calls.
-pub fn client_span(method: &Method, uri: &Uri, peer: &str) -> Span {
+/// route's service for upstream calls. `target`, when given, completes the name
+/// (`GET userinfo`); it must be of low cardinality.
+pub fn client_span(method: &Method, uri: &Uri, peer: &str, target: Option<&str>) -> Span {
     Span::child_with(|| {
         let mut attributes = method_attributes(method);
         if let Some(host) = uri.host() {
@@ -150,7 +151,11 @@ pub fn client_span(method: &Method, uri: &Uri, peer: &str) -> Span {
         }
         attributes.push(KeyValue::new(semconv::URL_FULL, full_url(uri)));
         attributes.push(KeyValue::new(semconv::SERVICE_PEER_NAME, peer.to_owned()));
-        SpanBuilder::from_name(method_name(method))
+        let name: Cow<'static, str> = match target {
+            Some(t) => Cow::Owned(format!("{} {t}", method_name(method))),
+            None => Cow::Borrowed(method_name(method)),
+        };
+        SpanBuilder::from_name(name)
             .with_kind(SpanKind::Client)
             .with_attributes(attributes)
     })

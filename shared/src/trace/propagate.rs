@@ -31,6 +31,10 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // An empty `tracestate` or `baggage` says nothing; it is not sent.
+        if value.is_empty() {
+            return;
+        }
         let name = match key {
             "traceparent" => TRACEPARENT,
             "tracestate" => TRACESTATE,

@@ -220,7 +220,7 @@ impl IdpClient {
         call: impl Future<Output = Result<T, CallError>>,
     ) -> Result<T, CallError> {
         let span = match url.parse::<http::Uri>() {
-            Ok(uri) if trace::enabled() => conv::client_span(&Method::GET, &uri, "idp"),
+            Ok(uri) if trace::enabled() => conv::client_span(&Method::GET, &uri, "idp", Some(what)),
             _ => trace::Span::NONE,
         };
         span.set("gatehouse.idp.call", what.to_owned());
