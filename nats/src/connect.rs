@@ -9,6 +9,31 @@ use gatehouse_shared::store::StoreError;
 /// the (much shorter) per-operation deadline.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The state of one NATS client, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionStats {
+    pub connected: bool,
+    /// Connections made since start (the first one included).
+    pub connects: u64,
+}
+
+impl ConnectionStats {
+    pub fn of(client: &async_nats::Client) -> Self {
+        ConnectionStats {
+            connected: client.connection_state() == async_nats::connection::State::Connected,
+            connects: client
+                .statistics()
+                .connects
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Connections after the first: how often the client lost and regained the server.
+    pub fn reconnects(&self) -> u64 {
+        self.connects.saturating_sub(1)
+    }
+}
+
 /// Why the client could not be set up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {

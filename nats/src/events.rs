@@ -316,6 +316,15 @@ impl EventPublisher {
         self.shared.lock().len()
     }
 
+    /// Connection state and reconnects (metrics); not connected before the first connection.
+    pub fn connection(&self) -> crate::ConnectionStats {
+        self.shared
+            .client
+            .get()
+            .map(crate::ConnectionStats::of)
+            .unwrap_or_default()
+    }
+
     /// Whether the client currently has a server connection.
     pub fn is_connected(&self) -> bool {
         self.shared.is_connected()

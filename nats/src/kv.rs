@@ -35,7 +35,7 @@ use opentelemetry::trace::{SpanBuilder, SpanKind};
 use opentelemetry_semantic_conventions::attribute as semconv;
 use tokio::sync::broadcast;
 
-use crate::connect;
+use crate::connect::{self, ConnectionStats};
 
 const FEED_CAPACITY: usize = 4096;
 /// How long a server-side delete marker (from a TTL or max-age expiry) stays in the bucket.
@@ -171,6 +171,16 @@ impl NatsKvStore {
     /// Whether the client currently has a server connection (for readiness).
     pub fn is_connected(&self) -> bool {
         self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Connection state and reconnects (metrics).
+    pub fn connection(&self) -> ConnectionStats {
+        ConnectionStats::of(&self.inner.client)
+    }
+
+    /// The bucket this store reads and writes.
+    pub fn bucket(&self) -> &str {
+        &self.inner.kv.name
     }
 
     /// Whether writes carry a server-side per-key TTL.

@@ -13,7 +13,7 @@ mod events;
 mod kv;
 pub mod registry;
 
-pub use connect::ConnectError;
+pub use connect::{ConnectError, ConnectionStats};
 pub use events::{
     DEFAULT_ACK_TIMEOUT, DEFAULT_CAPACITY, EventPublisher, EventPublisherError,
     EventPublisherOptions, EventTls, StreamSetup,

@@ -198,6 +198,11 @@ impl ServiceRegistry {
         names
     }
 
+    /// Connection state and reconnects (metrics).
+    pub fn connection(&self) -> crate::ConnectionStats {
+        crate::ConnectionStats::of(&self.shared.client)
+    }
+
     pub fn is_connected(&self) -> bool {
         self.shared.client.connection_state() == async_nats::connection::State::Connected
     }

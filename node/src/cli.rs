@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use gatehouse_node::debug::{self, DebugState};
 use gatehouse_node::health::Health;
+use gatehouse_node::telemetry::scrape::EventCounts;
 use gatehouse_node::telemetry::traces::{self, NodeResource, TraceGuard};
 use gatehouse_node::telemetry::{self, Metrics, logging};
 use tokio_util::sync::CancellationToken;
@@ -339,6 +340,7 @@ fn start_tracing(
 async fn connect_registry(
     config: &Config,
     health: &Health,
+    metrics: &Metrics,
 ) -> Result<Option<Arc<dyn ServiceNodes>>, String> {
     let settings = &config.service_registry;
     if !settings.enabled {
@@ -358,6 +360,10 @@ async fn connect_registry(
     // would answer 502.
     health.require("service registry (NATS)", move || {
         probe.is_connected() && probe.is_loaded()
+    });
+    let probe = Arc::downgrade(&registry);
+    metrics.scrape().nats("registry", move || {
+        probe.upgrade().map(|r| r.connection()).unwrap_or_default()
     });
     Ok(Some(registry))
 }
@@ -388,12 +394,14 @@ async fn serve(config: Config) -> ExitCode {
         }
     };
     let health = Health::new();
+    metrics.scrape().health(Arc::clone(&health));
     let shutdown = CancellationToken::new();
 
     let state_store = match gatehouse_node::state::open(
         "state store",
+        "state",
         &config.state_store,
-        metrics.clone(),
+        &metrics,
         &health,
     )
     .await
@@ -453,8 +461,9 @@ async fn serve(config: Config) -> ExitCode {
     userinfo_cfg.ttl.0 = userinfo_cfg.ttl.0.max(USERINFO_BUCKET_MIN_AGE);
     let userinfo_store = match gatehouse_node::state::open(
         "user-info cache",
+        "userinfo",
         &userinfo_cfg,
-        metrics.clone(),
+        &metrics,
         &health,
     )
     .await
@@ -472,7 +481,9 @@ async fn serve(config: Config) -> ExitCode {
     };
     let signing_keys = if needs_signing_keys(&config) {
         let cfg = signing_key_store_config(&config);
-        match gatehouse_node::state::open("signing keys", &cfg, metrics.clone(), &health).await {
+        match gatehouse_node::state::open("signing keys", "signing-keys", &cfg, &metrics, &health)
+            .await
+        {
             Ok(store) => Some(store),
             Err(err) => {
                 eprintln!(
@@ -490,7 +501,25 @@ async fn serve(config: Config) -> ExitCode {
     let publisher = match EventPublisherOptions::from_config(&config.events) {
         None => None,
         Some(opts) => match EventPublisher::start(opts) {
-            Ok(p) => Some(Arc::new(p)),
+            Ok(p) => {
+                let p = Arc::new(p);
+                let probe = Arc::downgrade(&p);
+                metrics.scrape().nats("events", move || {
+                    probe.upgrade().map(|p| p.connection()).unwrap_or_default()
+                });
+                let probe = Arc::downgrade(&p);
+                metrics.scrape().events(move || match probe.upgrade() {
+                    Some(p) => EventCounts {
+                        queued: p.pending(),
+                        published: p.published(),
+                        retried: p.retried(),
+                        dropped: p.dropped(),
+                        duplicates: p.duplicates(),
+                    },
+                    None => EventCounts::default(),
+                });
+                Some(p)
+            }
             Err(err) => {
                 eprintln!("gatehouse: events.endpoint: {err}");
                 shutdown.cancel();
@@ -523,7 +552,7 @@ async fn serve(config: Config) -> ExitCode {
     };
     identity.spawn_background(shutdown.clone());
 
-    let registry = match connect_registry(&config, &health).await {
+    let registry = match connect_registry(&config, &health, &metrics).await {
         Ok(registry) => registry,
         Err(message) => {
             eprintln!("gatehouse: {message}");

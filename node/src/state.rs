@@ -2,25 +2,29 @@
 //!
 //! `memory` and `noop` are in-process. `nats-js-kv` is the JetStream bucket behind a near-cache, so
 //! that a hit costs no network call and peers' writes arrive through the bucket's change feed; its
-//! connection becomes a readiness dependency of the node.
+//! connection becomes a readiness dependency of the node, and its connection state, reconnects
+//! and near-cache size are read at every metrics scrape.
 
 use std::sync::Arc;
 
 use gatehouse_nats::{NatsKvOptions, NatsKvStore};
 use gatehouse_shared::config::StoreConfig;
 use gatehouse_shared::store::{
-    MemoryStore, NearCache, NearCacheOptions, NoopStore, Store, StoreError, StoreObserver,
+    MemoryStore, NearCache, NearCacheOptions, NoopStore, Store, StoreError,
 };
 
 use crate::health::Health;
+use crate::telemetry::Metrics;
 
 /// Entries one node keeps locally per near-cache.
 const NEAR_CACHE_CAPACITY: usize = 100_000;
 
+/// Opens the store `name` (for readiness) whose NATS connection metrics call `client`.
 pub async fn open(
     name: &str,
+    client: &'static str,
     cfg: &StoreConfig,
-    observer: Arc<dyn StoreObserver>,
+    metrics: &Arc<Metrics>,
     health: &Health,
 ) -> Result<Arc<dyn Store>, StoreError> {
     match cfg.store.as_str() {
@@ -44,14 +48,30 @@ pub async fn open(
                 format!("{name} (NATS {})", cfg.addresses.join(",")),
                 move || probe.is_connected(),
             );
-            let near = NearCache::new(
+            // Probes hold weak references: metrics never keep a component alive.
+            let probe = Arc::downgrade(&kv);
+            metrics.scrape().nats(client, move || {
+                probe
+                    .upgrade()
+                    .map(|kv| kv.connection())
+                    .unwrap_or_default()
+            });
+            // Store metrics are labelled by bucket. One name per store opened at start-up (a
+            // handful per process), so leaking it for the `'static` label is bounded.
+            let bucket: &'static str = Box::leak(kv.bucket().to_owned().into_boxed_str());
+            let near = NearCache::named(
+                bucket,
                 kv,
                 NearCacheOptions {
                     capacity: NEAR_CACHE_CAPACITY,
                     op_timeout: cfg.op_timeout.0,
                 },
-                Some(observer),
+                Some(metrics.clone()),
             );
+            let cache = Arc::downgrade(&near);
+            metrics.scrape().near_cache(bucket.to_owned(), move || {
+                cache.upgrade().map_or(0, |c| c.stats().entries)
+            });
             Ok(near)
         }
         // Validation admits only the kinds above and `memory`.

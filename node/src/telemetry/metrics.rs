@@ -24,6 +24,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use super::scrape::ScrapeMetrics;
 use super::traces::{DropReason, ExportObserver};
 use super::{Outcome, StoreObserver};
 use crate::authn::oidc::IdpObserver;
@@ -171,6 +172,7 @@ pub struct Metrics {
     pub signed_url_derivations: IntCounter,
     node_info: IntGaugeVec,
     trace: TraceMetrics,
+    scrape: ScrapeMetrics,
 }
 
 /// How the authentication step ended for a request on a protected route.
@@ -295,6 +297,11 @@ impl Metrics {
         &self.trace
     }
 
+    /// Where components register what is read at scrape time.
+    pub fn scrape(&self) -> &ScrapeMetrics {
+        &self.scrape
+    }
+
     pub fn new(version: &str) -> Arc<Metrics> {
         // The definitions below are constants; registering them can only fail through a
         // programming error (a duplicate or malformed name), which the unit tests catch.
@@ -332,9 +339,9 @@ impl Metrics {
         let store_ops = IntCounterVec::new(
             Opts::new(
                 "gatehouse_store_operations_total",
-                "State-store operations by store, operation and outcome",
+                "State-store operations (through the near-cache) by bucket, operation and outcome",
             ),
-            &["store", "op", "outcome"],
+            &["bucket", "op", "outcome"],
         )
         .expect(VALID);
         let store_duration = HistogramVec::new(
@@ -343,7 +350,7 @@ impl Metrics {
                 "How long state-store operations took",
             )
             .buckets(STORE_BUCKETS.to_vec()),
-            &["store", "op"],
+            &["bucket", "op"],
         )
         .expect(VALID);
 
@@ -400,6 +407,12 @@ impl Metrics {
             .expect(VALID);
 
         build_info.with_label_values(&[version]).set(1);
+        // The identity-provider series exist from the start, so that dashboards and alerts see
+        // zeros rather than nothing on a node that has not needed its provider yet.
+        for endpoint in ["discovery", "jwks", "userinfo"] {
+            idp_requests.with_label_values(&[endpoint, "ok"]);
+            idp_duration.with_label_values(&[endpoint]);
+        }
         let node_info = IntGaugeVec::new(
             Opts::new(
                 "gatehouse_node_info",
@@ -410,6 +423,7 @@ impl Metrics {
         .expect(VALID);
         registry.register(Box::new(node_info.clone())).expect(VALID);
         let trace = TraceMetrics::register(&registry);
+        let scrape = ScrapeMetrics::register(&registry);
 
         let metrics = Metrics {
             registry,
@@ -425,6 +439,7 @@ impl Metrics {
             signed_url_derivations,
             node_info,
             trace,
+            scrape,
         };
         // oCIS exports the GET series at 0 before the first request.
         metrics.method(&Method::GET);
@@ -456,6 +471,7 @@ impl Metrics {
 
     /// Every metric in the Prometheus text exposition format.
     pub fn encode(&self) -> String {
+        self.scrape.sample();
         let mut out = Vec::new();
         if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %err, "encoding metrics failed");
@@ -484,6 +500,7 @@ impl IdpObserver for Metrics {
 }
 
 impl StoreObserver for Metrics {
+    /// `store` is the near-cache's name: the bucket.
     fn observe(&self, store: &'static str, op: &'static str, outcome: Outcome, elapsed: Duration) {
         self.store_ops
             .with_label_values(&[store, op, outcome.as_str()])
@@ -634,21 +651,21 @@ mod tests {
             ("conflict", "create"),
         ] {
             let series = format!(
-                r#"gatehouse_store_operations_total{{op="{op}",outcome="{outcome}",store="nats-js-kv"}}"#
+                r#"gatehouse_store_operations_total{{bucket="nats-js-kv",op="{op}",outcome="{outcome}"}}"#
             );
             assert_eq!(value_of(&text, &series), Some(1.0), "{series}\n{text}");
         }
         assert_eq!(
             value_of(
                 &text,
-                r#"gatehouse_store_duration_seconds_bucket{op="get",store="nats-js-kv",le="0.0001"}"#
+                r#"gatehouse_store_duration_seconds_bucket{bucket="nats-js-kv",op="get",le="0.0001"}"#
             ),
             Some(1.0)
         );
         assert_eq!(
             value_of(
                 &text,
-                r#"gatehouse_store_duration_seconds_count{op="get",store="nats-js-kv"}"#
+                r#"gatehouse_store_duration_seconds_count{bucket="nats-js-kv",op="get"}"#
             ),
             Some(3.0)
         );

@@ -3,6 +3,7 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod scrape;
 pub mod traces;
 
 pub use gatehouse_shared::store::{Outcome, StoreObserver};
