@@ -4,6 +4,7 @@
 # provider in tests/idp).
 # Usage: chaos/bench.sh [seconds] [connections]
 #        SCENARIO=signed-urls chaos/bench.sh [seconds] [connections]   (signed URLs, cached and not)
+#        SCENARIO=tracing chaos/bench.sh [seconds] [connections]       (tracing off / ratio 0 / ratio 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null && [ -x /usr/sbin/nginx ] || {

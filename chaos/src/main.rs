@@ -16,6 +16,7 @@
 
 mod floor;
 mod signed;
+mod traced;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -417,8 +418,9 @@ async fn main() {
     let result = match scenario {
         "bench" => bench(secs, conns).await,
         "signed-urls" => signed::bench(secs, conns).await,
+        "tracing" => traced::bench(secs, conns).await,
         _ => {
-            eprintln!("usage: gatehouse-chaos bench|signed-urls [seconds] [connections]");
+            eprintln!("usage: gatehouse-chaos bench|signed-urls|tracing [seconds] [connections]");
             std::process::exit(2);
         }
     };

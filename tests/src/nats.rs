@@ -116,7 +116,9 @@ impl NatsCluster {
         Ok(())
     }
 
-    /// Waits for `/healthz?js-enabled-only=true` and a meta leader in `/jsz` on node `i`.
+    /// Waits for the full `/healthz` (JetStream enabled and current with its meta leader) and a
+    /// meta leader in `/jsz` on node `i`. `js-enabled-only` is not enough: a stream created on a
+    /// cluster whose peers are not yet current can wait out the whole JetStream API timeout.
     fn wait_node_ready(&mut self, i: usize, deadline: Instant) -> Result<(), String> {
         let mut pause = Duration::from_millis(5);
         loop {
@@ -128,8 +130,8 @@ impl NatsCluster {
                     std::fs::read_to_string(&node.log).unwrap_or_default()
                 ));
             }
-            let healthy = http_get(node.http_port, "/healthz?js-enabled-only=true")
-                .is_some_and(|(status, _)| status == 200);
+            let healthy =
+                http_get(node.http_port, "/healthz").is_some_and(|(status, _)| status == 200);
             let leader = healthy
                 && http_get(node.http_port, "/jsz").is_some_and(|(status, body)| {
                     status == 200

@@ -58,6 +58,8 @@ pub struct NodeOptions {
     pub env: Vec<(String, String)>,
     /// Wait for `/readyz` (true) or only for `/healthz`.
     pub wait_ready: bool,
+    /// Another `gatehouse` binary (an earlier build, for benchmarks); default [`gatehouse_bin`].
+    pub bin: Option<PathBuf>,
 }
 
 impl NodeOptions {
@@ -66,6 +68,7 @@ impl NodeOptions {
             yaml: yaml.to_string(),
             env: Vec::new(),
             wait_ready: true,
+            bin: None,
         }
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
@@ -92,7 +95,7 @@ impl GatehouseNode {
         let debug: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
         let config = dir.path().join("proxy.yaml");
         std::fs::write(&config, &opts.yaml).expect("write config");
-        let mut cmd = Command::new(gatehouse_bin());
+        let mut cmd = Command::new(opts.bin.clone().unwrap_or_else(gatehouse_bin));
         cmd.env_clear()
             .envs(base_env(dir.path()))
             .env("PROXY_HTTP_ADDR", http.to_string())

@@ -33,14 +33,15 @@ async fn kv(cluster: &NatsCluster, bucket: &str) -> async_nats::jetstream::kv::S
     .await
 }
 
-/// Retries a KV write for a few seconds: right after an R3 bucket is created, its stream may not
-/// have a leader yet and JetStream answers "stream not found".
+/// Retries a KV operation: right after an R3 bucket is created, its stream may not have a leader
+/// yet and JetStream answers "stream not found"; a create on a busy machine may also run into the
+/// 5 s JetStream API timeout, so the deadline leaves room for several attempts.
 async fn settle<T, E: std::fmt::Debug, F, Fut>(what: &str, mut op: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match op().await {
             Ok(v) => return v,

@@ -133,7 +133,11 @@ async fn cluster_metrics_follow_the_node_and_its_nats_connections() {
         metrics(&node).await
     );
 
-    // Draining is visible before the node is gone.
+    // Draining is visible before the node is gone: a slow request keeps the drain open.
+    let slow_url = node.url("/m/slow?gh_sleep_ms=3000");
+    let slow = tokio::spawn(async move { get(&slow_url).await.status });
+    let before = up.count();
+    assert!(wait_until(SETTLE, || async { up.count() > before }).await);
     node.sigterm();
     assert!(
         wait_until(SETTLE, || async {
@@ -146,6 +150,7 @@ async fn cluster_metrics_follow_the_node_and_its_nats_connections() {
         })
         .await
     );
+    assert_eq!(slow.await.unwrap(), 200, "the in-flight request finished");
 }
 
 /// Every metric name a PromQL expression mentions (histogram series mapped to their family).

@@ -116,8 +116,14 @@ where
                 active: None,
             };
         };
-        let incoming = propagate::extract(req.headers());
-        propagate::strip(req.headers_mut());
+        // Most requests carry no context: then there is nothing to read or remove.
+        let incoming = if propagate::carries_context(req.headers()) {
+            let incoming = propagate::extract(req.headers());
+            propagate::strip(req.headers_mut());
+            incoming
+        } else {
+            OtelContext::new()
+        };
         let caller = incoming.span().span_context().clone();
         let (parent, links) = if !caller.is_valid() {
             (OtelContext::new(), Vec::new())

@@ -145,7 +145,7 @@ impl Inner {
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let mut out = self.rewrite(req, &routed, &chosen, upgrade)?;
-        let span = if trace::enabled() {
+        let span = if trace::current_is_sampled() {
             conv::client_span(out.method(), out.uri(), &target_name(&routed), None)
         } else {
             trace::Span::NONE

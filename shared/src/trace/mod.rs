@@ -69,6 +69,12 @@ pub fn is_sampled(cx: &Context) -> bool {
     cx.span().span_context().is_sampled()
 }
 
+/// Whether tracing is on and the current span belongs to a sampled trace (so that a child span
+/// would record): lets callers skip preparing what only a recording span needs.
+pub fn current_is_sampled() -> bool {
+    enabled() && Context::map_current(is_sampled)
+}
+
 /// The ids log lines carry: `(trace_id, span_id)` of the current span, if there is one.
 pub fn current_ids() -> Option<(opentelemetry::TraceId, opentelemetry::SpanId)> {
     Context::map_current(|cx| {
@@ -184,13 +190,6 @@ impl Span {
         }
     }
 
-    /// Wraps a context built elsewhere (the server span of a request); `None` when not sampled.
-    pub fn from_context(cx: Context) -> Span {
-        Span {
-            cx: is_sampled(&cx).then_some(cx),
-        }
-    }
-
     pub fn is_recording(&self) -> bool {
         self.cx.is_some()
     }
@@ -260,12 +259,6 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         cx: Option<Context>,
-    }
-}
-
-impl<F> Instrumented<F> {
-    pub fn new(cx: Option<Context>, inner: F) -> Self {
-        Instrumented { inner, cx }
     }
 }
 

@@ -1,5 +1,6 @@
 use std::sync::OnceLock;
 
+use opentelemetry::baggage::BaggageExt as _;
 use opentelemetry::trace::{
     SpanContext, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState, Tracer as _,
     TracerProvider as _,
@@ -109,7 +110,9 @@ fn children_exist_only_inside_a_sampled_trace() {
 async fn instrumented_futures_parent_their_children_and_expose_ids() {
     let parent = remote(true);
     let trace = parent.span().span_context().trace_id();
-    let outer = Span::from_context(parent.clone());
+    let outer = Span {
+        cx: Some(parent.clone()),
+    };
     assert!(outer.is_recording());
     let inner = outer
         .instrument(async {
@@ -162,6 +165,7 @@ fn context_travels_through_headers_and_traceparent_strings() {
     let mut headers = ::http::HeaderMap::new();
     headers.insert("traceparent", "garbage".parse().unwrap());
     headers.insert("baggage", "client=1".parse().unwrap());
+    propagate::strip(&mut headers);
     propagate::inject(&parent, &mut headers);
     let tp = headers["traceparent"].to_str().unwrap().to_owned();
     assert_eq!(
@@ -198,6 +202,30 @@ fn context_travels_through_headers_and_traceparent_strings() {
     propagate::inject(&Context::new(), &mut untouched);
     assert!(untouched.is_empty(), "no span, nothing written");
     assert!(propagate::traceparent(&Context::new()).is_none());
+}
+
+#[test]
+fn the_fast_path_writes_what_the_propagator_writes() {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    exporter();
+    for sampled in [true, false] {
+        let cx = remote(sampled);
+        let mut ours = ::http::HeaderMap::new();
+        propagate::inject(&cx, &mut ours);
+        let mut theirs = std::collections::HashMap::new();
+        TraceContextPropagator::new().inject_context(&cx, &mut theirs);
+        assert_eq!(ours["traceparent"], theirs["traceparent"].as_str());
+        assert_eq!(
+            propagate::traceparent(&cx).as_deref(),
+            Some(theirs["traceparent"].as_str())
+        );
+    }
+    // With baggage (or trace state) the propagator writes everything.
+    let cx = remote(true).with_baggage(vec![KeyValue::new("tenant", "a")]);
+    let mut headers = ::http::HeaderMap::new();
+    propagate::inject(&cx, &mut headers);
+    assert_eq!(headers["baggage"], "tenant=a");
+    assert!(headers.contains_key("traceparent"));
 }
 
 #[test]

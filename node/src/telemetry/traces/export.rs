@@ -46,16 +46,6 @@ pub trait ExportObserver: Send + Sync {
     fn queued(&self, spans: usize);
 }
 
-/// An observer that counts nothing (tests, tools).
-pub struct Unobserved;
-
-impl ExportObserver for Unobserved {
-    fn exported(&self, _: usize) {}
-    fn dropped(&self, _: DropReason, _: usize) {}
-    fn export_failed(&self) {}
-    fn queued(&self, _: usize) {}
-}
-
 enum Command {
     /// Export everything queued so far, then answer.
     Flush(oneshot::Sender<()>),
