@@ -26,9 +26,11 @@ use bytes::Buf as _;
 use http::{Request, Response, Version, header};
 use hyper::body::{Body, Frame, SizeHint};
 use opentelemetry::trace::{
-    Link, Span as _, SpanBuilder, SpanKind, Status, TraceContextExt as _, Tracer as _,
+    Link, Span as _, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt as _, TraceFlags,
+    TraceState, Tracer as _,
 };
 use opentelemetry::{Context as OtelContext, KeyValue};
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 use opentelemetry_semantic_conventions::attribute as semconv;
 use tower::{Layer, Service};
 
@@ -133,12 +135,18 @@ where
             let link = Link::new(caller, vec![KeyValue::new(CALLER_LINK, true)], 0);
             (OtelContext::new(), vec![link])
         };
-        let builder = SpanBuilder::from_name(conv::span_name(req.method(), None))
-            .with_kind(SpanKind::Server)
-            .with_links(links);
-        let span = tracer.build_with_context(builder, &parent);
-        let recording = span.is_recording();
-        let cx = parent.with_span(span);
+        let (cx, recording) = if !parent.has_active_span() && !trace::new_traces_sampled() {
+            // Sampling decided before building anything: a new trace at ratio 0 records nothing,
+            // so it is only a pair of ids to propagate and log.
+            (unsampled_root(), false)
+        } else {
+            let builder = SpanBuilder::from_name(conv::span_name(req.method(), None))
+                .with_kind(SpanKind::Server)
+                .with_links(links);
+            let span = tracer.build_with_context(builder, &parent);
+            let recording = span.is_recording();
+            (parent.with_span(span), recording)
+        };
         if recording {
             cx.span()
                 .set_attributes(request_attributes(&req, conn.as_ref()));
@@ -161,6 +169,19 @@ where
             }),
         }
     }
+}
+
+/// A context whose span is a fresh, unsampled root: what the SDK would build for a dropped
+/// sampling decision, without the builder, the sampler call and the span object.
+fn unsampled_root() -> OtelContext {
+    let ids = RandomIdGenerator::default();
+    OtelContext::new().with_remote_span_context(SpanContext::new(
+        ids.new_trace_id(),
+        ids.new_span_id(),
+        TraceFlags::default(),
+        false,
+        TraceState::default(),
+    ))
 }
 
 fn request_attributes<B>(req: &Request<B>, conn: Option<&ConnInfo>) -> Vec<KeyValue> {
@@ -353,10 +374,8 @@ impl<B: Body + Unpin> Body for TracedBody<B> {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = {
-            let _attached = this.active.as_ref().map(|a| a.cx.clone().attach());
-            ready!(Pin::new(inner).poll_frame(cx))
-        };
+        let attached = this.active.as_ref().map(|a| a.cx.clone().attach());
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
                 if let (Some(data), Some(a)) = (f.data_ref(), this.active.as_mut()) {
@@ -365,14 +384,16 @@ impl<B: Body + Unpin> Body for TracedBody<B> {
             }
             Some(Err(_)) => {}
             None => {
-                let _attached = this.active.as_ref().map(|a| a.cx.clone().attach());
+                // Still attached: what the finished body logs when dropped belongs to the span.
                 this.inner = None;
-                drop(_attached);
+                drop(attached);
                 if let Some(a) = this.active.take() {
                     a.end();
                 }
+                return Poll::Ready(None);
             }
         }
+        drop(attached);
         Poll::Ready(frame)
     }
 

@@ -27,6 +27,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
 use opentelemetry::global::BoxedTracer;
@@ -47,10 +48,25 @@ pub const CLUSTER_LINK: &str = "gatehouse.link.cluster";
 
 static TRACER: OnceLock<BoxedTracer> = OnceLock::new();
 
-/// Makes `tracer` the one every span is started with. Returns false if one was installed before
-/// (the first stays).
-pub fn install(tracer: BoxedTracer) -> bool {
-    TRACER.set(tracer).is_ok()
+/// Whether the sampler can sample a new trace (a root without a trusted parent or a cluster
+/// link). False at ratio 0: the server span then decides without asking the SDK.
+static NEW_TRACES_SAMPLED: AtomicBool = AtomicBool::new(true);
+
+/// Makes `tracer` the one every span is started with. `new_traces_sampled` is false when the
+/// sampler's ratio for new traces is 0. Returns false if a tracer was installed before (the
+/// first stays).
+pub fn install(tracer: BoxedTracer, new_traces_sampled: bool) -> bool {
+    let fresh = TRACER.set(tracer).is_ok();
+    if fresh {
+        NEW_TRACES_SAMPLED.store(new_traces_sampled, Ordering::Relaxed);
+    }
+    fresh
+}
+
+/// Whether a new trace (no trusted parent, no cluster link) can be sampled at all.
+#[inline]
+pub fn new_traces_sampled() -> bool {
+    NEW_TRACES_SAMPLED.load(Ordering::Relaxed)
 }
 
 /// Whether tracing is on in this process.

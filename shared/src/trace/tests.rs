@@ -20,9 +20,10 @@ fn exporter() -> &'static (InMemorySpanExporter, SdkTracerProvider) {
         let provider = SdkTracerProvider::builder()
             .with_simple_exporter(exporter.clone())
             .build();
-        install(opentelemetry::global::BoxedTracer::new(Box::new(
-            provider.tracer(SCOPE),
-        )));
+        install(
+            opentelemetry::global::BoxedTracer::new(Box::new(provider.tracer(SCOPE))),
+            true,
+        );
         opentelemetry::global::set_text_map_propagator(
             opentelemetry::propagation::TextMapCompositePropagator::new(vec![
                 Box::new(TraceContextPropagator::new()),

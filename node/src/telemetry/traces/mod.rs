@@ -101,9 +101,10 @@ pub fn start(
     let scope = InstrumentationScope::builder(SCOPE)
         .with_version(node.version.to_owned())
         .build();
-    gatehouse_shared::trace::install(global::BoxedTracer::new(Box::new(
-        provider.tracer_with_scope(scope),
-    )));
+    gatehouse_shared::trace::install(
+        global::BoxedTracer::new(Box::new(provider.tracer_with_scope(scope))),
+        plan.sampling.ratio > 0.0,
+    );
     Ok(Some(TraceGuard {
         provider,
         task,
