@@ -418,3 +418,144 @@ async fn a_back_channel_logout_on_one_node_ends_the_session_on_all_within_100ms(
         published_event_types(&c.nats).await
     );
 }
+
+/// One request of the hammer: when it started and ended, and how it was answered.
+struct Shot {
+    node: usize,
+    started: Instant,
+    ended: Instant,
+    status: u16,
+}
+
+#[tokio::test]
+async fn an_ended_session_hammered_on_every_node_during_its_logout_never_comes_back() {
+    let c = cluster("", &[]).await;
+    let session = c
+        .idp
+        .user_token("marie", TokenOptions::jwt().sid("hammered"))
+        .await;
+    let auth = bearer(session.access_token());
+    for _ in 0..3 {
+        for node in &c.nodes {
+            let r = get_with(&node.url("/warm"), &[("authorization", &auth)]).await;
+            assert_eq!(r.status, 200, "{}", node.logs());
+        }
+    }
+
+    // Four sequential request loops per node, running through the logout and after it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for (n, node) in c.nodes.iter().enumerate() {
+        for _ in 0..4 {
+            let (url, auth, stop) = (node.url("/hammer"), auth.clone(), stop.clone());
+            loops.push(tokio::spawn(async move {
+                let mut shots = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let started = Instant::now();
+                    let status = get_with(&url, &[("authorization", &auth)])
+                        .await
+                        .status
+                        .as_u16();
+                    shots.push(Shot {
+                        node: n,
+                        started,
+                        ended: Instant::now(),
+                        status,
+                    });
+                }
+                shots
+            }));
+        }
+    }
+    // Let every loop get going with the session still valid.
+    let up = &c.up;
+    let warm = up.count();
+    assert!(wait_until(Duration::from_secs(5), || async { up.count() > warm + 50 }).await);
+
+    let logout_node = 1;
+    let (status, body) = c
+        .idp
+        .backchannel_logout(
+            &c.nodes[logout_node].url("/backchannel_logout"),
+            Some("hammered"),
+            None,
+        )
+        .await;
+    assert_eq!((status, body.trim()), (200, "null"));
+    let done = Instant::now();
+    // Keep hammering for longer than the memo lives (2 s), where a resurrected session would show.
+    let until = done + Duration::from_millis(2500);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut shots = Vec::new();
+    for l in loops {
+        shots.extend(l.await.unwrap());
+    }
+
+    let after = |s: &Shot| s.started > done;
+    assert!(
+        shots.iter().all(|s| s.status == 200 || s.status == 401),
+        "only 200 and 401 expected"
+    );
+    assert!(
+        shots.iter().filter(|s| after(s)).count() > 100,
+        "too little load after the logout"
+    );
+    let late: Vec<_> = shots
+        .iter()
+        .filter(|s| s.status == 200 && s.started > done + Duration::from_millis(100))
+        .map(|s| (s.node, s.started - done))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "accepted {} times more than 100 ms after the logout, first: {:?}",
+        late.len(),
+        &late[..late.len().min(10)]
+    );
+    let on_logout_node: Vec<_> = shots
+        .iter()
+        .filter(|s| s.node == logout_node && s.status == 200 && after(s))
+        .map(|s| s.started - done)
+        .collect();
+    assert!(
+        on_logout_node.is_empty(),
+        "the node that ended the session accepted it {} times afterwards, first: {:?}",
+        on_logout_node.len(),
+        &on_logout_node[..on_logout_node.len().min(10)]
+    );
+    // Once a node has refused the session, no request it starts later is accepted.
+    for n in 0..c.nodes.len() {
+        let first_refusal = shots
+            .iter()
+            .filter(|s| s.node == n && s.status == 401)
+            .map(|s| s.ended)
+            .min()
+            .unwrap_or_else(|| panic!("node {n} never refused the session"));
+        let back: Vec<_> = shots
+            .iter()
+            .filter(|s| s.node == n && s.status == 200 && s.started > first_refusal)
+            .map(|s| s.started - first_refusal)
+            .collect();
+        assert!(
+            back.is_empty(),
+            "node {n} accepted the ended session {} times after refusing it, first: {:?}",
+            back.len(),
+            &back[..back.len().min(10)]
+        );
+    }
+    let refused_after: Vec<_> = (0..c.nodes.len())
+        .map(|n| {
+            shots
+                .iter()
+                .filter(|s| s.node == n && s.status == 401)
+                .map(|s| s.ended.saturating_duration_since(done))
+                .min()
+        })
+        .collect();
+    println!(
+        "{} requests during and after the logout; first refusal per node after {refused_after:?}",
+        shots.len()
+    );
+}

@@ -11,10 +11,14 @@
 //! single-threaded runtime), so its lock is never contended.
 //!
 //! A back-channel logout must not wait that long (a session must be refused on every node
-//! within 100 ms). All memos of a node share a [`MemoEpoch`]; [`spawn_invalidation`] advances it
-//! whenever the user-info store reports a logout marker (written by every logout, on any node,
-//! and delivered by the store's change feed within milliseconds) or lost changes, and entries
-//! put under an older epoch are ignored. Logouts are rare, so forgetting everything is cheap;
+//! within 100 ms), and must never be undone by a memo. All memos of a node share a
+//! [`MemoEpoch`]; entries put under an older epoch are ignored. [`spawn_invalidation`] advances it
+//! whenever a logout marker (written by every logout, on any node) reaches the node's near-cache
+//! — under the cache's lock, before any reader can see the marker — and when changes were lost.
+//! The epoch of a request is read before its markers are checked (also on a claims-cache hit),
+//! so a request either sees the marker or memoises under an epoch that is already outdated; no
+//! interleaving can memoise an ended session. Stores without a local copy advance the epoch from
+//! their change feed instead. Logouts are rare, so forgetting everything is cheap;
 //! `get` pays one atomic load. Plain deletions do not advance the epoch: on NATS every expiring
 //! claims record arrives as a deletion, which would flush the memos many times a second.
 
@@ -206,6 +210,14 @@ pub fn spawn_invalidation(
     epoch: MemoEpoch,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
+    // Where the store can promise it, the epoch advances before any reader can see the marker:
+    // a request either sees the marker or started before it and finds its memo outdated.
+    let local = epoch.clone();
+    userinfo.watch_local(Arc::new(move |key: Option<&str>| {
+        if key.is_none_or(is_logout_marker) {
+            local.advance();
+        }
+    }));
     let mut feed = userinfo.changes();
     tokio::spawn(async move {
         loop {

@@ -326,7 +326,7 @@ pub static SECTIONS: &[Section] = &[
         gatehouse: false,
         settings: &[
             set("events.endpoint", &["OCIS_EVENTS_ENDPOINT", "PROXY_EVENTS_ENDPOINT"], string!(events.endpoint),
-                "NATS server (`host:port`) events are published to; empty publishes none."),
+                "NATS servers events are published to: `host:port` or `nats://host:port`, several separated by commas (one cluster); empty publishes none."),
             set("events.cluster", &["OCIS_EVENTS_CLUSTER", "PROXY_EVENTS_CLUSTER"], string!(events.cluster),
                 "Events cluster id."),
             set("events.tls_insecure", &["OCIS_INSECURE", "PROXY_EVENTS_TLS_INSECURE"], boolean!(events.tls_insecure),

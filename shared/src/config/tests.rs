@@ -544,3 +544,25 @@ fn load_text_is_load_without_the_file_lookup() {
     let err = load_text("", Path::new("mem.yaml"), &g.env).unwrap_err();
     assert!(err.has_key("PROXY_TLS"), "{err}");
 }
+
+#[test]
+fn the_events_endpoint_is_a_list_of_nats_servers() {
+    let ok = Fixture::new()
+        .set(
+            "OCIS_EVENTS_ENDPOINT",
+            "nats-1:4222, nats://nats-2:4222,tls://[::1]:4222",
+        )
+        .load_text("")
+        .unwrap();
+    assert_eq!(
+        ok.config.events.endpoint,
+        "nats-1:4222, nats://nats-2:4222,tls://[::1]:4222"
+    );
+    let err = Fixture::new()
+        .set("OCIS_EVENTS_ENDPOINT", "nats-1:4222,nats-2")
+        .load_text("")
+        .unwrap_err();
+    let p = problem(&err, "events.endpoint");
+    assert!(p.message.contains("\"nats-2\""), "{}", p.message);
+    assert_eq!(err.0.len(), 1, "{err}");
+}

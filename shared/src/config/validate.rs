@@ -353,10 +353,15 @@ fn misc(config: &mut Config, p: &mut Problems<'_>) {
             ),
         );
     }
-    if !config.events.endpoint.is_empty()
-        && let Err(e) = check_host_port(&config.events.endpoint, Allow::NatsUrl)
-    {
-        p.add("events.endpoint", e);
+    // A comma-separated list of NATS servers, as go-micro and the publisher accept; empty
+    // (or only separators and spaces) disables events.
+    for server in config.events.endpoint.split(',').map(str::trim) {
+        if server.is_empty() {
+            continue;
+        }
+        if let Err(e) = check_host_port(server, Allow::NatsUrl) {
+            p.add("events.endpoint", e);
+        }
     }
     // The exporter settings are checked only when tracing is on (`OTEL_*` variables meant for
     // other programs must not stop a node that does not trace); the trust rule applies always.

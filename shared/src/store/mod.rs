@@ -14,6 +14,7 @@ mod noop;
 #[doc(hidden)]
 pub mod testing;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -121,4 +122,17 @@ pub trait Store: Send + Sync + 'static {
     fn changes(&self) -> tokio::sync::broadcast::Receiver<Change>;
     /// A short name for metrics and logs (`memory`, `noop`, `nats-js-kv`).
     fn kind(&self) -> &'static str;
+    /// Calls `hook` whenever a key gets a value this store answers locally (`Some(key)`: a
+    /// write, a change from the feed or a read that filled the local copy) or everything local
+    /// is forgotten (`None`), *before* a reader can see the change. Only a
+    /// store that answers from a local copy can promise that; the others return false and a
+    /// caller relies on [`Store::changes`], which may arrive a moment after a read saw the change.
+    fn watch_local(&self, hook: LocalChangeHook) -> bool {
+        let _ = hook;
+        false
+    }
 }
+
+/// See [`Store::watch_local`]. Runs under the store's lock: it must be quick and must not call
+/// the store.
+pub type LocalChangeHook = Arc<dyn Fn(Option<&str>) + Send + Sync>;

@@ -22,6 +22,13 @@
 //!   the last sweep passed it.
 //! - If the feed closes, coherence can no longer be guaranteed: the cache empties itself and
 //!   every read goes to the inner store from then on.
+//! - [`Store::watch_local`] hooks are called under the cache's lock before a key's new value is
+//!   installed (by a write, the feed or a fill) and before a reset, so whatever a hook records
+//!   happens before any reader can see the change.
+//! - The cache's own change feed ([`Store::changes`]) repeats the inner feed, each change only
+//!   after it has been applied here. A subscriber that reacts to a change (the identity memo
+//!   forgetting sessions on a logout marker) can rely on every read it makes afterwards seeing
+//!   it; with the inner feed it could read the cache a moment before the change arrived.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +40,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::clock::{Clock, SystemClock};
-use super::{Change, Entry, Store, StoreError, StoreResult};
+use super::{Change, Entry, LocalChangeHook, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NearCacheOptions {
@@ -110,7 +117,12 @@ struct Shared {
     errors: AtomicU64,
     changes_applied: AtomicU64,
     resets: AtomicU64,
+    /// Where applied changes are repeated; `None` once the inner feed closed.
+    applied: Mutex<Option<broadcast::Sender<Change>>>,
 }
+
+/// Changes a slow subscriber of the cache's own feed may fall behind before it lags.
+const APPLIED_FEED_CAPACITY: usize = 4096;
 
 impl NearCache {
     /// Wraps `inner`; metrics are labelled with `inner.kind()`. Must be called inside a tokio
@@ -157,6 +169,7 @@ impl NearCache {
             errors: AtomicU64::new(0),
             changes_applied: AtomicU64::new(0),
             resets: AtomicU64::new(0),
+            applied: Mutex::new(Some(broadcast::channel(APPLIED_FEED_CAPACITY).0)),
         });
         let feed_task = tokio::spawn(run_feed(Arc::downgrade(&shared), feed)).abort_handle();
         Arc::new(NearCache { shared, feed_task })
@@ -212,6 +225,9 @@ async fn run_feed(shared: Weak<Shared>, mut feed: broadcast::Receiver<Change>) {
                     let mut cache = shared.lock();
                     cache.reset();
                     cache.disabled = true;
+                    drop(cache);
+                    // Subscribers learn that the feed closed.
+                    shared.applied_feed().take();
                 }
                 return;
             }
@@ -219,7 +235,11 @@ async fn run_feed(shared: Weak<Shared>, mut feed: broadcast::Receiver<Change>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        shared.apply_change(change);
+        shared.apply_change(change.clone());
+        if let Some(tx) = shared.applied_feed().as_ref() {
+            // No subscriber is not an error.
+            let _ = tx.send(change);
+        }
     }
 }
 
@@ -230,6 +250,10 @@ fn timeout_error(op: &'static str, after: Duration) -> StoreError {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn applied_feed(&self) -> MutexGuard<'_, Option<broadcast::Sender<Change>>> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn observe(&self, op: &'static str, outcome: Outcome, started: tokio::time::Instant) {
@@ -487,17 +511,28 @@ impl Store for NearCache {
     }
 
     fn changes(&self) -> broadcast::Receiver<Change> {
-        self.shared.inner.changes()
+        match self.shared.applied_feed().as_ref() {
+            Some(tx) => tx.subscribe(),
+            // The inner feed closed: so is this one.
+            None => broadcast::channel(1).1,
+        }
     }
 
     fn kind(&self) -> &'static str {
         self.shared.inner.kind()
+    }
+
+    fn watch_local(&self, hook: LocalChangeHook) -> bool {
+        self.shared.lock().hooks.push(hook);
+        true
     }
 }
 
 #[derive(Default)]
 struct Cache {
     slots: HashMap<String, Slot>,
+    /// [`Store::watch_local`] subscribers, told of every change before the lock is released.
+    hooks: Vec<LocalChangeHook>,
     /// Eviction order for the second-chance sweep: `(key, slot id)`; stale ids are skipped.
     queue: VecDeque<(String, u64)>,
     next_id: u64,
@@ -569,6 +604,11 @@ impl Cache {
     }
 
     fn install(&mut self, key: &str, entry: Option<Entry>, revision: u64, capacity: usize) {
+        if entry.is_some() {
+            for hook in &self.hooks {
+                hook(Some(key));
+            }
+        }
         if capacity == 0 {
             return;
         }
@@ -633,6 +673,9 @@ impl Cache {
     }
 
     fn reset(&mut self) {
+        for hook in &self.hooks {
+            hook(None);
+        }
         self.seq += 1;
         self.reset_seq = self.seq;
         self.slots.clear();
@@ -766,6 +809,84 @@ mod tests {
             (st.local_hits, st.remote_hits, st.misses, st.errors),
             (11, 1, 1, 0)
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_is_announced_only_after_the_cache_reflects_it() {
+        let (probe, near, _) = setup(OPTS);
+        let mut feed = near.changes();
+        for i in 0..200 {
+            let key = format!("k{i}");
+            // Absence cached first, so only the applied change can make the key visible.
+            assert_eq!(near.get(&key).await.unwrap(), None);
+            probe.inner.put(&key, b("v"), None).await.unwrap();
+            match feed.recv().await.unwrap() {
+                Change::Put { key: seen, .. } => assert_eq!(seen, key),
+                other => panic!("unexpected {other:?}"),
+            }
+            let gets = probe.gets();
+            assert!(
+                near.get(&key).await.unwrap().is_some(),
+                "change {i} announced before it was applied"
+            );
+            assert_eq!(probe.gets(), gets, "answered locally");
+        }
+        drop(probe);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_hooks_run_before_a_reader_sees_the_change() {
+        let (probe, near, _) = setup(OPTS);
+        let told = Arc::new(AtomicUsize::new(0));
+        let resets = Arc::new(AtomicUsize::new(0));
+        let hook = {
+            let (told, resets) = (told.clone(), resets.clone());
+            Arc::new(move |key: Option<&str>| match key {
+                Some(k) if k.starts_with("marker") => {
+                    told.fetch_add(1, Ordering::SeqCst);
+                }
+                Some(_) => {}
+                None => {
+                    resets.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        assert!(near.watch_local(hook));
+        for i in 0..100 {
+            let key = format!("marker{i}");
+            assert_eq!(
+                near.get(&key).await.unwrap(),
+                None,
+                "absence is not a change"
+            );
+            assert_eq!(told.load(Ordering::SeqCst), i);
+            let reader = {
+                let near = near.clone();
+                let told = told.clone();
+                tokio::spawn(async move {
+                    while near.get(&key).await.unwrap().is_none() {
+                        tokio::task::yield_now().await;
+                    }
+                    told.load(Ordering::SeqCst)
+                })
+            };
+            // Another writer's change arrives through the feed.
+            probe
+                .inner
+                .put(&format!("marker{i}"), b("1"), None)
+                .await
+                .unwrap();
+            assert!(
+                reader.await.unwrap() > i,
+                "a reader saw change {i} before the hook"
+            );
+        }
+        // The node's own write tells the hook before it returns.
+        let before = told.load(Ordering::SeqCst);
+        near.put("marker-own", b("1"), None).await.unwrap();
+        assert!(told.load(Ordering::SeqCst) > before);
+        near.clear();
+        assert_eq!(resets.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
@@ -1071,11 +1192,19 @@ mod tests {
             }
         }
         let near = NearCache::new(Arc::new(Closed(MemoryStore::new())), OPTS, None);
+        let mut subscribed_before = near.changes();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !near.shared.lock().disabled {
             assert!(tokio::time::Instant::now() < deadline);
             tokio::task::yield_now().await;
         }
+        // The cache's own feed closes too, for old and new subscribers alike.
+        assert_eq!(
+            subscribed_before.recv().await,
+            Err(RecvError::Closed),
+            "old subscriber"
+        );
+        assert_eq!(near.changes().recv().await, Err(RecvError::Closed));
         near.put("k", b("v"), None).await.unwrap();
         near.get("k").await.unwrap();
         near.get("k").await.unwrap();

@@ -332,6 +332,14 @@ impl OidcAuthenticator {
             return Err(OidcError::rejected("token was rejected moments ago"));
         }
         if let Some(claims) = self.inner.cached(&cache_key, self.clock.now()).await {
+            // A logout writes its markers before it deletes the claims: in between, the claims
+            // are still here and only the markers tell (local reads: absence is near-cached).
+            let ids = SessionIds::of(&claims);
+            if !ids.is_empty()
+                && let Some(reason) = sessions::refusal(self.inner.cache.as_ref(), &ids).await
+            {
+                return Err(OidcError::rejected(reason.to_string()));
+            }
             return Ok(Authenticated {
                 claims,
                 new_session: false,

@@ -7,7 +7,9 @@
 //! name. The resolving node checks the markers before it asks userinfo and again after it has
 //! written the claims; if the second check finds a marker it deletes what it wrote. Either the
 //! logout finds the new claims through the index, or the resolver sees the marker — up to the
-//! change feed's delay between nodes.
+//! change feed's delay between nodes. Between the markers and the deletion the claims are still
+//! cached, so a claims-cache hit checks the markers too (near-cache reads: absence is cached); the
+//! per-worker memo is kept honest by `identity::memo`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

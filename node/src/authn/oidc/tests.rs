@@ -913,15 +913,45 @@ mod logout_markers {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn markers_cost_nothing_on_a_cache_hit() {
-        // The design point: only misses read the markers. A logout deletes the cached claims,
-        // so a marker without that deletion leaves a cached token alone.
+    async fn a_marker_refuses_a_cached_token_and_hits_read_markers_locally() {
+        // Between a logout's marker and its deletion of the claims, the claims are still cached:
+        // a cache hit must check the markers too, and through the near-cache that costs no
+        // network read (absence is cached).
         let idp = Idp::start().await;
-        let (auth, store) = authenticator(settings(&idp));
+        let inner = Arc::new(MemoryStore::new());
+        let near = gatehouse_shared::store::NearCache::new(
+            inner.clone(),
+            gatehouse_shared::store::NearCacheOptions {
+                capacity: 1000,
+                op_timeout: Duration::from_secs(1),
+            },
+            None,
+        );
+        let auth = OidcAuthenticator::new(settings(&idp), near.clone()).unwrap();
         let token = idp.rsa1(json!({"sid": "s1"}));
         auth.authenticate(&token).await.unwrap();
-        mark(&store, &logged_out_sid_key("s1"), encode_logout_time(1)).await;
+        let remote = |n: &gatehouse_shared::store::NearCache| {
+            let s = n.stats();
+            s.misses + s.remote_hits + s.errors
+        };
+        let before = remote(&near);
         assert!(!auth.authenticate(&token).await.unwrap().new_session);
+        assert_eq!(remote(&near), before, "a cache hit read the store remotely");
+
+        near.put(
+            &logged_out_sid_key("s1"),
+            Bytes::from(encode_logout_time(1)),
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(
+            near.get(&token_cache_key(&token)).await.unwrap().is_some(),
+            "the claims are still cached"
+        );
+        let reason = rejected(auth.authenticate(&token).await);
+        assert!(reason.contains("logged out"), "{reason}");
+        assert_eq!(remote(&near), before, "the refusal read the store remotely");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
