@@ -3,14 +3,17 @@
 //! `memory` and `noop` are in-process. `nats-js-kv` is the JetStream bucket behind a near-cache, so
 //! that a hit costs no network call and peers' writes arrive through the bucket's change feed; its
 //! connection becomes a readiness dependency of the node, and its connection state, reconnects
-//! and near-cache size are read at every metrics scrape.
+//! and near-cache size are read at every metrics scrape. A node that cannot reach NATS at
+//! start-up does not exit: the store is a [`DeferredStore`] that answers `Unavailable` while a
+//! background task keeps connecting, and the node is unready until it has.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use gatehouse_nats::{NatsKvOptions, NatsKvStore};
 use gatehouse_shared::config::StoreConfig;
 use gatehouse_shared::store::{
-    MemoryStore, NearCache, NearCacheOptions, NoopStore, Store, StoreError,
+    DeferredStore, MemoryStore, NearCache, NearCacheOptions, NoopStore, Store, StoreError,
 };
 
 use crate::health::Health;
@@ -18,6 +21,10 @@ use crate::telemetry::Metrics;
 
 /// Entries one node keeps locally per near-cache.
 const NEAR_CACHE_CAPACITY: usize = 100_000;
+/// Pause between connection attempts of a node that started without NATS; doubles up to
+/// [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// Opens the store `name` (for readiness) whose NATS connection metrics call `client`.
 pub async fn open(
@@ -42,26 +49,44 @@ pub async fn open(
                 op_timeout: cfg.op_timeout.0,
                 ..NatsKvOptions::default()
             };
-            let kv = Arc::new(NatsKvStore::connect(opts).await?);
-            let probe = Arc::clone(&kv);
-            health.require(
-                format!("{name} (NATS {})", cfg.addresses.join(",")),
-                move || probe.is_connected(),
-            );
+            let waiting_for = format!("NATS at {}", cfg.addresses.join(","));
+            let deferred = DeferredStore::new("nats-js-kv", waiting_for.clone());
+            let connected: Arc<OnceLock<Arc<NatsKvStore>>> = Arc::default();
+            match NatsKvStore::connect(opts.clone()).await {
+                Ok(kv) => install(&deferred, &connected, Arc::new(kv)),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(
+                        store = name,
+                        error = %e,
+                        "cannot reach NATS; the node starts unready and keeps trying"
+                    );
+                    tokio::spawn(keep_connecting(
+                        name.to_owned(),
+                        opts,
+                        deferred.clone(),
+                        connected.clone(),
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
+            let probe = Arc::clone(&connected);
+            health.require(format!("{name} ({waiting_for})"), move || {
+                probe.get().is_some_and(|kv| kv.is_connected())
+            });
             // Probes hold weak references: metrics never keep a component alive.
-            let probe = Arc::downgrade(&kv);
+            let probe = Arc::downgrade(&connected);
             metrics.scrape().nats(client, move || {
                 probe
                     .upgrade()
-                    .map(|kv| kv.connection())
+                    .and_then(|c| c.get().map(|kv| kv.connection()))
                     .unwrap_or_default()
             });
             // Store metrics are labelled by bucket. One name per store opened at start-up (a
             // handful per process), so leaking it for the `'static` label is bounded.
-            let bucket: &'static str = Box::leak(kv.bucket().to_owned().into_boxed_str());
+            let bucket: &'static str = Box::leak(cfg.database.clone().into_boxed_str());
             let near = NearCache::named(
                 bucket,
-                kv,
+                deferred,
                 NearCacheOptions {
                     capacity: NEAR_CACHE_CAPACITY,
                     op_timeout: cfg.op_timeout.0,
@@ -76,5 +101,39 @@ pub async fn open(
         }
         // Validation admits only the kinds above and `memory`.
         _ => Ok(Arc::new(MemoryStore::new())),
+    }
+}
+
+fn install(
+    deferred: &Arc<DeferredStore>,
+    connected: &OnceLock<Arc<NatsKvStore>>,
+    kv: Arc<NatsKvStore>,
+) {
+    let _ = connected.set(Arc::clone(&kv));
+    deferred.install(kv);
+}
+
+/// Connects until it succeeds (a node started while NATS was unreachable), then installs the
+/// store; the node turns ready through its health check.
+async fn keep_connecting(
+    name: String,
+    opts: NatsKvOptions,
+    deferred: Arc<DeferredStore>,
+    connected: Arc<OnceLock<Arc<NatsKvStore>>>,
+) {
+    let mut pause = RECONNECT_FIRST;
+    loop {
+        tokio::time::sleep(pause).await;
+        match NatsKvStore::connect(opts.clone()).await {
+            Ok(kv) => {
+                tracing::info!(store = %name, "connected to NATS");
+                install(&deferred, &connected, Arc::new(kv));
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(store = %name, error = %e, "NATS still unreachable");
+                pause = (pause * 2).min(RECONNECT_MAX);
+            }
+        }
     }
 }

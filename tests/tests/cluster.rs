@@ -230,3 +230,63 @@ async fn nats_loss_never_stalls_requests_and_readiness_follows_nats() {
     .await;
     assert!(ready, "node ready again after NATS returned");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_without_nats_stays_up_unready_and_becomes_ready_when_nats_comes() {
+    let mut cluster = NatsCluster::start(1);
+    cluster.kill(0);
+    let up = Upstream::start("up").await;
+    let yaml = format!(
+        "state_store:\n  store: nats-js-kv\n  addresses: [{}]\npolicies:\n  - name: ocis\n    routes:\n      - endpoint: /up\n        backend: {}\n        unprotected: true\n",
+        nats_addresses(&cluster),
+        up.url()
+    );
+    let mut opts = NodeOptions::new(&yaml);
+    opts.wait_ready = false;
+    let node = GatehouseNode::start_with(opts).await;
+
+    // Up and honest about it: alive, unready (naming what it waits for), serving what needs no
+    // shared state, and refusing what does with a 503 rather than a hang.
+    let ready = get(&node.debug_url("/readyz")).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(ready.text().contains("state store"), "{}", ready.text());
+    assert_eq!(get(&node.debug_url("/healthz")).await.status, 200);
+    assert_eq!(get(&node.url("/up/x")).await.status, 200);
+    let t0 = Instant::now();
+    assert_eq!(get(&node.debug_url("/debug/state/k")).await.status, 503);
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    cluster.restart(0);
+    let back = Instant::now();
+    let became_ready = gatehouse_tests::wait_until(Duration::from_secs(15), || async {
+        get(&node.debug_url("/readyz")).await.status == 200
+    })
+    .await;
+    assert!(
+        became_ready,
+        "not ready after NATS returned:\n{}",
+        node.logs()
+    );
+    eprintln!("ready {:?} after NATS returned", back.elapsed());
+    assert!(
+        back.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        back.elapsed()
+    );
+
+    // The store works, including peers' writes through the change feed.
+    let kv = kv(&cluster, "gatehouse-state").await;
+    let raw_key = gatehouse_shared::store::encode_key("", "k");
+    let value = gatehouse_shared::store::encode_value("k", b"written by a peer", None);
+    settle("put", || kv.put(raw_key.clone(), value.clone())).await;
+    let seen = gatehouse_tests::wait_until(Duration::from_secs(5), || async {
+        let r = get(&node.debug_url("/debug/state/k")).await;
+        r.status == 200 && r.text() == "written by a peer"
+    })
+    .await;
+    assert!(seen, "{}", node.logs());
+}

@@ -8,6 +8,7 @@
 
 mod clock;
 mod codec;
+mod deferred;
 mod memory;
 mod near_cache;
 mod noop;
@@ -25,6 +26,7 @@ pub use codec::{
     EXPIRES_AT_METADATA_KEY, Envelope, decode_envelope, decode_key, decode_value, encode_key,
     encode_value,
 };
+pub use deferred::DeferredStore;
 pub use memory::MemoryStore;
 pub use near_cache::{NearCache, NearCacheOptions, NearCacheStats, Outcome, StoreObserver};
 pub use noop::NoopStore;
