@@ -15,7 +15,8 @@
 //!   from the last seen revision and a `Change::Reset` is emitted so caches drop what they might
 //!   have missed.
 //! - Every operation is bounded by `op_timeout` and, in a sampled trace, is a CLIENT span
-//!   (`get <bucket>`, …) of the request that caused it.
+//!   (`get <bucket>`, …) of the request that caused it. While the client knows it is
+//!   disconnected, operations fail at once with `Unavailable` instead of waiting that long.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -265,6 +266,14 @@ impl Inner {
         op: &'static str,
         fut: impl std::future::Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
+        // Known to be down: fail now rather than make every call wait out `op_timeout` (an
+        // outage would otherwise cost a new login one timeout per store operation).
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(StoreError::Unavailable(format!(
+                "not connected to NATS ({op} {})",
+                self.kv.name
+            )));
+        }
         let span = trace::Span::child_with(|| {
             SpanBuilder::from_name(format!("{op} {}", self.kv.name))
                 .with_kind(SpanKind::Client)

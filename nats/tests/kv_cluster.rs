@@ -550,3 +550,36 @@ async fn registry_resolves_services_written_by_go_micro() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_fail_at_once_while_nats_is_known_to_be_down() {
+    init_logs();
+    let mut cluster = NatsCluster::start(1);
+    let mut o = opts(&cluster, 0, "fail-fast");
+    o.replicas = 1;
+    let store = NatsKvStore::connect(o).await.unwrap();
+    store.put("k", b("v"), None).await.unwrap();
+    cluster.kill(0);
+    eventually("the client to notice", Duration::from_secs(10), || async {
+        !store.is_connected()
+    })
+    .await;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let err = store.get("k").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(
+            t0.elapsed() < Duration::from_millis(50),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(store.put("k", b("w"), None).await.is_err());
+    }
+    cluster.restart(0);
+    eventually(
+        "the store to work again",
+        Duration::from_secs(15),
+        || async { store.get("k").await.is_ok() },
+    )
+    .await;
+}
