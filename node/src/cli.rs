@@ -355,12 +355,12 @@ async fn connect_registry(
             )
         })?;
     let registry = Arc::new(registry);
-    let probe = Arc::clone(&registry);
     // Ready only once the mirror holds the current registry: before that, every service route
-    // would answer 502.
-    health.require("service registry (NATS)", move || {
-        probe.is_connected() && probe.is_loaded()
-    });
+    // would answer 502. Losing NATS afterwards leaves the mirror serving: degraded, still ready.
+    let probe = Arc::clone(&registry);
+    health.require("service registry (NATS)", move || probe.is_loaded());
+    let probe = Arc::clone(&registry);
+    health.observe("service registry (NATS)", move || probe.is_connected());
     let probe = Arc::downgrade(&registry);
     metrics.scrape().nats("registry", move || {
         probe.upgrade().map(|r| r.connection()).unwrap_or_default()

@@ -1,6 +1,14 @@
 //! Liveness and readiness state shared by the server (which drains) and the debug server (which
-//! reports). Readiness turns false the moment draining starts, or while a required dependency
-//! (the NATS connection of a configured store or registry) is down.
+//! reports).
+//!
+//! Readiness turns false the moment draining starts, and until every required dependency has
+//! come up (a configured NATS store has connected once, the service registry has loaded). A
+//! dependency lost *afterwards* only makes the node degraded — reported in `/readyz`'s body and
+//! in the metrics, not in its status. From inside one node a NATS outage of the whole cluster
+//! cannot be told from this node being cut off alone, and a load balancer that took every
+//! degraded node out would turn a shared outage (cached sessions still served everywhere) into a
+//! total one. What a degraded node cannot do (a new login, provisioning) it answers with 503 and
+//! `Retry-After`, which the load balancer retries on another node for idempotent requests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -11,6 +19,7 @@ type Check = Arc<dyn Fn() -> bool + Send + Sync>;
 pub struct Health {
     draining: AtomicBool,
     dependencies: RwLock<Vec<(String, Check)>>,
+    degraded_when: RwLock<Vec<(String, Check)>>,
 }
 
 impl Health {
@@ -34,6 +43,25 @@ impl Health {
     ) {
         let mut deps = self.dependencies.write().unwrap_or_else(|e| e.into_inner());
         deps.push((name.into(), Arc::new(check)));
+    }
+
+    /// Registers a dependency whose loss degrades the node without making it unready; `up` must
+    /// not block.
+    pub fn observe(&self, name: impl Into<String>, up: impl Fn() -> bool + Send + Sync + 'static) {
+        let mut deps = self
+            .degraded_when
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        deps.push((name.into(), Arc::new(up)));
+    }
+
+    /// Names of observed dependencies that are currently down.
+    pub fn degraded(&self) -> Vec<String> {
+        let deps = self.degraded_when.read().unwrap_or_else(|e| e.into_inner());
+        deps.iter()
+            .filter(|(_, up)| !up())
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Names of required dependencies that are currently down.

@@ -69,8 +69,13 @@ pub async fn open(
                 }
                 Err(e) => return Err(e),
             }
+            // Unready until connected once; a later loss only degrades (see `health`).
             let probe = Arc::clone(&connected);
             health.require(format!("{name} ({waiting_for})"), move || {
+                probe.get().is_some()
+            });
+            let probe = Arc::clone(&connected);
+            health.observe(format!("{name} ({waiting_for})"), move || {
                 probe.get().is_some_and(|kv| kv.is_connected())
             });
             // Probes hold weak references: metrics never keep a component alive.

@@ -17,6 +17,7 @@
 pub mod client;
 pub mod fixture;
 pub mod graph;
+pub mod haproxy;
 pub mod idp;
 pub mod lb;
 pub mod nats;

@@ -1,6 +1,6 @@
 //! Gateway nodes sharing state through a real 3-node NATS JetStream cluster: service names resolved
 //! through the oCIS registry bucket, registry and state-store changes seen by every node, NATS node
-//! loss, and readiness that follows NATS reachability.
+//! loss, and readiness that gates start-up on NATS but only reports its later loss.
 
 use std::time::{Duration, Instant};
 
@@ -92,14 +92,18 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Reports p50/p99 of how long changes took to reach both gateway nodes and bounds the p99.
-/// The bound is looser than the store-level 100 ms: each sample includes HTTP requests through
-/// a gateway on a shared 2-core machine.
+/// Reports p50/p90/max of how long changes took to reach both gateway nodes and bounds them.
+/// The bounds are looser than the store-level 100 ms (`gatehouse-nats` tests): each sample
+/// includes HTTP requests through a gateway on a shared 2-core machine where other clusters run
+/// at the same time, so a single sample can wait for a core; a change that is lost or delayed
+/// for real fails the p90 or the per-change 5 s wait.
 fn assert_propagation(what: &str, mut lags: Vec<Duration>) {
     lags.sort();
-    let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
-    eprintln!("{what} visible on both gateway nodes: p50 {p50:?}, p99 {p99:?}");
-    assert!(p99 < Duration::from_millis(250), "{what}: p99 {p99:?}");
+    let (p50, p90) = (percentile(&lags, 0.5), percentile(&lags, 0.9));
+    let max = *lags.last().expect("samples");
+    eprintln!("{what} visible on both gateway nodes: p50 {p50:?}, p90 {p90:?}, max {max:?}");
+    assert!(p90 < Duration::from_millis(250), "{what}: p90 {p90:?}");
+    assert!(max < Duration::from_secs(2), "{what}: max {max:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +187,7 @@ async fn state_store_changes_are_seen_by_every_gateway_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_loss_never_stalls_requests_and_readiness_follows_nats() {
+async fn nats_loss_never_stalls_requests_and_only_degrades_readiness() {
     let mut cluster = NatsCluster::start(3);
     let up = Upstream::start("up").await;
     let yaml = format!(
@@ -210,25 +214,29 @@ async fn nats_loss_never_stalls_requests_and_readiness_follows_nats() {
     .await;
     assert!(ready, "node ready with 2 of 3 NATS nodes");
 
-    // All of NATS gone: unready, but requests that don't need shared state are still served.
+    // All of NATS gone: the node says it is degraded but stays ready (a load balancer must not
+    // empty the pool over a shared outage), and what needs no shared state is still served.
     cluster.kill(1);
     cluster.kill(2);
-    let unready = gatehouse_tests::wait_until(Duration::from_secs(15), || async {
-        get(&node.debug_url("/readyz")).await.status == 503
+    let degraded = gatehouse_tests::wait_until(Duration::from_secs(15), || async {
+        let r = get(&node.debug_url("/readyz")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text().contains("degraded: state store")
     })
     .await;
-    assert!(unready, "readiness must follow NATS reachability");
+    assert!(degraded, "readiness must report the lost NATS connection");
     let t0 = Instant::now();
     assert_eq!(get(&node.url("/up/x")).await.status, 200);
     assert!(t0.elapsed() < Duration::from_secs(1));
 
-    // NATS back: ready again.
+    // NATS back: no longer degraded.
     cluster.restart_all();
-    let ready = gatehouse_tests::wait_until(Duration::from_secs(30), || async {
-        get(&node.debug_url("/readyz")).await.status == 200
+    let recovered = gatehouse_tests::wait_until(Duration::from_secs(30), || async {
+        let r = get(&node.debug_url("/readyz")).await;
+        r.status == 200 && r.text() == "OK"
     })
     .await;
-    assert!(ready, "node ready again after NATS returned");
+    assert!(recovered, "node not recovered after NATS returned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 //! | path       | answer |
 //! |------------|--------|
 //! | `/healthz` | 200 `OK` when the main listener accepts a TCP connection within 3 s, else 500 with the reason |
-//! | `/readyz`  | 200 `OK` when healthy, not draining and every required dependency is up, else 503 with the reason |
+//! | `/readyz`  | 200 `OK` when healthy, not draining and every required dependency has come up (`OK, degraded: …` while one is lost again), else 503 with the reason |
 //! | `/metrics` | Prometheus text format |
 //! | `/config`  | the effective configuration as JSON, secrets masked |
 //! | `/debug/state/<key>` | the value this node sees under `<key>` in the shared state store (its near-cache first), 404 when absent |
@@ -136,7 +136,17 @@ async fn handle(state: &DebugState, req: Request<Incoming>) -> Response<Full<Byt
             Err(reason) => text(StatusCode::INTERNAL_SERVER_ERROR, reason),
         },
         "/readyz" => match readiness(state).await {
-            Ok(()) => text(StatusCode::OK, "OK".into()),
+            Ok(()) => {
+                let degraded = state.health.degraded();
+                if degraded.is_empty() {
+                    text(StatusCode::OK, "OK".into())
+                } else {
+                    text(
+                        StatusCode::OK,
+                        format!("OK, degraded: {} unreachable", degraded.join(", ")),
+                    )
+                }
+            }
             Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
         },
         "/metrics" if authorized(state, &req) => {

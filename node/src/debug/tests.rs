@@ -87,6 +87,23 @@ async fn readyz_reports_draining_and_failing_dependencies() {
     nats_up.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(get(&r, "/readyz", None).await.status(), StatusCode::OK);
 
+    // A dependency that is only observed degrades the node without making it unready.
+    let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&connected);
+    r.health.observe("nats state store", move || {
+        flag.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    let resp = get(&r, "/readyz", None).await;
+    assert_eq!(
+        (resp.status(), resp.body().as_ref()),
+        (
+            StatusCode::OK,
+            &b"OK, degraded: nats state store unreachable"[..]
+        )
+    );
+    connected.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(get(&r, "/readyz", None).await.body().as_ref(), b"OK");
+
     r.health.start_draining();
     let resp = get(&r, "/readyz", None).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -1,0 +1,156 @@
+//! HAProxy from Debian as a load balancer with *active* health checks: every gateway node is
+//! checked on its debug server's `/readyz` (nginx open source only notices failed requests), and
+//! idempotent requests that fail to connect or get a 503 are retried on another node. Its CSV
+//! statistics say which servers it considers up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::ChildGuard;
+
+pub fn haproxy_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GATEHOUSE_HAPROXY") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from("/usr/sbin/haproxy");
+    assert!(
+        p.exists(),
+        "haproxy not found: install it (`apt-get install haproxy`, done by tests/run-all.sh)"
+    );
+    p
+}
+
+/// One gateway node as HAProxy sees it: where it serves and where its `/readyz` is.
+#[derive(Debug, Clone, Copy)]
+pub struct Backend {
+    pub http: SocketAddr,
+    pub debug: SocketAddr,
+}
+
+pub struct HaProxy {
+    pub addr: SocketAddr,
+    stats: SocketAddr,
+    proc: ChildGuard,
+    _dir: tempfile::TempDir,
+}
+
+/// How often a node's readiness is checked; two failures take it out, one success brings it back.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+impl HaProxy {
+    pub async fn balance(backends: &[Backend]) -> HaProxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
+        let stats: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
+        let inter = CHECK_INTERVAL.as_millis();
+        let servers: String = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                format!(
+                    "  server gw{i} {} check port {} inter {inter}ms fall 2 rise 1\n",
+                    b.http,
+                    b.debug.port()
+                )
+            })
+            .collect();
+        let conf = format!(
+            "global
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  retries 2
+  option redispatch 1
+  retry-on conn-failure empty-response 503
+frontend gateway
+  bind {addr}
+  default_backend nodes
+backend nodes
+  balance roundrobin
+  option httpchk GET /readyz
+  http-check expect status 200
+{servers}listen stats
+  bind {stats}
+  stats enable
+  stats uri /stats
+"
+        );
+        let conf_path = dir.path().join("haproxy.cfg");
+        std::fs::write(&conf_path, conf).expect("write haproxy.cfg");
+        let mut cmd = Command::new(haproxy_bin());
+        cmd.arg("-db").arg("-f").arg(&conf_path);
+        let mut proc = ChildGuard::spawn("haproxy", cmd, &dir.path().join("haproxy.log"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if let Some(s) = proc.try_status() {
+                panic!("haproxy exited ({s}): {}", proc.log_text());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "haproxy did not listen within 10 s:\n{}",
+                proc.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        HaProxy {
+            addr,
+            stats,
+            proc,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// `(server name, status)` of every gateway node, status as HAProxy reports it (`UP`,
+    /// `DOWN`, `UP 1/2`, …).
+    pub async fn server_states(&self) -> Vec<(String, String)> {
+        let csv = crate::client::get(&format!("http://{}/stats;csv", self.stats))
+            .await
+            .text();
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("# ")
+            .split(',')
+            .collect();
+        let col = |name: &str| header.iter().position(|h| *h == name).expect("csv column");
+        let (px, sv, status) = (col("pxname"), col("svname"), col("status"));
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f.len() > status && f[px] == "nodes" && f[sv].starts_with("gw"))
+            .map(|f| (f[sv].to_owned(), f[status].to_owned()))
+            .collect()
+    }
+
+    /// Waits until HAProxy reports every server with `want` (`UP` or `DOWN`) for the ones named.
+    pub async fn wait_states(&self, want: &[(&str, &str)], within: Duration) -> bool {
+        crate::wait_until(within, || async {
+            let states = self.server_states().await;
+            want.iter().all(|(name, status)| {
+                states
+                    .iter()
+                    .any(|(n, s)| n == name && s.split(' ').next() == Some(*status))
+            })
+        })
+        .await
+    }
+
+    pub fn logs(&self) -> String {
+        self.proc.log_text()
+    }
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        self.proc.terminate(Duration::from_secs(5));
+    }
+}
