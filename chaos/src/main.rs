@@ -241,15 +241,9 @@ token_manager:
     )
 }
 
-/// The `bench` scenario. Every process it starts is owned by a local guard, so they are all
-/// stopped when it returns, also with an error.
-async fn bench(secs: u64, conns: u32) -> Result<(), String> {
-    let d = Duration::from_secs(secs);
-    let wrk = Wrk {
-        threads: 1,
-        connections: conns,
-    };
-
+/// What every benchmark scenario starts first: the test OpenID provider and the nginx static
+/// upstream all targets proxy to (no keep-alive of its own, one worker).
+async fn provider_and_upstream() -> Result<(Idp, Nginx), String> {
     let idp = tokio::task::spawn_blocking(Idp::start)
         .await
         .map_err(|e| format!("starting the OpenID provider: {e}"))?;
@@ -261,6 +255,19 @@ async fn bench(secs: u64, conns: u32) -> Result<(), String> {
         },
     )
     .await;
+    Ok((idp, upstream))
+}
+
+/// The `bench` scenario. Every process it starts is owned by a local guard, so they are all
+/// stopped when it returns, also with an error.
+async fn bench(secs: u64, conns: u32) -> Result<(), String> {
+    let d = Duration::from_secs(secs);
+    let wrk = Wrk {
+        threads: 1,
+        connections: conns,
+    };
+
+    let (idp, upstream) = provider_and_upstream().await?;
     let nginx = Nginx::start(
         &[upstream.addr],
         LbOptions {

@@ -13,12 +13,11 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use gatehouse_tests::client::{get, get_with};
-use gatehouse_tests::idp::{Idp, TokenOptions};
-use gatehouse_tests::lb::{LbOptions, Nginx};
+use gatehouse_tests::idp::TokenOptions;
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
 use gatehouse_tests::signing::{Link, sign};
 
-use crate::{Run, WARMUP, Wrk, print_table};
+use crate::{Run, WARMUP, Wrk, print_table, provider_and_upstream};
 
 /// Distinct links prepared for the uncached run (about 4 ms of client CPU each).
 const DISTINCT_LINKS: usize = 6000;
@@ -60,17 +59,7 @@ pub async fn bench(secs: u64, conns: u32) -> Result<(), String> {
         threads: 1,
         connections: conns,
     };
-    let idp = tokio::task::spawn_blocking(Idp::start)
-        .await
-        .map_err(|e| format!("starting the OpenID provider: {e}"))?;
-    let upstream = Nginx::start(
-        &[],
-        LbOptions {
-            workers: 1,
-            keepalive: 0,
-        },
-    )
-    .await;
+    let (idp, upstream) = provider_and_upstream().await?;
     let node = GatehouseNode::start_with(
         NodeOptions::new(&node_yaml(&upstream.url(""), &idp.issuer()))
             .env("PROXY_LOG_LEVEL", "error"),

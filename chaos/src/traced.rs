@@ -19,12 +19,11 @@
 use std::time::Duration;
 
 use gatehouse_tests::client::get_with;
-use gatehouse_tests::idp::{Idp, TokenOptions};
-use gatehouse_tests::lb::{LbOptions, Nginx};
+use gatehouse_tests::idp::TokenOptions;
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
 use gatehouse_tests::otlp::OtlpReceiver;
 
-use crate::{BENCH_USER, Run, WARMUP, Wrk, node_yaml, unix_now};
+use crate::{BENCH_USER, Run, WARMUP, Wrk, node_yaml, provider_and_upstream, unix_now};
 
 /// Rounds over all targets (odd, for a median).
 const ROUNDS: usize = 5;
@@ -53,17 +52,7 @@ pub async fn bench(secs: u64, conns: u32) -> Result<(), String> {
         threads: 1,
         connections: conns,
     };
-    let idp = tokio::task::spawn_blocking(Idp::start)
-        .await
-        .map_err(|e| format!("starting the OpenID provider: {e}"))?;
-    let upstream = Nginx::start(
-        &[],
-        LbOptions {
-            workers: 1,
-            keepalive: 0,
-        },
-    )
-    .await;
+    let (idp, upstream) = provider_and_upstream().await?;
     let otlp = OtlpReceiver::start_counting().await;
     // The ratio-0 node gets a receiver of its own, which must stay empty.
     let zero_otlp = OtlpReceiver::start_counting().await;
