@@ -17,7 +17,7 @@ use gatehouse_node::telemetry::{self, Metrics, logging};
 use tokio_util::sync::CancellationToken;
 
 use gatehouse_node::server::{self, ServerDeps};
-use gatehouse_node::upstream::ServiceNodes;
+use gatehouse_node::upstream::{LateRegistry, ServiceNodes};
 use gatehouse_shared::config::{Config, ConfigSource, Loaded, PreSignedUrl, StoreConfig, load};
 use gatehouse_shared::routing::{Router, effective_policies};
 use gatehouse_shared::security::Csp;
@@ -346,26 +346,41 @@ async fn connect_registry(
     if !settings.enabled {
         return Ok(None);
     }
-    let registry = ServiceRegistry::connect(settings.addresses.clone(), &settings.bucket)
-        .await
-        .map_err(|err| {
-            format!(
+    let slot = Arc::new(LateRegistry::default());
+    match ServiceRegistry::connect(settings.addresses.clone(), &settings.bucket).await {
+        Ok(registry) => slot.install(registry),
+        Err(err) if err.is_retryable() => {
+            tracing::warn!(error = %err, "cannot reach the service registry; the node starts unready and keeps trying");
+            tokio::spawn(
+                Arc::clone(&slot)
+                    .keep_connecting(settings.addresses.clone(), settings.bucket.clone()),
+            );
+        }
+        Err(err) => {
+            return Err(format!(
                 "service_registry: cannot connect to {}: {err}",
                 settings.addresses.join(",")
-            )
-        })?;
-    let registry = Arc::new(registry);
+            ));
+        }
+    }
     // Ready only once the mirror holds the current registry: before that, every service route
     // would answer 502. Losing NATS afterwards leaves the mirror serving: degraded, still ready.
-    let probe = Arc::clone(&registry);
-    health.require("service registry (NATS)", move || probe.is_loaded());
-    let probe = Arc::clone(&registry);
-    health.observe("service registry (NATS)", move || probe.is_connected());
-    let probe = Arc::downgrade(&registry);
-    metrics.scrape().nats("registry", move || {
-        probe.upgrade().map(|r| r.connection()).unwrap_or_default()
+    let probe = Arc::clone(&slot);
+    health.require("service registry (NATS)", move || {
+        probe.get().is_some_and(|r| r.is_loaded())
     });
-    Ok(Some(registry))
+    let probe = Arc::clone(&slot);
+    health.observe("service registry (NATS)", move || {
+        probe.get().is_some_and(|r| r.is_connected())
+    });
+    let probe = Arc::downgrade(&slot);
+    metrics.scrape().nats("registry", move || {
+        probe
+            .upgrade()
+            .and_then(|s| s.get().map(|r| r.connection()))
+            .unwrap_or_default()
+    });
+    Ok(Some(slot))
 }
 
 async fn serve(config: Config) -> ExitCode {

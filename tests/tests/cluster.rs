@@ -298,3 +298,33 @@ async fn a_node_started_without_nats_stays_up_unready_and_becomes_ready_when_nat
     .await;
     assert!(seen, "{}", node.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_its_service_registry_routes_once_nats_is_there() {
+    let mut cluster = NatsCluster::start(3);
+    for n in 0..3 {
+        cluster.kill(n);
+    }
+    let one = Upstream::start("one").await;
+    let mut opts = NodeOptions::new(&registry_yaml(&cluster));
+    opts.wait_ready = false;
+    let node = GatehouseNode::start_with(opts).await;
+    let ready = get(&node.debug_url("/readyz")).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(
+        ready.text().contains("service registry"),
+        "{}",
+        ready.text()
+    );
+    assert_eq!(get(&node.url("/status.php")).await.status, 502);
+
+    cluster.restart_all();
+    let kv = kv(&cluster, "service-registry").await;
+    register(&kv, "com.owncloud.web.ocdav", "ocdav-1", one.addr()).await;
+    let routed = gatehouse_tests::wait_until(Duration::from_secs(15), || async {
+        get(&node.url("/status.php")).await.text() == "one"
+    })
+    .await;
+    assert!(routed, "{}", node.logs());
+    assert_eq!(get(&node.debug_url("/readyz")).await.status, 200);
+}

@@ -6,6 +6,7 @@
 //! here performs I/O on the request path: the registry is read from its local copy.
 
 mod balancer;
+mod late_registry;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use http::uri::{Authority, Scheme};
 
 pub use balancer::{Balancer, Pick};
 use gatehouse_shared::routing::Backend;
+pub use late_registry::LateRegistry;
 
 /// Where service names are looked up when the `services` map does not know them. Implemented for
 /// the NATS service registry; tests use a fixed map.

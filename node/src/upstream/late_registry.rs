@@ -1,0 +1,55 @@
+//! The NATS service registry of a node that may start before NATS is reachable.
+//!
+//! Exiting would only turn a NATS outage into a crash loop. Until the registry is connected it
+//! knows no service (service routes answer 502, and the node is unready, so a load balancer sends
+//! it nothing); a background task keeps connecting and installs it once it can.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use gatehouse_nats::ServiceRegistry;
+
+use super::ServiceNodes;
+
+/// Pause between connection attempts; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Default)]
+pub struct LateRegistry(OnceLock<ServiceRegistry>);
+
+impl LateRegistry {
+    /// The registry, once connected.
+    pub fn get(&self) -> Option<&ServiceRegistry> {
+        self.0.get()
+    }
+
+    pub fn install(&self, registry: ServiceRegistry) {
+        let _ = self.0.set(registry);
+    }
+
+    /// Connects until it succeeds, then installs the registry.
+    pub async fn keep_connecting(self: Arc<Self>, servers: Vec<String>, bucket: String) {
+        let mut pause = RETRY_FIRST;
+        loop {
+            tokio::time::sleep(pause).await;
+            match ServiceRegistry::connect(servers.clone(), &bucket).await {
+                Ok(registry) => {
+                    tracing::info!("connected to the service registry");
+                    self.install(registry);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "service registry still unreachable");
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+impl ServiceNodes for LateRegistry {
+    fn nodes(&self, service: &str) -> Vec<String> {
+        self.get().map(|r| r.nodes(service)).unwrap_or_default()
+    }
+}
