@@ -512,10 +512,11 @@ impl StoreObserver for Metrics {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn value_of(text: &str, series: &str) -> Option<f64> {
+    /// The value of `series` (name with labels, exactly as exported) in a text exposition.
+    pub(crate) fn value_of(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }

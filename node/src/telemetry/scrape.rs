@@ -192,11 +192,7 @@ mod tests {
 
     use super::*;
     use crate::telemetry::Metrics;
-
-    fn value_of(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
+    use crate::telemetry::metrics::tests::value_of;
 
     #[test]
     fn probes_are_read_at_every_scrape() {
