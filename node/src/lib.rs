@@ -25,6 +25,7 @@ pub mod identity;
 pub mod layers;
 pub mod pipeline;
 pub mod proxy;
+pub mod reconnect;
 pub mod server;
 pub mod state;
 pub mod telemetry;

@@ -8,7 +8,6 @@
 //! background task keeps connecting, and the node is unready until it has.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use gatehouse_nats::{NatsKvOptions, NatsKvStore};
 use gatehouse_shared::config::StoreConfig;
@@ -17,14 +16,11 @@ use gatehouse_shared::store::{
 };
 
 use crate::health::Health;
+use crate::reconnect::until_connected;
 use crate::telemetry::Metrics;
 
 /// Entries one node keeps locally per near-cache.
 const NEAR_CACHE_CAPACITY: usize = 100_000;
-/// Pause between connection attempts of a node that started without NATS; doubles up to
-/// [`RECONNECT_MAX`].
-const RECONNECT_FIRST: Duration = Duration::from_millis(250);
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// Opens the store `name` (for readiness) whose NATS connection metrics call `client`.
 pub async fn open(
@@ -60,12 +56,13 @@ pub async fn open(
                         error = %e,
                         "cannot reach NATS; the node starts unready and keeps trying"
                     );
-                    tokio::spawn(keep_connecting(
-                        name.to_owned(),
-                        opts,
-                        deferred.clone(),
-                        connected.clone(),
-                    ));
+                    let (what, deferred, connected) =
+                        (name.to_owned(), deferred.clone(), connected.clone());
+                    tokio::spawn(async move {
+                        let kv =
+                            until_connected(&what, || NatsKvStore::connect(opts.clone())).await;
+                        install(&deferred, &connected, Arc::new(kv));
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -116,29 +113,4 @@ fn install(
 ) {
     let _ = connected.set(Arc::clone(&kv));
     deferred.install(kv);
-}
-
-/// Connects until it succeeds (a node started while NATS was unreachable), then installs the
-/// store; the node turns ready through its health check.
-async fn keep_connecting(
-    name: String,
-    opts: NatsKvOptions,
-    deferred: Arc<DeferredStore>,
-    connected: Arc<OnceLock<Arc<NatsKvStore>>>,
-) {
-    let mut pause = RECONNECT_FIRST;
-    loop {
-        tokio::time::sleep(pause).await;
-        match NatsKvStore::connect(opts.clone()).await {
-            Ok(kv) => {
-                tracing::info!(store = %name, "connected to NATS");
-                install(&deferred, &connected, Arc::new(kv));
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(store = %name, error = %e, "NATS still unreachable");
-                pause = (pause * 2).min(RECONNECT_MAX);
-            }
-        }
-    }
 }

@@ -5,15 +5,11 @@
 //! it nothing); a background task keeps connecting and installs it once it can.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use gatehouse_nats::ServiceRegistry;
 
 use super::ServiceNodes;
-
-/// Pause between connection attempts; doubles up to [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(250);
-const RETRY_MAX: Duration = Duration::from_secs(2);
+use crate::reconnect::until_connected;
 
 #[derive(Default)]
 pub struct LateRegistry(OnceLock<ServiceRegistry>);
@@ -30,21 +26,11 @@ impl LateRegistry {
 
     /// Connects until it succeeds, then installs the registry.
     pub async fn keep_connecting(self: Arc<Self>, servers: Vec<String>, bucket: String) {
-        let mut pause = RETRY_FIRST;
-        loop {
-            tokio::time::sleep(pause).await;
-            match ServiceRegistry::connect(servers.clone(), &bucket).await {
-                Ok(registry) => {
-                    tracing::info!("connected to the service registry");
-                    self.install(registry);
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "service registry still unreachable");
-                    pause = (pause * 2).min(RETRY_MAX);
-                }
-            }
-        }
+        let registry = until_connected("service registry", || {
+            ServiceRegistry::connect(servers.clone(), &bucket)
+        })
+        .await;
+        self.install(registry);
     }
 }
 
