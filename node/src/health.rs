@@ -18,8 +18,8 @@ type Check = Arc<dyn Fn() -> bool + Send + Sync>;
 #[derive(Default)]
 pub struct Health {
     draining: AtomicBool,
-    dependencies: RwLock<Vec<(String, Check)>>,
-    degraded_when: RwLock<Vec<(String, Check)>>,
+    dependencies: Checks,
+    degraded_when: Checks,
 }
 
 impl Health {
@@ -41,39 +41,44 @@ impl Health {
         name: impl Into<String>,
         check: impl Fn() -> bool + Send + Sync + 'static,
     ) {
-        let mut deps = self.dependencies.write().unwrap_or_else(|e| e.into_inner());
-        deps.push((name.into(), Arc::new(check)));
+        add(&self.dependencies, name.into(), Arc::new(check));
     }
 
     /// Registers a dependency whose loss degrades the node without making it unready; `up` must
     /// not block.
     pub fn observe(&self, name: impl Into<String>, up: impl Fn() -> bool + Send + Sync + 'static) {
-        let mut deps = self
-            .degraded_when
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        deps.push((name.into(), Arc::new(up)));
+        add(&self.degraded_when, name.into(), Arc::new(up));
     }
 
     /// Names of observed dependencies that are currently down.
     pub fn degraded(&self) -> Vec<String> {
-        let deps = self.degraded_when.read().unwrap_or_else(|e| e.into_inner());
-        deps.iter()
-            .filter(|(_, up)| !up())
-            .map(|(n, _)| n.clone())
-            .collect()
+        down(&self.degraded_when)
     }
 
     /// Names of required dependencies that are currently down.
     pub fn failing_dependencies(&self) -> Vec<String> {
-        let deps = self.dependencies.read().unwrap_or_else(|e| e.into_inner());
-        deps.iter()
-            .filter(|(_, ok)| !ok())
-            .map(|(n, _)| n.clone())
-            .collect()
+        down(&self.dependencies)
     }
 
     pub fn is_ready(&self) -> bool {
         !self.is_draining() && self.failing_dependencies().is_empty()
     }
+}
+
+type Checks = RwLock<Vec<(String, Check)>>;
+
+fn add(checks: &Checks, name: String, check: Check) {
+    checks
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((name, check));
+}
+
+fn down(checks: &Checks) -> Vec<String> {
+    let checks = checks.read().unwrap_or_else(|e| e.into_inner());
+    checks
+        .iter()
+        .filter(|(_, up)| !up())
+        .map(|(n, _)| n.clone())
+        .collect()
 }
