@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use gatehouse_shared::auth::roles::BuiltinRole;
 use serde::Deserialize;
 
-use super::backend::{CreateError, Directory, LookupKind, NewUser};
+use super::backend::{CreateError, Directory, DirectoryUser, LookupKind, NewUser};
 use super::{AccountError, Group};
 
 #[derive(Debug, Default, Deserialize)]
@@ -261,17 +261,42 @@ pub async fn ensure_group(
     }
     match directory.create_group(name, id).await {
         Ok(group) => Ok(group),
+        // Another node may have won the id but not yet written the name index: the
+        // record under the seed id, if it carries this name, is the group.
         Err(CreateError::AlreadyExists) => {
-            directory
-                .find_group(name)
-                .await?
-                .ok_or_else(|| AccountError::Backend {
-                    reason: format!("group {name:?} exists but cannot be read"),
-                    retryable: true,
-                })
+            if let Some(group) = directory.find_group(name).await? {
+                return Ok(group);
+            }
+            match id {
+                Some(id) => directory.find_group(id).await?.filter(|g| g.name == name),
+                None => None,
+            }
+            .ok_or_else(|| AccountError::Backend {
+                reason: format!("group {name:?} exists but cannot be read"),
+                retryable: true,
+            })
         }
         Err(CreateError::Other(e)) => Err(e),
     }
+}
+
+/// The user a lost creation race left behind: found by name, or (while the winner has
+/// not yet written the name index) under the seed id with the seed's username.
+async fn taken_by_seed(
+    directory: &dyn Directory,
+    user: &SeedUser,
+) -> Result<Option<DirectoryUser>, AccountError> {
+    if let Some(found) = directory
+        .find_user(LookupKind::Username, &user.username)
+        .await?
+    {
+        return Ok(Some(found));
+    }
+    let Some(id) = &user.id else { return Ok(None) };
+    Ok(directory
+        .find_user(LookupKind::UserId, id)
+        .await?
+        .filter(|found| found.username == user.username))
 }
 
 /// Creates what the seed describes and is missing. Returns (user id, role) pairs for the
@@ -300,8 +325,7 @@ pub async fn apply(
                 };
                 match directory.create_user(&new).await {
                     Ok(created) => created,
-                    Err(CreateError::AlreadyExists) => directory
-                        .find_user(LookupKind::Username, &user.username)
+                    Err(CreateError::AlreadyExists) => taken_by_seed(directory, user)
                         .await?
                         .ok_or_else(|| AccountError::Backend {
                             reason: format!(
@@ -346,7 +370,9 @@ mod tests {
     use gatehouse_shared::store::{MemoryStore, Store};
 
     use super::*;
-    use crate::accounts::builtin::{BuiltinDirectory, UserRecord, user_by_name_key, user_key};
+    use crate::accounts::builtin::{
+        BuiltinDirectory, GroupRecord, UserRecord, group_key, user_by_name_key, user_key,
+    };
     use crate::accounts::{
         Account, AccountEvents, AccountResolver, AccountSettings, NoEvents, role_key,
     };
@@ -530,6 +556,61 @@ users:
         assert_eq!(record(store.as_ref(), "moss").await, moss);
         let role = store.get(&role_key(&moss.id)).await.unwrap().unwrap().value;
         assert_eq!(&role[..], BuiltinRole::User.id().as_bytes());
+    }
+
+    /// The state a seeding node sees while another node is between writing a record and
+    /// writing its name index.
+    #[tokio::test]
+    async fn a_record_whose_name_index_is_not_written_yet_counts_as_the_seeded_one() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let directory = BuiltinDirectory::new(store.clone(), Arc::new(NoEvents));
+        let (group_id, user_id) = ("6040aa17-9c64-4fef-9bd0-77234d71bad0", "u-1");
+        let group = GroupRecord {
+            id: group_id.to_owned(),
+            name: "physics-lovers".to_owned(),
+        };
+        store
+            .create(
+                &group_key(group_id),
+                serde_json::to_vec(&group).unwrap().into(),
+                None,
+            )
+            .await
+            .unwrap();
+        let found = ensure_group(&directory, "physics-lovers", Some(group_id))
+            .await
+            .unwrap();
+        assert_eq!(found.id, group_id);
+        let err = ensure_group(&directory, "other-name", Some(group_id))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot be read"), "{err}");
+
+        let user = UserRecord {
+            id: user_id.to_owned(),
+            username: "einstein".to_owned(),
+            display_name: "Albert Einstein".to_owned(),
+            mail: String::new(),
+            issuer: None,
+            issuer_assigned_id: None,
+            groups: Vec::new(),
+            disabled: false,
+            password_hash: None,
+        };
+        store
+            .create(
+                &user_key(user_id),
+                serde_json::to_vec(&user).unwrap().into(),
+                None,
+            )
+            .await
+            .unwrap();
+        let seed = SeedFile::parse(&format!(
+            "users: [{{username: einstein, display_name: Albert Einstein, id: {user_id}}}]"
+        ))
+        .unwrap();
+        let roles = apply(&directory, &seed).await.unwrap();
+        assert_eq!(roles[0].0, user_id);
     }
 
     #[tokio::test]
