@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole Gatehouse test suite on a fresh Debian machine: installs every tool the tests
-# start (nginx, haproxy, wrk, nats-server, node with the test OpenID provider), checks formatting and
-# lints, builds, and runs all tests.
+# start (nginx, haproxy, wrk, nats-server, node with the test OpenID provider, the Docker engine and
+# its base image), checks formatting and lints, builds, and runs all tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -51,6 +51,30 @@ if [ "$(cat "$idp_stamp" 2>/dev/null)" != "$idp_lock" ]; then
   echo "$idp_lock" >"$idp_stamp"
 fi
 export GATEHOUSE_NODE=$(command -v node)
+
+# Docker for the compose cluster test (tests/tests/compose.rs): Debian's engine and compose v1, started
+# without a bridge (host networking only), and a Debian base image made with debootstrap because no
+# registry is reachable. An engine this script starts is stopped again when it exits.
+if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null || ! command -v debootstrap >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap >/dev/null
+fi
+dockerd_pid=
+stop_dockerd() { if [ -n "$dockerd_pid" ]; then as_root kill "$dockerd_pid" 2>/dev/null || true; wait "$dockerd_pid" 2>/dev/null || true; fi; }
+trap stop_dockerd EXIT
+if ! docker version >/dev/null 2>&1; then
+  mkdir -p "$tools/docker"
+  as_root dockerd --bridge=none --iptables=false >"$tools/docker/dockerd.log" 2>&1 &
+  dockerd_pid=$!
+  for _ in $(seq 1 120); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
+  docker version >/dev/null 2>&1 || { echo "dockerd did not start, see $tools/docker/dockerd.log" >&2; exit 1; }
+fi
+if ! docker image inspect local/debian:bookworm-slim >/dev/null 2>&1; then
+  rootfs=$(mktemp -d)
+  as_root debootstrap --variant=minbase --include=ca-certificates bookworm "$rootfs" http://deb.debian.org/debian >/dev/null
+  as_root tar -C "$rootfs" -c . | docker import - local/debian:bookworm-slim >/dev/null
+  as_root rm -rf "$rootfs"
+fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest

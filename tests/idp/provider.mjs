@@ -20,6 +20,8 @@
 // - `/__admin/*` lets tests count requests per path and inject failures (status, Retry-After,
 //   delay) in front of the provider's own routes, and end a session by sending a back-channel
 //   logout token, signed with the provider's key, to a relying party.
+// - `IDP_ISSUER` replaces the issuer `http://127.0.0.1:<port>` and `IDP_LISTEN` the listening
+//   address `127.0.0.1`, for a provider in a container that other containers reach by name.
 //
 // Usage: node provider.mjs <port>
 import Provider, { errors } from 'oidc-provider';
@@ -35,7 +37,7 @@ if (!Number.isInteger(port) || port <= 0 || port > 65535) {
   console.error(`invalid port ${process.argv[2]}`);
   process.exit(2);
 }
-const issuer = `http://127.0.0.1:${port}`;
+const issuer = process.env.IDP_ISSUER || `http://127.0.0.1:${port}`;
 
 const USERS = {
   einstein: {
@@ -390,6 +392,10 @@ provider.use(async (ctx, next) => {
 
 provider.on('server_error', (_ctx, err) => console.error('server_error', err));
 
-provider.listen(port, '127.0.0.1', () => {
+provider.listen(port, process.env.IDP_LISTEN || '127.0.0.1', () => {
   console.log(`oidc-provider listening at ${issuer}, signing kid ${signingKid}, jwks kids ${keys.map((k) => k.kid).join(',')}`);
 });
+
+// As PID 1 in a container Node has no default SIGTERM handler: without this, stopping waits out
+// the engine's grace period.
+process.on('SIGTERM', () => process.exit(0));

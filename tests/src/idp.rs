@@ -312,27 +312,7 @@ impl Idp {
         password: &str,
         opts: TokenOptions,
     ) -> TokenResponse {
-        let reply = client::send(
-            "POST",
-            &self.token_url(),
-            &[
-                ("authorization", CLIENT_BASIC_AUTH),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
-            client::full(opts.form(user, password)),
-        )
-        .await;
-        let body = serde_json::from_slice(&reply.body).unwrap_or_else(|e| {
-            panic!(
-                "token endpoint answered {} non-JSON ({e}): {}",
-                reply.status,
-                reply.text()
-            )
-        });
-        TokenResponse {
-            status: reply.status.as_u16(),
-            body,
-        }
+        password_token_at(&self.token_url(), user, password, opts).await
     }
 
     /// A successful token for one of [`USERS`] (panics if the grant fails).
@@ -593,6 +573,37 @@ fn base64url_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// Resource-owner password grant for `user` at the token endpoint `token_url` of a provider
+/// running `provider.mjs` (here or in a container).
+pub async fn password_token_at(
+    token_url: &str,
+    user: &str,
+    password: &str,
+    opts: TokenOptions,
+) -> TokenResponse {
+    let reply = client::send(
+        "POST",
+        token_url,
+        &[
+            ("authorization", CLIENT_BASIC_AUTH),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        client::full(opts.form(user, password)),
+    )
+    .await;
+    let body = serde_json::from_slice(&reply.body).unwrap_or_else(|e| {
+        panic!(
+            "token endpoint answered {} non-JSON ({e}): {}",
+            reply.status,
+            reply.text()
+        )
+    });
+    TokenResponse {
+        status: reply.status.as_u16(),
+        body,
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,10 @@
 //! - [`shares`] a share service implementing the public-share contract of docs/public-shares.md.
 //! - [`signing`] the client side of pre-signed URLs.
 //! - [`otlp`] a real OTLP trace receiver (gRPC and HTTP) recording what nodes export.
+//! - [`compose`] the compose cluster (compose/docker-compose.test.yml) under a real Docker engine.
 
 pub mod client;
+pub mod compose;
 pub mod fixture;
 pub mod graph;
 pub mod haproxy;

@@ -46,11 +46,21 @@ impl NatsCluster {
     /// Starts `n` nodes (a single node runs without a cluster block) and waits until JetStream
     /// is ready on all of them. Blocking; call it before or outside latency-sensitive work.
     pub fn start(n: usize) -> NatsCluster {
+        Self::start_configured(n, false)
+    }
+
+    /// [`NatsCluster::start`] with `sync_interval: always` (every write flushed to disk before
+    /// it is acknowledged), as the repository's cluster configurations run.
+    pub fn start_with_sync_always(n: usize) -> NatsCluster {
+        Self::start_configured(n, true)
+    }
+
+    fn start_configured(n: usize, sync_always: bool) -> NatsCluster {
         assert!(n >= 1, "a cluster needs at least one node");
         let binary = nats_server_binary();
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(&binary, n) {
+            match Self::try_start(&binary, n, sync_always) {
                 Ok(cluster) => return cluster,
                 // A port taken between choosing and binding it: choose again.
                 Err(e) => last_failure = e,
@@ -59,7 +69,7 @@ impl NatsCluster {
         panic!("nats cluster did not start after {START_ATTEMPTS} attempts: {last_failure}");
     }
 
-    fn try_start(binary: &Path, n: usize) -> Result<NatsCluster, String> {
+    fn try_start(binary: &Path, n: usize, sync_always: bool) -> Result<NatsCluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let ports = procs::free_ports(3 * n);
         let (clients, rest) = ports.split_at(n);
@@ -71,10 +81,15 @@ impl NatsCluster {
             let store = dir.path().join("data").join(&name);
             let mut text = format!(
                 "server_name: {name}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
-                 jetstream {{ store_dir: {:?}, max_memory_store: 256MB, max_file_store: 1GB }}\n",
+                 jetstream {{ store_dir: {:?}, max_memory_store: 256MB, max_file_store: 1GB{} }}\n",
                 clients[i],
                 https[i],
                 store.display().to_string(),
+                if sync_always {
+                    ", sync_interval: always"
+                } else {
+                    ""
+                },
             );
             if n > 1 {
                 let all: Vec<String> = routes
@@ -192,6 +207,30 @@ impl NatsCluster {
     /// Index of the node called `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// The running node that leads the most streams (KV buckets are streams), as the first
+    /// running node's `/jsz` reports them.
+    pub fn busiest_stream_leader(&mut self) -> Option<usize> {
+        let i = (0..self.nodes.len()).find(|&i| self.is_running(i))?;
+        let (status, body) = http_get(self.nodes[i].http_port, "/jsz?streams=true")?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let mut led = vec![0usize; self.nodes.len()];
+        for account in v["account_details"].as_array()? {
+            for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                if let Some(j) = stream["cluster"]["leader"]
+                    .as_str()
+                    .and_then(|l| self.index_of(l))
+                {
+                    led[j] += 1;
+                }
+            }
+        }
+        let (best, count) = led.iter().enumerate().max_by_key(|(_, c)| **c)?;
+        (*count > 0).then_some(best)
     }
 
     pub fn monitor_port(&self, i: usize) -> u16 {

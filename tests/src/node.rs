@@ -81,6 +81,7 @@ pub struct GatehouseNode {
     pub http: SocketAddr,
     pub debug: SocketAddr,
     proc: ChildGuard,
+    opts: NodeOptions,
     dir: tempfile::TempDir,
 }
 
@@ -93,47 +94,32 @@ impl GatehouseNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
         let debug: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
-        let config = dir.path().join("proxy.yaml");
-        std::fs::write(&config, &opts.yaml).expect("write config");
-        let mut cmd = Command::new(opts.bin.clone().unwrap_or_else(gatehouse_bin));
-        cmd.env_clear()
-            .envs(base_env(dir.path()))
-            .env("PROXY_HTTP_ADDR", http.to_string())
-            .env("PROXY_DEBUG_ADDR", debug.to_string())
-            .env("PROXY_TLS", "false")
-            .env("PROXY_LOG_LEVEL", "info")
-            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .arg("--config")
-            .arg(&config)
-            .arg("server");
-        let mut proc = ChildGuard::spawn("gatehouse", cmd, &dir.path().join("gatehouse.log"));
-        let probe = if opts.wait_ready {
-            "/readyz"
-        } else {
-            "/healthz"
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = proc.try_status() {
-                panic!(
-                    "gatehouse exited during start-up ({status}):\n{}",
-                    proc.log_text()
-                );
-            }
-            if probe_ok(debug, probe).await {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!("gatehouse not ready after 30 s:\n{}", proc.log_text());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        std::fs::write(dir.path().join("proxy.yaml"), &opts.yaml).expect("write config");
+        let proc = spawn(&opts, dir.path(), http, debug, "gatehouse.log").await;
         GatehouseNode {
             http,
             debug,
             proc,
+            opts,
             dir,
         }
+    }
+
+    /// Starts the node again on the same ports with the same configuration (after it exited or
+    /// was killed), and waits for it as [`GatehouseNode::start_with`] does. Each run logs to its
+    /// own file; [`GatehouseNode::logs`] reads the current one.
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        let runs = std::fs::read_dir(self.dir.path())
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let log = format!("gatehouse.{runs}.log");
+        self.proc = spawn(&self.opts, self.dir.path(), self.http, self.debug, &log).await;
+    }
+
+    /// SIGKILL: the node is gone at once, its connections reset.
+    pub fn kill(&mut self) {
+        self.proc.kill();
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -175,6 +161,48 @@ impl GatehouseNode {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v.to_string().contains("access-log"))
             .collect()
+    }
+}
+
+async fn spawn(
+    opts: &NodeOptions,
+    dir: &std::path::Path,
+    http: SocketAddr,
+    debug: SocketAddr,
+    log: &str,
+) -> ChildGuard {
+    let mut cmd = Command::new(opts.bin.clone().unwrap_or_else(gatehouse_bin));
+    cmd.env_clear()
+        .envs(base_env(dir))
+        .env("PROXY_HTTP_ADDR", http.to_string())
+        .env("PROXY_DEBUG_ADDR", debug.to_string())
+        .env("PROXY_TLS", "false")
+        .env("PROXY_LOG_LEVEL", "info")
+        .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .arg("--config")
+        .arg(dir.join("proxy.yaml"))
+        .arg("server");
+    let mut proc = ChildGuard::spawn("gatehouse", cmd, &dir.join(log));
+    let probe = if opts.wait_ready {
+        "/readyz"
+    } else {
+        "/healthz"
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = proc.try_status() {
+            panic!(
+                "gatehouse exited during start-up ({status}):\n{}",
+                proc.log_text()
+            );
+        }
+        if probe_ok(debug, probe).await {
+            return proc;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("gatehouse not ready after 30 s:\n{}", proc.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

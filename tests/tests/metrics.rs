@@ -223,12 +223,13 @@ async fn the_dashboard_and_the_scrape_configuration_match_what_a_node_exports() 
         "the dashboard uses metrics no node exports: {missing:?}"
     );
 
-    // Prometheus scrapes the debug port of every gateway service the compose file defines.
+    // Prometheus finds the compose file's gateway service by name and scrapes its debug port.
     let prometheus: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(format!("{compose}/prometheus/prometheus.yml")).unwrap(),
     )
     .unwrap();
-    let targets: Vec<&str> = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
+    let sd = &prometheus["scrape_configs"][0]["dns_sd_configs"][0];
+    let names: Vec<&str> = sd["names"]
         .as_sequence()
         .unwrap()
         .iter()
@@ -238,13 +239,15 @@ async fn the_dashboard_and_the_scrape_configuration_match_what_a_node_exports() 
         &std::fs::read_to_string(format!("{compose}/docker-compose.yml")).unwrap(),
     )
     .unwrap();
-    let gateways: Vec<String> = services["services"]
-        .as_mapping()
-        .unwrap()
-        .keys()
-        .filter_map(|k| k.as_str())
-        .filter(|k| k.starts_with("gatehouse-"))
-        .map(|k| format!("{k}:9205"))
-        .collect();
-    assert_eq!(targets, gateways);
+    let gateway = &services["services"]["gatehouse"];
+    assert!(
+        gateway.is_mapping(),
+        "docker-compose.yml has a gatehouse service"
+    );
+    assert_eq!(names, ["gatehouse"]);
+    let debug_port = gateway["environment"]["PROXY_DEBUG_ADDR"]
+        .as_str()
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse::<u64>().ok());
+    assert_eq!(sd["port"].as_u64(), debug_port);
 }
