@@ -9,11 +9,14 @@ tools=$root/.tools
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# nginx (load balancer and baseline proxy), HAProxy (load balancer with active health checks)
-# and wrk (load) from Debian.
-if ! [ -x /usr/sbin/nginx ] || ! [ -x /usr/sbin/haproxy ] || ! command -v wrk >/dev/null; then
+# nginx (load balancer and baseline proxy), HAProxy (load balancer with active health checks),
+# wrk (load), iptables (the chaos scenarios' network partition) and the DejaVu font (text in the
+# chaos plots) from Debian.
+font=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+if ! [ -x /usr/sbin/nginx ] || ! [ -x /usr/sbin/haproxy ] || ! command -v wrk >/dev/null \
+  || ! command -v iptables >/dev/null || ! [ -f "$font" ]; then
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy wrk >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy wrk iptables fonts-dejavu-core >/dev/null
 fi
 export GATEHOUSE_HAPROXY=/usr/sbin/haproxy
 

@@ -405,6 +405,66 @@ async fn bench(secs: u64, conns: u32) -> Result<(), String> {
     }
 }
 
+/// `gatehouse-chaos chaos <scenario|all> [--full] [--out DIR]`: runs fault-injection scenarios
+/// and prints each one's table and targets; the exit status is 1 when a target was missed.
+async fn chaos(args: &[String]) -> i32 {
+    use gatehouse_chaos::scenario::{Scenario, Settings, run};
+    let usage = || {
+        let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        eprintln!(
+            "usage: gatehouse-chaos chaos <{}|all> [--full] [--out DIR]",
+            names.join("|")
+        );
+        2
+    };
+    let Some(which) = args.first() else {
+        return usage();
+    };
+    let scenarios: Vec<Scenario> = if which == "all" {
+        Scenario::ALL.to_vec()
+    } else if let Some(s) = Scenario::from_name(which) {
+        vec![s]
+    } else {
+        return usage();
+    };
+    let mut settings = Settings::short();
+    settings.out_dir = Some("target/chaos".into());
+    let mut rest = args[1..].iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--full" => {
+                let out = settings.out_dir.take();
+                settings = Settings::full();
+                settings.out_dir = out;
+            }
+            "--out" => match rest.next() {
+                Some(dir) => settings.out_dir = Some(dir.into()),
+                None => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let mut status = 0;
+    for scenario in scenarios {
+        match run(scenario, &settings).await {
+            Ok(outcome) => {
+                println!("{}", outcome.text());
+                if !outcome.all_met() {
+                    status = 1;
+                }
+            }
+            Err(e) => {
+                eprintln!("{}: the scenario could not run: {e}", scenario.name());
+                status = 1;
+            }
+        }
+    }
+    if let Some(dir) = &settings.out_dir {
+        println!("tables, JSON and plots in {}", dir.display());
+    }
+    status
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -420,6 +480,9 @@ async fn main() {
         let _ = tokio::task::spawn_blocking(move || floor::run(&listen, &upstream)).await;
         return;
     }
+    if scenario == "chaos" {
+        std::process::exit(chaos(&args[2..]).await);
+    }
     let secs: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let conns: u32 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(32);
     let result = match scenario {
@@ -427,7 +490,9 @@ async fn main() {
         "signed-urls" => signed::bench(secs, conns).await,
         "tracing" => traced::bench(secs, conns).await,
         _ => {
-            eprintln!("usage: gatehouse-chaos bench|signed-urls|tracing [seconds] [connections]");
+            eprintln!(
+                "usage: gatehouse-chaos bench|signed-urls|tracing [seconds] [connections]\n       gatehouse-chaos chaos <scenario|all> [--full] [--out DIR]"
+            );
             std::process::exit(2);
         }
     };

@@ -17,8 +17,15 @@
 //! - Every operation is bounded by `op_timeout` and, in a sampled trace, is a CLIENT span
 //!   (`get <bucket>`, …) of the request that caused it. While the client knows it is
 //!   disconnected, operations fail at once with `Unavailable` instead of waiting that long.
+//!   A connection can also be up while NATS does not answer (JetStream electing leaders after a
+//!   restart, a partition that drops packets, a path slower than `op_timeout`): after an
+//!   operation timed out or found NATS unavailable, the store is *suspect*: operations fail at
+//!   once while a background probe reads the bucket every [`PROBE_INTERVAL`], and the first
+//!   answer within `op_timeout` ends it. Requests then wait for an unanswering NATS once per
+//!   store and outage, not once per call, and never while a probe is what waits.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, kv};
@@ -101,7 +108,21 @@ struct Inner {
     /// The bucket's actual max-age (whoever created it); zero for unlimited.
     bucket_max_age: Duration,
     feed: broadcast::Sender<Change>,
+    suspicion: Arc<Suspicion>,
 }
+
+#[derive(Default)]
+struct Suspicion {
+    /// NATS timed out or was unavailable and no probe has succeeded since.
+    suspect: AtomicBool,
+    /// A probe task is running.
+    probing: AtomicBool,
+}
+
+/// Pause between two probes of a suspect NATS.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// The key a probe reads (absent: the read only has to be answered).
+const PROBE_KEY: &str = "gatehouse-probe";
 
 /// Pause between attempts to start the change watch while a new bucket settles.
 const WATCH_RETRY: Duration = Duration::from_millis(100);
@@ -144,6 +165,7 @@ impl NatsKvStore {
             table: opts.table,
             op_timeout: opts.op_timeout,
             feed,
+            suspicion: Arc::default(),
         });
         // The watch exists before `connect` returns: nothing written afterwards is missed. Right
         // after a replicated bucket is created its stream may not answer consumer requests yet, so
@@ -274,6 +296,12 @@ impl Inner {
                 self.kv.name
             )));
         }
+        if self.suspicion.suspect.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(format!(
+                "NATS did not answer in time and has not answered a probe since ({op} {})",
+                self.kv.name
+            )));
+        }
         let span = trace::Span::child_with(|| {
             SpanBuilder::from_name(format!("{op} {}", self.kv.name))
                 .with_kind(SpanKind::Client)
@@ -290,6 +318,12 @@ impl Inner {
                 after: self.op_timeout,
             }),
         };
+        if matches!(
+            result,
+            Err(StoreError::Timeout { .. } | StoreError::Unavailable(_))
+        ) {
+            self.suspect();
+        }
         match &result {
             Ok(_) => {}
             Err(StoreError::Conflict { .. }) => span.set("gatehouse.store.conflict", true),
@@ -299,6 +333,30 @@ impl Inner {
         }
         span.end();
         result
+    }
+
+    /// Marks NATS suspect and starts the probe that will clear it, unless one runs already.
+    fn suspect(&self) {
+        self.suspicion.suspect.store(true, Ordering::Release);
+        if self.suspicion.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (kv, op_timeout) = (self.kv.clone(), self.op_timeout);
+        let suspicion = Arc::downgrade(&self.suspicion);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                // The store is gone: nobody to tell.
+                let Some(s) = suspicion.upgrade() else {
+                    return;
+                };
+                if let Ok(Ok(_)) = tokio::time::timeout(op_timeout, kv.get(PROBE_KEY)).await {
+                    s.suspect.store(false, Ordering::Release);
+                    s.probing.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        });
     }
 
     fn nats_key(&self, key: &str) -> StoreResult<String> {

@@ -583,3 +583,47 @@ async fn operations_fail_at_once_while_nats_is_known_to_be_down() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_connected_nats_that_does_not_answer_is_waited_for_once_then_probed_in_the_background() {
+    init_logs();
+    let cluster = NatsCluster::start(1);
+    let relay = gatehouse_tests::relay::Relay::start(
+        format!("127.0.0.1:{}", cluster.client_port(0))
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let mut o = opts(&cluster, 0, "suspect");
+    o.servers = vec![format!("nats://{}", relay.addr)];
+    o.replicas = 1;
+    o.op_timeout = Duration::from_millis(200);
+    let store = Arc::new(NatsKvStore::connect(o).await.unwrap());
+    store.put("k", b("v"), None).await.unwrap();
+
+    // Slower than op_timeout, while the connection stays up.
+    relay.set_delay(Duration::from_millis(400));
+    let t0 = Instant::now();
+    let first = store.get("k").await.unwrap_err();
+    assert!(matches!(first, StoreError::Timeout { .. }), "{first:?}");
+    assert!(store.is_connected());
+    // Suspect now: operations fail at once while a background probe waits for NATS.
+    for _ in 0..20 {
+        let t = Instant::now();
+        let err = store.get("k").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(t.elapsed() < Duration::from_millis(20), "{:?}", t.elapsed());
+        assert!(store.put("k", b("w"), None).await.is_err());
+    }
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+
+    // NATS answers again: a probe succeeds and ends the suspicion.
+    relay.set_delay(Duration::ZERO);
+    eventually("a probe to succeed", Duration::from_secs(5), || async {
+        store.get("k").await.is_ok()
+    })
+    .await;
+    for _ in 0..5 {
+        store.get("k").await.unwrap();
+    }
+}

@@ -425,6 +425,17 @@ impl Idp {
         !self.process.has_exited()
     }
 
+    /// Freezes the provider (SIGSTOP): connections are accepted by the kernel but nothing is
+    /// answered, as with a hung IdP. Tokens and grants survive, unlike a restart.
+    pub fn pause(&self) {
+        self.process.signal("STOP");
+    }
+
+    /// Lets a paused provider run again (SIGCONT).
+    pub fn resume(&self) {
+        self.process.signal("CONT");
+    }
+
     /// Kills and starts the provider again on the same port with the same signing key. Opaque
     /// tokens, grants and sessions are lost; JWT access tokens stay valid.
     pub fn restart(&mut self) {

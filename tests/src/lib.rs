@@ -14,6 +14,8 @@
 //! - [`signing`] the client side of pre-signed URLs.
 //! - [`otlp`] a real OTLP trace receiver (gRPC and HTTP) recording what nodes export.
 //! - [`compose`] the compose cluster (compose/docker-compose.test.yml) under a real Docker engine.
+//! - [`relay`] a TCP relay that adds latency to one path (no `netem` on the test machines).
+//! - [`partition`] cutting the TCP path to one address with iptables.
 
 pub mod client;
 pub mod compose;
@@ -25,7 +27,9 @@ pub mod lb;
 pub mod nats;
 pub mod node;
 pub mod otlp;
+pub mod partition;
 pub mod process;
+pub mod relay;
 pub mod shares;
 pub mod signing;
 pub mod upstream;

@@ -35,6 +35,17 @@ struct Node {
     process: ChildGuard,
 }
 
+/// How a cluster is run beyond the defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NatsOptions {
+    /// `sync_interval: always`: every write flushed to disk before it is acknowledged, as the
+    /// repository's cluster configurations run.
+    pub sync_always: bool,
+    /// Accept clients on every local address (so a test can reach a server through
+    /// `127.0.77.x` and cut or slow just that path), and advertise no other server URLs to them.
+    pub any_loopback_address: bool,
+}
+
 pub struct NatsCluster {
     binary: PathBuf,
     nodes: Vec<Node>,
@@ -46,21 +57,15 @@ impl NatsCluster {
     /// Starts `n` nodes (a single node runs without a cluster block) and waits until JetStream
     /// is ready on all of them. Blocking; call it before or outside latency-sensitive work.
     pub fn start(n: usize) -> NatsCluster {
-        Self::start_configured(n, false)
+        Self::start_with(n, NatsOptions::default())
     }
 
-    /// [`NatsCluster::start`] with `sync_interval: always` (every write flushed to disk before
-    /// it is acknowledged), as the repository's cluster configurations run.
-    pub fn start_with_sync_always(n: usize) -> NatsCluster {
-        Self::start_configured(n, true)
-    }
-
-    fn start_configured(n: usize, sync_always: bool) -> NatsCluster {
+    pub fn start_with(n: usize, opts: NatsOptions) -> NatsCluster {
         assert!(n >= 1, "a cluster needs at least one node");
         let binary = nats_server_binary();
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(&binary, n, sync_always) {
+            match Self::try_start(&binary, n, opts) {
                 Ok(cluster) => return cluster,
                 // A port taken between choosing and binding it: choose again.
                 Err(e) => last_failure = e,
@@ -69,7 +74,7 @@ impl NatsCluster {
         panic!("nats cluster did not start after {START_ATTEMPTS} attempts: {last_failure}");
     }
 
-    fn try_start(binary: &Path, n: usize, sync_always: bool) -> Result<NatsCluster, String> {
+    fn try_start(binary: &Path, n: usize, opts: NatsOptions) -> Result<NatsCluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let ports = procs::free_ports(3 * n);
         let (clients, rest) = ports.split_at(n);
@@ -80,12 +85,17 @@ impl NatsCluster {
             let config = dir.path().join(format!("{name}.conf"));
             let store = dir.path().join("data").join(&name);
             let mut text = format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                "server_name: {name}\nlisten: {}:{}\nhttp: 127.0.0.1:{}\n\
                  jetstream {{ store_dir: {:?}, max_memory_store: 256MB, max_file_store: 1GB{} }}\n",
+                if opts.any_loopback_address {
+                    "0.0.0.0"
+                } else {
+                    "127.0.0.1"
+                },
                 clients[i],
                 https[i],
                 store.display().to_string(),
-                if sync_always {
+                if opts.sync_always {
                     ", sync_interval: always"
                 } else {
                     ""
@@ -96,10 +106,13 @@ impl NatsCluster {
                     .iter()
                     .map(|p| format!("nats-route://127.0.0.1:{p}"))
                     .collect();
+                // With `any_loopback_address`, clients keep the addresses they were given
+                // instead of learning the others' (`no_advertise`).
                 text.push_str(&format!(
-                    "cluster {{\n  name: gwc\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    "cluster {{\n  name: gwc\n  listen: 127.0.0.1:{}\n  routes: [{}]\n  no_advertise: {}\n}}\n",
                     routes[i],
-                    all.join(", ")
+                    all.join(", "),
+                    opts.any_loopback_address
                 ));
             }
             std::fs::write(&config, text).map_err(|e| e.to_string())?;
@@ -186,6 +199,10 @@ impl NatsCluster {
     /// `nats://127.0.0.1:<port>` of every node, in node order.
     pub fn client_urls(&self) -> Vec<String> {
         (0..self.nodes.len()).map(|i| self.client_url(i)).collect()
+    }
+
+    pub fn client_port(&self, i: usize) -> u16 {
+        self.nodes[i].client_port
     }
 
     pub fn client_url(&self, i: usize) -> String {
