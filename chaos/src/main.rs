@@ -412,7 +412,7 @@ async fn chaos(args: &[String]) -> i32 {
     let usage = || {
         let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
         eprintln!(
-            "usage: gatehouse-chaos chaos <{}|all> [--full] [--out DIR]",
+            "usage: gatehouse-chaos chaos <{}|nats-crash|all> [--full] [--out DIR]",
             names.join("|")
         );
         2
@@ -420,10 +420,13 @@ async fn chaos(args: &[String]) -> i32 {
     let Some(which) = args.first() else {
         return usage();
     };
+    let crash = which == "all" || which == "nats-crash";
     let scenarios: Vec<Scenario> = if which == "all" {
         Scenario::ALL.to_vec()
     } else if let Some(s) = Scenario::from_name(which) {
         vec![s]
+    } else if crash {
+        Vec::new()
     } else {
         return usage();
     };
@@ -455,6 +458,36 @@ async fn chaos(args: &[String]) -> i32 {
             }
             Err(e) => {
                 eprintln!("{}: the scenario could not run: {e}", scenario.name());
+                status = 1;
+            }
+        }
+    }
+    if crash {
+        let writes = if settings.fault >= Settings::full().fault {
+            5000
+        } else {
+            500
+        };
+        match gatehouse_chaos::scenario::durability::run(writes).await {
+            Ok(outcome) => {
+                let text = outcome.text();
+                println!("{text}");
+                if let Some(dir) = &settings.out_dir {
+                    let _ = std::fs::create_dir_all(dir);
+                    let json = serde_json::to_vec_pretty(&outcome).unwrap_or_default();
+                    if let Err(e) = std::fs::write(dir.join("nats-crash.md"), text)
+                        .and_then(|()| std::fs::write(dir.join("nats-crash.json"), json))
+                    {
+                        eprintln!("nats-crash: cannot write to {}: {e}", dir.display());
+                        status = 1;
+                    }
+                }
+                if !outcome.all_met() {
+                    status = 1;
+                }
+            }
+            Err(e) => {
+                eprintln!("nats-crash: the scenario could not run: {e}");
                 status = 1;
             }
         }

@@ -57,3 +57,13 @@ async fn a_node_cut_off_from_nats_costs_no_request_and_recovers() {
 async fn slow_nats_does_not_move_cached_session_latency() {
     check(Scenario::SlowNats).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_writes_survive_a_crash_of_every_nats_server() {
+    let outcome = gatehouse_chaos::scenario::durability::run(300)
+        .await
+        .unwrap_or_else(|e| panic!("nats-crash could not run: {e}"));
+    let text = outcome.text();
+    println!("{text}");
+    assert!(outcome.all_met(), "a target was missed:\n{text}");
+}

@@ -18,6 +18,7 @@ use gatehouse_tests::upstream::Upstream;
 pub const JWT_SECRET: &str = "chaos-secret";
 /// The user of the cached sessions, the signed URLs and the uploads.
 pub const USER: &str = "einstein";
+pub const PASSWORD: &str = "relativity";
 
 pub struct Cluster {
     pub nats: NatsCluster,

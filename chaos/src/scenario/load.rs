@@ -104,7 +104,18 @@ impl Mix {
     pub fn logins_needed(&self, secs: f64) -> usize {
         (self.login * secs).ceil() as usize
     }
+
+    /// How many fresh tokens to keep ready: enough to last through a fault of `fault` seconds
+    /// during which the provider cannot issue any.
+    pub fn token_buffer(&self, fault: f64) -> usize {
+        self.logins_needed(fault + 10.0).max(20)
+    }
 }
+
+/// Fresh tokens not yet seen by any node. The test provider keeps about 300 issued tokens
+/// (older ones are evicted and then refused by its user-info endpoint), so a long run refills
+/// this as it goes instead of minting every token up front.
+pub type TokenQueue = Arc<Mutex<std::collections::VecDeque<String>>>;
 
 /// What the requests carry, prepared before the load starts so that the generator itself needs
 /// neither the IdP nor NATS while a fault is on.
@@ -114,8 +125,8 @@ pub struct Material {
     /// The load balancer's `host:port` (signed URLs are signed for the Host they are sent to).
     pub host: String,
     pub cached_token: String,
-    /// One per new login, used in order.
-    pub login_tokens: Vec<String>,
+    /// Fresh tokens, one per new login, taken from the front (kept filled by the scenario).
+    pub login_tokens: TokenQueue,
     pub user: String,
     pub signing_key: String,
 }
@@ -132,13 +143,14 @@ pub struct Load {
     started: Instant,
     /// Milliseconds after the start at which no further request is started.
     stop_ms: Arc<AtomicU64>,
+    skipped: Arc<AtomicU64>,
     records: Arc<Mutex<Vec<Record>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Load {
-    /// Starts sending `mix` until [`Load::stop_at`] (and for at most `limit`). New logins stop
-    /// early when the prepared tokens run out.
+    /// Starts sending `mix` until [`Load::stop_at`] (and for at most `limit`). A new login due
+    /// while the token queue is empty is not sent (and counted in [`Load::skipped_logins`]).
     pub fn start(material: Material, mix: Mix, limit: Duration) -> Load {
         let client: Client<HttpConnector, ReqBody> = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -165,6 +177,7 @@ impl Load {
         );
         let started = Instant::now();
         let stop_ms = Arc::new(AtomicU64::new(limit.as_millis() as u64));
+        let skipped = Arc::new(AtomicU64::new(0));
         let records = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for kind in Kind::ALL {
@@ -172,24 +185,26 @@ impl Load {
             if rate <= 0.0 {
                 continue;
             }
-            let (client, material, signed, records, stop_ms) = (
+            let (client, material, signed, records, stop_ms, skipped) = (
                 client.clone(),
                 material.clone(),
                 signed.clone(),
                 records.clone(),
                 stop_ms.clone(),
+                skipped.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 let mut inflight = Vec::new();
                 for i in 0.. {
                     let offset = Duration::from_secs_f64(i as f64 / rate);
-                    if offset.as_millis() as u64 >= stop_ms.load(Ordering::Relaxed)
-                        || (kind == Kind::Login && i >= material.login_tokens.len())
-                    {
+                    if offset.as_millis() as u64 >= stop_ms.load(Ordering::Relaxed) {
                         break;
                     }
                     tokio::time::sleep_until((started + offset).into()).await;
-                    let req = request(kind, i, &material, &signed);
+                    let Some(req) = request(kind, i, &material, &signed) else {
+                        skipped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
                     let (client, records) = (client.clone(), records.clone());
                     inflight.push(tokio::spawn(async move {
                         let t = Instant::now();
@@ -211,6 +226,7 @@ impl Load {
         Load {
             started,
             stop_ms,
+            skipped,
             records,
             tasks,
         }
@@ -230,6 +246,11 @@ impl Load {
         tokio::time::sleep_until((self.started + Duration::from_secs_f64(at)).into()).await;
     }
 
+    /// New logins not sent because no fresh token was ready.
+    pub fn skipped_logins(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
     /// Starts no request later than `at` seconds after the start.
     pub fn stop_at(&self, at: f64) {
         self.stop_ms
@@ -247,12 +268,17 @@ impl Load {
     }
 }
 
-fn request(kind: Kind, i: usize, m: &Material, signed: &[String]) -> http::Request<ReqBody> {
+fn request(
+    kind: Kind,
+    i: usize,
+    m: &Material,
+    signed: &[String],
+) -> Option<http::Request<ReqBody>> {
     let cached = bearer(&m.cached_token);
     let (method, uri, auth, body) = match kind {
         Kind::Cached => ("GET", format!("{}/data/{i}", m.base), Some(cached), empty()),
         Kind::Login => {
-            let token = bearer(&m.login_tokens[i]);
+            let token = bearer(&m.login_tokens.lock().unwrap().pop_front()?);
             ("GET", format!("{}/login/{i}", m.base), Some(token), empty())
         }
         Kind::Signed => (
@@ -272,7 +298,7 @@ fn request(kind: Kind, i: usize, m: &Material, signed: &[String]) -> http::Reque
     if let Some(auth) = auth {
         req = req.header("authorization", auth);
     }
-    req.body(body).expect("request")
+    Some(req.body(body).expect("request"))
 }
 
 async fn send(client: &Client<HttpConnector, ReqBody>, req: http::Request<ReqBody>) -> Outcome {

@@ -4,9 +4,13 @@
 //! every scenario briefly (`chaos/tests/scenarios.rs`); `gatehouse-chaos chaos <scenario> --full`
 //! runs the long version whose tables and plots `docs/chaos.md` publishes.
 //!
+//! Scenario 5 (all of NATS crashed right after a burst of acknowledged writes) needs no load and
+//! runs apart, in [`durability`].
+//!
 //! A fault that cannot be injected is an error, never a skipped scenario.
 
 pub mod cluster;
+pub mod durability;
 pub mod load;
 pub mod plot;
 pub mod report;
@@ -17,8 +21,9 @@ use std::time::Duration;
 
 use cluster::{CUT_NODE, CUT_NODE_NATS_ADDR, Cluster, Durability, NatsPaths, USER};
 use gatehouse_tests::client::{bearer, get_with};
+use gatehouse_tests::idp::{TokenOptions, password_token_at};
 use gatehouse_tests::partition::Partition;
-use load::{Kind, Load, Material, Mix, Outcome, Record};
+use load::{Kind, Load, Material, Mix, Outcome, Record, TokenQueue};
 use plot::{Marker, Plot};
 use report::{Report, Window};
 
@@ -176,10 +181,13 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> Result<RunOutcome, 
     // Restarting what a fault killed can outlast the fault; the load goes on until `after`
     // seconds past the fault's end, within this limit.
     let limit = settings.before + 2.0 * settings.fault + settings.after + 30.0;
-    let mut login_tokens = Vec::new();
-    for _ in 0..settings.mix.logins_needed(limit) {
-        login_tokens.push(cluster.fresh_token(USER).await?);
+    let buffer = settings.mix.token_buffer(settings.fault);
+    let login_tokens: TokenQueue = Arc::default();
+    for _ in 0..buffer {
+        let token = cluster.fresh_token(USER).await?;
+        login_tokens.lock().unwrap().push_back(token);
     }
+    let refill = refill_tokens(login_tokens.clone(), cluster.idp.token_url(), buffer);
     let material = Material {
         base: cluster.lb.url(""),
         host: cluster.lb.addr.to_string(),
@@ -215,8 +223,15 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> Result<RunOutcome, 
     load.stop_at(end + settings.after);
     load.until(end + settings.after).await;
     let total = load.now();
+    let skipped = load.skipped_logins();
     let records = load.finish().await;
     sampler.abort();
+    refill.abort();
+    if skipped > 0 {
+        return Err(format!(
+            "{skipped} new logins were not sent: the generator ran out of fresh tokens"
+        ));
+    }
     let observed = injected?;
     let window = Window { start, end };
     let report = Report::new(scenario.name(), &records, window, &markers, total);
@@ -231,6 +246,33 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> Result<RunOutcome, 
         write_outputs(dir, &outcome, &records, &markers)?;
     }
     Ok(outcome)
+}
+
+/// Keeps `queue` at `buffer` fresh tokens, minting one at a time; a provider that is down or
+/// hangs only pauses it (each attempt is its own task with a deadline).
+fn refill_tokens(
+    queue: TokenQueue,
+    token_url: String,
+    buffer: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if queue.lock().unwrap().len() >= buffer {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let url = token_url.clone();
+            let mint = tokio::spawn(async move {
+                password_token_at(&url, USER, cluster::PASSWORD, TokenOptions::jwt()).await
+            });
+            match tokio::time::timeout(Duration::from_secs(2), mint).await {
+                Ok(Ok(t)) if t.is_success() => {
+                    queue.lock().unwrap().push_back(t.access_token().to_owned());
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
 }
 
 fn mark(markers: &mut Vec<Marker>, load: &Load, label: impl Into<String>) {
