@@ -64,14 +64,7 @@ impl DurabilityOutcome {
             ));
         }
         out.push('\n');
-        for t in &self.targets {
-            out.push_str(&format!(
-                "- [{}] {}: {}\n",
-                if t.met { "x" } else { " " },
-                t.name,
-                t.measured
-            ));
-        }
+        out.push_str(&super::checklist(&self.targets));
         out
     }
 }

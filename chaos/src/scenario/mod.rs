@@ -146,17 +146,28 @@ impl RunOutcome {
 
     /// The table followed by the targets, as printed and published.
     pub fn text(&self) -> String {
-        let mut out = format!("## {}\n\n{}\n", self.report.scenario, self.report.table());
-        for t in &self.targets {
-            out.push_str(&format!(
+        format!(
+            "## {}\n\n{}\n{}",
+            self.report.scenario,
+            self.report.table(),
+            checklist(&self.targets)
+        )
+    }
+}
+
+/// The targets as a Markdown checklist, with what was measured.
+pub fn checklist(targets: &[Target]) -> String {
+    targets
+        .iter()
+        .map(|t| {
+            format!(
                 "- [{}] {}: {}\n",
                 if t.met { "x" } else { " " },
                 t.name,
                 t.measured
-            ));
-        }
-        out
-    }
+            )
+        })
+        .collect()
 }
 
 /// Observations of the fault injection the targets need besides the records.
