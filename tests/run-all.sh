@@ -67,7 +67,13 @@ stop_dockerd() { if [ -n "$dockerd_pid" ]; then as_root kill "$dockerd_pid" 2>/d
 trap stop_dockerd EXIT
 if ! docker version >/dev/null 2>&1; then
   mkdir -p "$tools/docker"
-  as_root dockerd --bridge=none --iptables=false >"$tools/docker/dockerd.log" 2>&1 &
+  # Not through as_root: a backgrounded function would leave the subshell's pid in $!, not dockerd's
+  # (sudo relays the signal to its child).
+  if [ "$(id -u)" -eq 0 ]; then
+    dockerd --bridge=none --iptables=false >"$tools/docker/dockerd.log" 2>&1 &
+  else
+    sudo dockerd --bridge=none --iptables=false >"$tools/docker/dockerd.log" 2>&1 &
+  fi
   dockerd_pid=$!
   for _ in $(seq 1 120); do docker version >/dev/null 2>&1 && break; sleep 0.5; done
   docker version >/dev/null 2>&1 || { echo "dockerd did not start, see $tools/docker/dockerd.log" >&2; exit 1; }
