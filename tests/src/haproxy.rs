@@ -112,23 +112,7 @@ backend nodes
     /// `(server name, status)` of every gateway node, status as HAProxy reports it (`UP`,
     /// `DOWN`, `UP 1/2`, …).
     pub async fn server_states(&self) -> Vec<(String, String)> {
-        let csv = crate::client::get(&format!("http://{}/stats;csv", self.stats))
-            .await
-            .text();
-        let mut lines = csv.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .unwrap_or_default()
-            .trim_start_matches("# ")
-            .split(',')
-            .collect();
-        let col = |name: &str| header.iter().position(|h| *h == name).expect("csv column");
-        let (px, sv, status) = (col("pxname"), col("svname"), col("status"));
-        lines
-            .map(|l| l.split(',').collect::<Vec<_>>())
-            .filter(|f| f.len() > status && f[px] == "nodes" && f[sv].starts_with("gw"))
-            .map(|f| (f[sv].to_owned(), f[status].to_owned()))
-            .collect()
+        server_states_at(&self.stats.to_string(), "nodes", "gw").await
     }
 
     /// Waits until HAProxy reports every server with `want` (`UP` or `DOWN`) for the ones named.
@@ -147,6 +131,32 @@ backend nodes
     pub fn logs(&self) -> String {
         self.proc.log_text()
     }
+}
+
+/// `(server, status)` of the servers of `backend` whose names start with `prefix`, from the CSV
+/// statistics of any HAProxy serving `stats uri /stats` at `stats_addr` (also one in a container).
+pub async fn server_states_at(
+    stats_addr: &str,
+    backend: &str,
+    prefix: &str,
+) -> Vec<(String, String)> {
+    let csv = crate::client::get(&format!("http://{stats_addr}/stats;csv"))
+        .await
+        .text();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("# ")
+        .split(',')
+        .collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).expect("csv column");
+    let (px, sv, status) = (col("pxname"), col("svname"), col("status"));
+    lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f.len() > status && f[px] == backend && f[sv].starts_with(prefix))
+        .map(|f| (f[sv].to_owned(), f[status].to_owned()))
+        .collect()
 }
 
 impl Drop for HaProxy {

@@ -82,6 +82,8 @@ pub struct GatehouseNode {
     pub debug: SocketAddr,
     proc: ChildGuard,
     opts: NodeOptions,
+    /// Processes started so far (each logs to its own file).
+    runs: usize,
     dir: tempfile::TempDir,
 }
 
@@ -101,6 +103,7 @@ impl GatehouseNode {
             debug,
             proc,
             opts,
+            runs: 1,
             dir,
         }
     }
@@ -110,10 +113,8 @@ impl GatehouseNode {
     /// own file; [`GatehouseNode::logs`] reads the current one.
     pub async fn restart(&mut self) {
         self.proc.kill();
-        let runs = std::fs::read_dir(self.dir.path())
-            .map(|d| d.count())
-            .unwrap_or(0);
-        let log = format!("gatehouse.{runs}.log");
+        self.runs += 1;
+        let log = format!("gatehouse.{}.log", self.runs);
         self.proc = spawn(&self.opts, self.dir.path(), self.http, self.debug, &log).await;
     }
 

@@ -13,6 +13,7 @@ use gatehouse_tests::client::{bearer, get, get_with};
 use gatehouse_tests::compose::{
     self, ComposeCluster, IDP, ISSUER, JWT_SECRET, LB, LB_STATS, NODES,
 };
+use gatehouse_tests::haproxy::server_states_at;
 use gatehouse_tests::idp::{TokenOptions, password_token_at};
 use gatehouse_tests::otlp::{Kind, OtlpReceiver};
 use serde_json::Value;
@@ -21,12 +22,7 @@ const START: Duration = Duration::from_secs(120);
 
 /// `(server, status)` of the gateway nodes as the load balancer sees them.
 async fn lb_states() -> Vec<(String, String)> {
-    let csv = get(&format!("http://{LB_STATS}/stats;csv")).await.text();
-    csv.lines()
-        .map(|l| l.split(',').collect::<Vec<_>>())
-        .filter(|f| f.len() > 17 && f[0] == "gatehouse" && f[1].starts_with("gatehouse-"))
-        .map(|f| (f[1].to_owned(), f[17].to_owned()))
-        .collect()
+    server_states_at(LB_STATS, "gatehouse", "gatehouse-").await
 }
 
 async fn lb_reports(server: &str, status: &str, within: Duration) -> bool {

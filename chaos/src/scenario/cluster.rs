@@ -1,7 +1,8 @@
 //! The cluster every scenario runs against, all real processes on loopback: a 3-node NATS
-//! JetStream cluster, the test OpenID provider, a recording upstream, three gateway nodes with
-//! every shared store on NATS (three replicas, the production operation timeouts), and HAProxy in
-//! front of them with active `/readyz` checks and retries, as `compose/haproxy.cfg` configures it.
+//! JetStream cluster (`sync_interval: always`, as the repository's configurations run it), the
+//! test OpenID provider, a recording upstream, three gateway nodes with every shared store on
+//! NATS (three replicas, the production operation timeouts), and HAProxy in front of them with
+//! active `/readyz` checks and retries, as `compose/haproxy.cfg` configures it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,15 +29,6 @@ pub struct Cluster {
     pub upstream: Upstream,
     pub nodes: Vec<GatehouseNode>,
     pub lb: Arc<HaProxy>,
-}
-
-/// How the NATS servers store what they acknowledge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
-    /// `sync_interval: always`, as the repository's configurations set it.
-    FsyncEveryWrite,
-    /// nats-server's default (flush every 2 minutes).
-    Default,
 }
 
 /// How the gateway nodes reach NATS.
@@ -82,11 +74,11 @@ token_manager: {{jwt_secret: {JWT_SECRET}}}
 }
 
 impl Cluster {
-    pub async fn start(durability: Durability, paths: NatsPaths) -> Result<Cluster, String> {
+    pub async fn start(paths: NatsPaths) -> Result<Cluster, String> {
         let nats = NatsCluster::start_with(
             3,
             NatsOptions {
-                sync_always: durability == Durability::FsyncEveryWrite,
+                sync_always: true,
                 any_loopback_address: true,
             },
         );

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cluster::{CUT_NODE, CUT_NODE_NATS_ADDR, Cluster, Durability, NatsPaths, USER};
+use cluster::{CUT_NODE, CUT_NODE_NATS_ADDR, Cluster, NatsPaths, USER};
 use gatehouse_tests::client::{bearer, get_with};
 use gatehouse_tests::idp::{TokenOptions, password_token_at};
 use gatehouse_tests::partition::Partition;
@@ -186,7 +186,7 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> Result<RunOutcome, 
     } else {
         NatsPaths::Direct
     };
-    let mut cluster = Cluster::start(Durability::FsyncEveryWrite, paths).await?;
+    let mut cluster = Cluster::start(paths).await?;
     let cached = cluster.warm_token().await?;
     let signing_key = cluster.signing_key(&cached).await?;
     // Restarting what a fault killed can outlast the fault; the load goes on until `after`
@@ -194,11 +194,14 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> Result<RunOutcome, 
     let limit = settings.before + 2.0 * settings.fault + settings.after + 30.0;
     let buffer = settings.mix.token_buffer(settings.fault);
     let login_tokens: TokenQueue = Arc::default();
+    let token_url = cluster.idp.token_url();
     for _ in 0..buffer {
-        let token = cluster.fresh_token(USER).await?;
+        let token = mint(&token_url)
+            .await
+            .ok_or("the provider issued no token before the load")?;
         login_tokens.lock().unwrap().push_back(token);
     }
-    let refill = refill_tokens(login_tokens.clone(), cluster.idp.token_url(), buffer);
+    let refill = refill_tokens(login_tokens.clone(), token_url, buffer);
     let material = Material {
         base: cluster.lb.url(""),
         host: cluster.lb.addr.to_string(),
@@ -260,7 +263,7 @@ pub async fn run(scenario: Scenario, settings: &Settings) -> Result<RunOutcome, 
 }
 
 /// Keeps `queue` at `buffer` fresh tokens, minting one at a time; a provider that is down or
-/// hangs only pauses it (each attempt is its own task with a deadline).
+/// hangs only pauses it.
 fn refill_tokens(
     queue: TokenQueue,
     token_url: String,
@@ -272,18 +275,25 @@ fn refill_tokens(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            let url = token_url.clone();
-            let mint = tokio::spawn(async move {
-                password_token_at(&url, USER, cluster::PASSWORD, TokenOptions::jwt()).await
-            });
-            match tokio::time::timeout(Duration::from_secs(2), mint).await {
-                Ok(Ok(t)) if t.is_success() => {
-                    queue.lock().unwrap().push_back(t.access_token().to_owned());
-                }
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            match mint(&token_url).await {
+                Some(token) => queue.lock().unwrap().push_back(token),
+                None => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
     })
+}
+
+/// A fresh token of [`USER`], or none when the provider does not issue one within 2 s (the
+/// attempt is its own task, so a provider that hangs or answers garbage costs only the wait).
+async fn mint(token_url: &str) -> Option<String> {
+    let url = token_url.to_owned();
+    let attempt = tokio::spawn(async move {
+        password_token_at(&url, USER, cluster::PASSWORD, TokenOptions::jwt()).await
+    });
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Ok(t)) if t.is_success() => Some(t.access_token().to_owned()),
+        _ => None,
+    }
 }
 
 fn mark(markers: &mut Vec<Marker>, load: &Load, label: impl Into<String>) {
@@ -429,13 +439,29 @@ fn target(name: &str, met: bool, measured: String) -> Target {
     }
 }
 
-/// Requests of `kinds` that did not succeed.
-fn failed_of(report: &Report, kinds: &[Kind]) -> usize {
-    kinds
+/// "No request of `kinds` failed".
+fn none_failed(name: &str, report: &Report, kinds: &[Kind]) -> Target {
+    let failed: usize = kinds
         .iter()
         .filter_map(|k| report.kind(*k))
         .map(|k| k.failed_total())
-        .sum()
+        .sum();
+    target(name, failed == 0, format!("{failed} failed"))
+}
+
+/// "At least `need` nodes stayed UP" over the samples taken from `from` on, before `to`.
+fn pool_held(name: &str, pool: &[(f64, usize)], (from, to): (f64, f64), need: usize) -> Target {
+    let least = pool
+        .iter()
+        .filter(|(at, _)| *at >= from && *at < to)
+        .map(|(_, n)| *n)
+        .min()
+        .unwrap_or(0);
+    target(
+        name,
+        least >= need,
+        format!("at least {least} of 3 nodes UP"),
+    )
 }
 
 const SESSION_KINDS: [Kind; 3] = [Kind::Cached, Kind::Signed, Kind::Upload];
@@ -451,25 +477,23 @@ fn targets(
     let mut t = Vec::new();
     match scenario {
         Scenario::NodeKill | Scenario::RollingRestart => {
-            let failed = failed_of(report, &Kind::ALL);
-            t.push(target(
+            t.push(none_failed(
                 "0 failed requests of any kind",
-                failed == 0,
-                format!("{failed} failed"),
+                report,
+                &Kind::ALL,
             ));
-            let min_pool = pool.iter().map(|(_, n)| *n).min().unwrap_or(0);
-            t.push(target(
+            t.push(pool_held(
                 "the pool never empties",
-                min_pool >= 2,
-                format!("at least {min_pool} of 3 nodes UP"),
+                pool,
+                (0.0, f64::INFINITY),
+                2,
             ));
         }
         Scenario::NatsLeaderKill => {
-            let failed = failed_of(report, &SESSION_KINDS);
-            t.push(target(
+            t.push(none_failed(
                 "0 failed requests with cached sessions",
-                failed == 0,
-                format!("{failed} failed"),
+                report,
+                &SESSION_KINDS,
             ));
             let recovery = report.kind(Kind::Login).map_or(0.0, |k| k.recovery_s);
             t.push(target(
@@ -516,24 +540,18 @@ fn targets(
                 ));
             }
             push_login_targets(&mut t, records, w);
-            let during_pool = pool
-                .iter()
-                .filter(|(at, _)| *at >= w.start && *at < w.end)
-                .map(|(_, n)| *n)
-                .min()
-                .unwrap_or(0);
-            t.push(target(
+            t.push(pool_held(
                 "readiness keeps every node in the pool during the shared outage",
-                during_pool == 3,
-                format!("at least {during_pool} of 3 nodes UP"),
+                pool,
+                (w.start, w.end),
+                3,
             ));
         }
         Scenario::IdpOutage => {
-            let failed = failed_of(report, &SESSION_KINDS);
-            t.push(target(
+            t.push(none_failed(
                 "cached sessions unaffected",
-                failed == 0,
-                format!("{failed} failed"),
+                report,
+                &SESSION_KINDS,
             ));
             push_login_targets(&mut t, records, w);
             if let Some((calls, logins)) = observed.idp_userinfo_while_failing {
@@ -545,17 +563,16 @@ fn targets(
             }
         }
         Scenario::NodeCutOff => {
-            let failed = failed_of(report, &Kind::ALL);
-            t.push(target(
+            t.push(none_failed(
                 "0 failed requests of any kind (what the cut-off node cannot serve, a peer does)",
-                failed == 0,
-                format!("{failed} failed"),
+                report,
+                &Kind::ALL,
             ));
-            let min_pool = pool.iter().map(|(_, n)| *n).min().unwrap_or(0);
-            t.push(target(
+            t.push(pool_held(
                 "the cut-off node stays in the pool, serving what needs no shared state",
-                min_pool == 3,
-                format!("at least {min_pool} of 3 nodes UP"),
+                pool,
+                (0.0, f64::INFINITY),
+                3,
             ));
             let recovered = observed.recovered_after.unwrap_or(f64::INFINITY);
             t.push(target(
@@ -565,11 +582,10 @@ fn targets(
             ));
         }
         Scenario::SlowNats => {
-            let failed = failed_of(report, &SESSION_KINDS);
-            t.push(target(
+            t.push(none_failed(
                 "0 failed requests with cached sessions",
-                failed == 0,
-                format!("{failed} failed"),
+                report,
+                &SESSION_KINDS,
             ));
             for k in SESSION_KINDS {
                 if let Some(s) = report.kind(k) {
