@@ -1,9 +1,13 @@
 //! Connection and bucket bootstrap shared by the KV store and the registry reader.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use gatehouse_shared::store::StoreError;
+use tokio::sync::Notify;
 
 /// Connection attempts and bucket creation at start-up are bounded by this, independently of
 /// the (much shorter) per-operation deadline.
@@ -43,12 +47,52 @@ pub enum ConnectError {
     InvalidAddress(String),
 }
 
+/// What the client tells about its server connection, for the KV store's fail-fast logic.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionEvents(Arc<Events>);
+
+#[derive(Default)]
+struct Events {
+    /// The connection dropped: answers to requests sent on it will not come (the server that
+    /// would route them is gone), so whoever waits for one stops waiting at once.
+    lost: Notify,
+    /// A connection after the first: the server may be up before JetStream answers (a
+    /// restarted cluster elects its leaders first).
+    regained: Notify,
+    connected_once: AtomicBool,
+}
+
+impl ConnectionEvents {
+    /// Resolves at the next loss of the connection. Registered when created: a loss between
+    /// this call and the first poll is not missed.
+    pub(crate) fn next_loss(&self) -> impl Future<Output = ()> + '_ {
+        let mut notified = Box::pin(self.0.lost.notified());
+        notified.as_mut().enable();
+        notified
+    }
+
+    /// Resolves at the next reconnection.
+    pub(crate) fn next_reconnect(&self) -> impl Future<Output = ()> + '_ {
+        self.0.regained.notified()
+    }
+
+    fn on(&self, event: &async_nats::Event) {
+        match event {
+            async_nats::Event::Disconnected => self.0.lost.notify_waiters(),
+            async_nats::Event::Connected if self.0.connected_once.swap(true, Ordering::AcqRel) => {
+                self.0.regained.notify_waiters();
+            }
+            _ => {}
+        }
+    }
+}
+
 pub(crate) async fn client(
     servers: &[String],
     name: &str,
     username: Option<&str>,
     password: Option<&str>,
-) -> Result<async_nats::Client, StoreError> {
+) -> Result<(async_nats::Client, ConnectionEvents), StoreError> {
     if servers.is_empty() {
         return Err(StoreError::Invalid(ConnectError::NoServers.to_string()));
     }
@@ -73,11 +117,17 @@ pub(crate) async fn client(
             }
         })
         .max_reconnects(None::<usize>);
+    let events = ConnectionEvents::default();
+    let told = events.clone();
+    opts = opts.event_callback(move |event| {
+        told.on(&event);
+        std::future::ready(())
+    });
     if let Some(user) = username {
         opts = opts.user_and_password(user.to_owned(), password.unwrap_or_default().to_owned());
     }
     match tokio::time::timeout(STARTUP_TIMEOUT, opts.connect(addrs)).await {
-        Ok(Ok(client)) => Ok(client),
+        Ok(Ok(client)) => Ok((client, events)),
         Ok(Err(e)) => Err(StoreError::Unavailable(format!("connecting to NATS: {e}"))),
         Err(_) => Err(StoreError::Timeout {
             op: "connect",

@@ -16,13 +16,16 @@
 //!   have missed.
 //! - Every operation is bounded by `op_timeout` and, in a sampled trace, is a CLIENT span
 //!   (`get <bucket>`, …) of the request that caused it. While the client knows it is
-//!   disconnected, operations fail at once with `Unavailable` instead of waiting that long.
+//!   disconnected, operations fail at once with `Unavailable` instead of waiting that long,
+//!   and so do operations waiting when the connection drops (their answers cannot come).
 //!   A connection can also be up while NATS does not answer (JetStream electing leaders after a
 //!   restart, a partition that drops packets, a path slower than `op_timeout`): after an
 //!   operation timed out or found NATS unavailable, the store is *suspect*: operations fail at
 //!   once while a background probe reads the bucket every [`PROBE_INTERVAL`], and the first
 //!   answer within `op_timeout` ends it. Requests then wait for an unanswering NATS once per
-//!   store and outage, not once per call, and never while a probe is what waits.
+//!   store and outage, not once per call, and never while a probe is what waits. A
+//!   reconnection makes the store suspect too: a restarted server accepts connections before
+//!   JetStream answers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,7 +46,7 @@ use opentelemetry::trace::{SpanBuilder, SpanKind};
 use opentelemetry_semantic_conventions::attribute as semconv;
 use tokio::sync::broadcast;
 
-use crate::connect::{self, ConnectionStats};
+use crate::connect::{self, ConnectionEvents, ConnectionStats};
 
 const FEED_CAPACITY: usize = 4096;
 /// How long a server-side delete marker (from a TTL or max-age expiry) stays in the bucket.
@@ -95,6 +98,7 @@ impl Default for NatsKvOptions {
 pub struct NatsKvStore {
     inner: Arc<Inner>,
     watch_task: tokio::task::AbortHandle,
+    reconnect_task: tokio::task::AbortHandle,
 }
 
 struct Inner {
@@ -109,6 +113,7 @@ struct Inner {
     bucket_max_age: Duration,
     feed: broadcast::Sender<Change>,
     suspicion: Arc<Suspicion>,
+    events: ConnectionEvents,
 }
 
 #[derive(Default)]
@@ -130,7 +135,7 @@ const WATCH_RETRY: Duration = Duration::from_millis(100);
 impl NatsKvStore {
     /// Connects, opens (or creates) the bucket and starts the change watch.
     pub async fn connect(opts: NatsKvOptions) -> Result<NatsKvStore, StoreError> {
-        let client = connect::client(
+        let (client, events) = connect::client(
             &opts.servers,
             "gatehouse-kv",
             opts.username.as_deref(),
@@ -166,6 +171,7 @@ impl NatsKvStore {
             op_timeout: opts.op_timeout,
             feed,
             suspicion: Arc::default(),
+            events: events.clone(),
         });
         // The watch exists before `connect` returns: nothing written afterwards is missed. Right
         // after a replicated bucket is created its stream may not answer consumer requests yet, so
@@ -188,7 +194,13 @@ impl NatsKvStore {
         // Make sure our server has the watch's subscription before anyone is told we are ready.
         let _ = tokio::time::timeout(connect::STARTUP_TIMEOUT, inner.client.flush()).await;
         let watch_task = tokio::spawn(run_watch(inner.clone(), watch, start)).abort_handle();
-        Ok(NatsKvStore { inner, watch_task })
+        let reconnect_task =
+            tokio::spawn(watch_reconnects(events, Arc::downgrade(&inner))).abort_handle();
+        Ok(NatsKvStore {
+            inner,
+            watch_task,
+            reconnect_task,
+        })
     }
 
     /// Whether the client currently has a server connection (for readiness).
@@ -220,6 +232,21 @@ impl NatsKvStore {
 impl Drop for NatsKvStore {
     fn drop(&mut self) {
         self.watch_task.abort();
+        self.reconnect_task.abort();
+    }
+}
+
+/// After every reconnection the store is suspect until a probe is answered: a NATS server that
+/// was restarted accepts connections before JetStream has elected its leaders, and requests
+/// should not be the ones that find out by waiting.
+async fn watch_reconnects(events: ConnectionEvents, inner: std::sync::Weak<Inner>) {
+    loop {
+        events.next_reconnect().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        tracing::debug!(bucket = %inner.kv.name, "reconnected to NATS; probing before use");
+        inner.suspect();
     }
 }
 
@@ -288,6 +315,7 @@ impl Inner {
         op: &'static str,
         fut: impl std::future::Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
+        let lost = self.events.next_loss();
         // Known to be down: fail now rather than make every call wait out `op_timeout` (an
         // outage would otherwise cost a new login one timeout per store operation).
         if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -311,12 +339,18 @@ impl Inner {
                     KeyValue::new(semconv::DB_OPERATION_NAME, op),
                 ])
         });
-        let result = match tokio::time::timeout(self.op_timeout, span.instrument(fut)).await {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Timeout {
-                op,
-                after: self.op_timeout,
-            }),
+        let result = tokio::select! {
+            r = tokio::time::timeout(self.op_timeout, span.instrument(fut)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::Timeout {
+                    op,
+                    after: self.op_timeout,
+                }),
+            },
+            () = lost => Err(StoreError::Unavailable(format!(
+                "connection to NATS lost during {op} {}",
+                self.kv.name
+            ))),
         };
         if matches!(
             result,
@@ -345,7 +379,6 @@ impl Inner {
         let suspicion = Arc::downgrade(&self.suspicion);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(PROBE_INTERVAL).await;
                 // The store is gone: nobody to tell.
                 let Some(s) = suspicion.upgrade() else {
                     return;
@@ -355,6 +388,8 @@ impl Inner {
                     s.probing.store(false, Ordering::Release);
                     return;
                 }
+                drop(s);
+                tokio::time::sleep(PROBE_INTERVAL).await;
             }
         });
     }

@@ -157,7 +157,7 @@ impl ServiceRegistry {
         username: Option<String>,
         password: Option<String>,
     ) -> Result<ServiceRegistry, StoreError> {
-        let client = connect::client(
+        let (client, _) = connect::client(
             &servers,
             "gatehouse-registry",
             username.as_deref(),

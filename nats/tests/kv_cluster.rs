@@ -627,3 +627,108 @@ async fn a_connected_nats_that_does_not_answer_is_waited_for_once_then_probed_in
         store.get("k").await.unwrap();
     }
 }
+
+/// An operation waiting for an answer when the connection drops fails then, not at its deadline:
+/// the server that would have answered is gone. (SIGSTOP holds the operation, SIGKILL of the
+/// stopped server makes the kernel close its sockets.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_in_flight_when_the_connection_drops_fails_at_once() {
+    init_logs();
+    let mut cluster = NatsCluster::start(1);
+    let mut o = opts(&cluster, 0, "lost");
+    o.replicas = 1;
+    o.op_timeout = Duration::from_secs(10);
+    let store = Arc::new(NatsKvStore::connect(o).await.unwrap());
+    store.put("k", b("v"), None).await.unwrap();
+
+    cluster.pause(0);
+    let sent = || {
+        store
+            .client()
+            .statistics()
+            .out_messages
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = sent();
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let t = Instant::now();
+            (store.get("never-read").await, t.elapsed())
+        }
+    });
+    // Sent (the kernel buffers it for the frozen server) and unanswered.
+    eventually("the read to be sent", Duration::from_secs(5), || async {
+        sent() > before
+    })
+    .await;
+    assert!(!waiting.is_finished());
+    let killed = Instant::now();
+    cluster.kill(0);
+    let (result, _) = waiting.await.unwrap();
+    let after_kill = killed.elapsed();
+    let err = result.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        after_kill < Duration::from_secs(1),
+        "failed {after_kill:?} after the connection dropped (op_timeout 10 s)"
+    );
+    // And the next one fails at once too: the client knows it is disconnected.
+    let t = Instant::now();
+    assert!(store.get("k").await.is_err());
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// A client that reconnects to a server whose JetStream cannot answer yet (a restarted cluster
+/// without its quorum) does not make requests find that out by waiting: the store is suspect
+/// from the reconnection until a probe is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reconnection_nats_is_probed_before_requests_wait_for_it() {
+    init_logs();
+    let mut cluster = NatsCluster::start(3);
+    let mut o = opts(&cluster, 0, "reconnected");
+    o.servers = vec![cluster.client_url(0)];
+    o.replicas = 3;
+    o.op_timeout = Duration::from_secs(2);
+    let store = NatsKvStore::connect(o).await.unwrap();
+    store.put("k", b("v"), None).await.unwrap();
+
+    for i in 0..3 {
+        cluster.kill(i);
+    }
+    eventually("the client to notice", Duration::from_secs(5), || async {
+        !store.is_connected()
+    })
+    .await;
+    cluster.respawn(0);
+    eventually(
+        "the client to reconnect",
+        Duration::from_secs(10),
+        || async { store.is_connected() },
+    )
+    .await;
+    // Connected, but no quorum: nothing is waited for.
+    for _ in 0..5 {
+        let t = Instant::now();
+        let err = store.get("k").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    cluster.restart_all();
+    eventually(
+        "a probe to be answered",
+        Duration::from_secs(20),
+        || async { store.get("k").await.is_ok() },
+    )
+    .await;
+    assert_eq!(store.get("k").await.unwrap().unwrap().value, b("v"));
+}

@@ -264,6 +264,11 @@ impl NatsCluster {
         self.nodes[i].process.kill();
     }
 
+    /// Freezes node `i` (SIGSTOP): its connections stay open and nothing is answered.
+    pub fn pause(&self, i: usize) {
+        self.nodes[i].process.signal("STOP");
+    }
+
     /// Stop node `i` gracefully (SIGTERM; SIGKILL after 10 s).
     pub fn stop(&mut self, i: usize) {
         self.nodes[i].process.terminate(Duration::from_secs(10));
@@ -283,6 +288,14 @@ impl NatsCluster {
         if let Err(e) = self.wait_node_ready(i, Instant::now() + READY_TIMEOUT) {
             panic!("restarted node did not become ready: {e}");
         }
+    }
+
+    /// Starts stopped node `i` again without waiting for it: alone, a node of a cluster whose
+    /// peers are down accepts clients but has no JetStream quorum.
+    pub fn respawn(&mut self, i: usize) {
+        let process = spawn(&self.binary, &self.nodes[i].config, &self.nodes[i].log)
+            .unwrap_or_else(|e| panic!("restarting n{}: {e}", i + 1));
+        self.nodes[i].process = process;
     }
 
     /// Starts every stopped node again at once and waits until the cluster is ready. Needed after a

@@ -252,6 +252,8 @@ pub struct Oidc {
     pub rewrite_well_known: bool,
     pub user_info_cache: StoreConfig,
     pub jwks: Jwks,
+    /// Gatehouse: deadline of one identity-provider call on the request path.
+    pub request_timeout: GoDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -547,6 +549,7 @@ impl Default for Oidc {
                 ..StoreConfig::default()
             },
             jwks: Jwks::default(),
+            request_timeout: GoDuration::secs(3),
         }
     }
 }

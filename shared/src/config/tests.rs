@@ -297,6 +297,7 @@ fn validation_rules() {
             "http:\n  root: proxy\n  addr: 'nowhere'\n  trusted_proxies: [10.0.0.0/8, 192.168.1.1, bogus]\n",
             "  workers: 1025\n",
             "oidc:\n  access_token_verify_method: none\n  skip_user_info: true\n",
+            "  request_timeout: 0s\n",
             "  user_info_cache: {store: nats-js-kv, replicas: 7}\n",
             "account_backend: ldap\n",
             "role_assignment: {driver: static}\n",
@@ -314,6 +315,7 @@ fn validation_rules() {
         "http.workers",
         "oidc.access_token_verify_method",
         "oidc.user_info_cache.replicas",
+        "oidc.request_timeout",
         "account_backend",
         "role_assignment.driver",
         "log.level",
@@ -335,7 +337,7 @@ fn validation_rules() {
             .contains("unknown store kind")
     );
     assert!(problem(&err, "http.workers").message.contains("1024"));
-    assert_eq!(err.0.len(), 16, "{err}");
+    assert_eq!(err.0.len(), 17, "{err}");
 }
 
 #[test]

@@ -196,6 +196,9 @@ fn accounts(config: &mut Config, p: &mut Problems<'_>) {
             format!("{} is not between 1 and 5", config.events.stream_replicas),
         );
     }
+    if config.oidc.request_timeout.is_zero() {
+        p.add("oidc.request_timeout", "must be positive");
+    }
     if config.graph.timeout.is_zero() {
         p.add("graph.timeout", "must be positive");
     }

@@ -123,7 +123,7 @@ impl OidcSettings {
             jwks_refresh_limit: Duration::from_secs(o.jwks.refresh_limit),
             jwks_refresh_unknown_kid: o.jwks.refresh_unknown_kid,
             user_info_ttl: o.user_info_cache.ttl.as_duration(),
-            request_timeout: Duration::from_secs(10),
+            request_timeout: o.request_timeout.as_duration(),
             max_body: 1024 * 1024,
             negative_ttl: Duration::from_secs(10),
             negative_capacity: 10_000,

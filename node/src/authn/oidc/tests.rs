@@ -785,13 +785,14 @@ fn settings_come_from_the_config() {
     config.oidc.jwks.refresh_interval = 2;
     config.oidc.jwks.refresh_limit = 7;
     config.oidc.access_token_verify_method = "none".into();
+    config.oidc.request_timeout = "1500ms".parse().unwrap();
     let s = OidcSettings::from_config(&config);
     assert_eq!(s.jwks_refresh_interval, Duration::from_secs(120));
     assert_eq!(s.jwks_refresh_limit, Duration::from_secs(7));
     assert_eq!(s.jwks_refresh_timeout, Duration::from_secs(10));
     assert_eq!(s.user_info_ttl, Duration::from_secs(10));
     assert_eq!(s.verify_method, VerifyMethod::None);
-    assert_eq!(s.request_timeout, Duration::from_secs(10));
+    assert_eq!(s.request_timeout, Duration::from_millis(1500));
     assert_eq!(s.max_body, 1024 * 1024);
 }
 
