@@ -59,11 +59,14 @@ pub enum GatewayError {
         webdav: bool,
     },
     /// The identity provider could not be asked (down, 429, 5xx) and nothing else accepted the
-    /// request. Retryable after `retry_after`.
+    /// request. Retryable after `retry_after`. 503, or 504 when the provider did not answer in
+    /// time: a load balancer that retries 503 on another node (a node-local fault) must not
+    /// retry this one, since every node shares the provider and would wait as long again.
     #[error("identity provider unavailable: {reason}")]
     IdentityUnavailable {
         reason: String,
         retry_after: Duration,
+        timed_out: bool,
     },
     /// The user is known but may not do this (no role matches, step-up authentication missing).
     #[error("forbidden: {reason}")]
@@ -118,6 +121,9 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::IdentityUnavailable {
+                timed_out: true, ..
+            } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::IdentityUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::AccountBackend {
@@ -167,6 +173,7 @@ impl GatewayError {
             GatewayError::IdentityUnavailable {
                 reason,
                 retry_after,
+                ..
             } => {
                 tracing::warn!(status = status.as_u16(), reason = %reason, retry_after_s = retry_after.as_secs(), "identity provider unavailable");
             }
@@ -407,6 +414,7 @@ mod tests {
         let resp = GatewayError::IdentityUnavailable {
             reason: "429".into(),
             retry_after: Duration::from_millis(1500),
+            timed_out: false,
         }
         .into_response();
         assert_eq!(resp.status(), 503);
@@ -414,9 +422,22 @@ mod tests {
         let resp = GatewayError::IdentityUnavailable {
             reason: "down".into(),
             retry_after: Duration::ZERO,
+            timed_out: false,
         }
         .into_response();
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1", "never 0");
+        let resp = GatewayError::IdentityUnavailable {
+            reason: "userinfo: no answer within 3s".into(),
+            retry_after: Duration::from_secs(1),
+            timed_out: true,
+        }
+        .into_response();
+        assert_eq!(
+            resp.status(),
+            504,
+            "a hung provider is not retried on a peer"
+        );
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
 
         let resp = GatewayError::Forbidden {
             reason: "acr".into(),

@@ -150,8 +150,12 @@ pub async fn server_states_at(
         .trim_start_matches("# ")
         .split(',')
         .collect();
-    let col = |name: &str| header.iter().position(|h| *h == name).expect("csv column");
-    let (px, sv, status) = (col("pxname"), col("svname"), col("status"));
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    // No CSV header (HAProxy not answering its stats yet): no server is known yet, and callers
+    // that wait for states ask again.
+    let (Some(px), Some(sv), Some(status)) = (col("pxname"), col("svname"), col("status")) else {
+        return Vec::new();
+    };
     lines
         .map(|l| l.split(',').collect::<Vec<_>>())
         .filter(|f| f.len() > status && f[px] == backend && f[sv].starts_with(prefix))

@@ -665,8 +665,8 @@ fn longest(k: &report::KindSummary) -> f64 {
     k.before.max_ms.max(k.during.max_ms).max(k.after.max_ms)
 }
 
-/// New logins during a fault get a success or a clear 503 with `Retry-After`, and work again by
-/// themselves within 10 s of the fault's end.
+/// New logins during a fault get a success or a clear 503 with `Retry-After` (504 when the IdP
+/// did not answer in time), and work again by themselves within 10 s of the fault's end.
 fn push_login_targets(t: &mut Vec<Target>, records: &[Record], w: Window) {
     let logins: Vec<&Record> = records.iter().filter(|r| r.kind == Kind::Login).collect();
     let unclear: Vec<String> = logins
@@ -674,16 +674,18 @@ fn push_login_targets(t: &mut Vec<Target>, records: &[Record], w: Window) {
         .filter(|r| w.phase(r.start) == report::Phase::During)
         .filter(|r| {
             !r.outcome.is_ok()
-                && r.outcome
-                    != Outcome::Status {
-                        code: 503,
+                && !matches!(
+                    r.outcome,
+                    Outcome::Status {
+                        code: 503 | 504,
                         retry_after: true,
                     }
+                )
         })
         .map(|r| r.outcome.label())
         .collect();
     t.push(target(
-        "new logins during the fault: 2xx or 503 + Retry-After",
+        "new logins during the fault: 2xx, or 503/504 + Retry-After",
         unclear.is_empty(),
         if unclear.is_empty() {
             "all".to_owned()

@@ -208,6 +208,8 @@ enum Outcome {
 struct Transient {
     reason: String,
     retry_after: Option<Duration>,
+    /// The dependency did not answer in time: retrying elsewhere would wait as long again.
+    timed_out: bool,
 }
 
 /// Span attributes: which way in decided, and how.
@@ -249,10 +251,11 @@ impl Authenticators {
         let path = uri.path();
         let query = uri.query();
         let mut transient = None;
-        let mut note = |reason: String, retry_after: Option<Duration>| {
+        let mut note = |reason: String, retry_after: Option<Duration>, timed_out: bool| {
             transient.get_or_insert(Transient {
                 reason,
                 retry_after,
+                timed_out,
             });
         };
 
@@ -264,7 +267,7 @@ impl Authenticators {
                         scheme: Scheme::Basic,
                     });
                 }
-                BasicOutcome::Unavailable { reason } => note(reason, None),
+                BasicOutcome::Unavailable { reason } => note(reason, None, false),
                 BasicOutcome::Rejected { reason } => {
                     tracing::debug!(%reason, "basic authentication refused")
                 }
@@ -288,7 +291,8 @@ impl Authenticators {
                 Err(OidcError::Unavailable {
                     reason,
                     retry_after,
-                }) => note(reason, retry_after),
+                    timed_out,
+                }) => note(reason, retry_after, timed_out),
                 Err(OidcError::Rejected { .. }) => {}
             }
         }
@@ -302,7 +306,7 @@ impl Authenticators {
             ShareOutcome::Unavailable {
                 reason,
                 retry_after,
-            } => note(reason, retry_after),
+            } => note(reason, retry_after, false),
             ShareOutcome::Rejected { reason } => {
                 tracing::debug!(%reason, "public-share token refused")
             }
@@ -320,7 +324,7 @@ impl Authenticators {
                 Some(Err(
                     SignedUrlRejection::Unavailable { reason }
                     | SignedUrlRejection::Backend { reason },
-                )) => note(reason, None),
+                )) => note(reason, None, false),
                 Some(Err(SignedUrlRejection::Invalid { reason })) => {
                     tracing::debug!(%reason, "signed URL refused")
                 }
@@ -335,6 +339,7 @@ impl Authenticators {
             return GatewayError::IdentityUnavailable {
                 reason: t.reason,
                 retry_after: t.retry_after.unwrap_or(DEFAULT_RETRY_AFTER),
+                timed_out: t.timed_out,
             };
         }
         let header_str = |name: header::HeaderName| {

@@ -458,7 +458,7 @@ pub static SECTIONS: &[Section] = &[
         gatehouse: true,
         settings: &[
             set("oidc.request_timeout", &["PROXY_OIDC_REQUEST_TIMEOUT"], duration!(oidc.request_timeout),
-                "Deadline of one call to the identity provider on the request path (discovery, JWKS for an unknown key id, userinfo). A call that misses it counts as a failure: the node answers 503 with `Retry-After` and backs off, so a hung provider holds a login this long at most (oCIS waits 10 s). Must be positive."),
+                "Deadline of one call to the identity provider on the request path (discovery, JWKS for an unknown key id, userinfo). A call that misses it counts as a failure: the node answers 504 with `Retry-After` (503 for the requests that follow while it backs off), so a hung provider holds a login this long at most (oCIS waits 10 s). Must be positive."),
             set("pre_signed_url.max_lifetime", &["PROXY_PRESIGNEDURL_MAX_LIFETIME"], duration!(pre_signed_url.max_lifetime),
                 "Longest `OC-Expires` a signed URL may carry; longer ones are refused before any key lookup. `0s`: no limit (as oCIS)."),
             set("pre_signed_url.serve_signing_keys", &["PROXY_PRESIGNEDURL_SERVE_SIGNING_KEYS"],

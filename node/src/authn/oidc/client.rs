@@ -45,6 +45,8 @@ pub enum CallError {
     Transient {
         reason: String,
         retry_after: Option<Duration>,
+        /// The provider gave no answer within the deadline (rather than refusing or failing).
+        timed_out: bool,
     },
     /// An answer that will not change by asking again.
     Permanent {
@@ -230,6 +232,7 @@ impl IdpClient {
             Err(_) => Err(CallError::Transient {
                 reason: format!("{what}: no answer within {timeout:?}"),
                 retry_after: None,
+                timed_out: true,
             }),
         };
         let outcome = match &result {
@@ -274,6 +277,7 @@ impl IdpClient {
             .map_err(|e| CallError::Transient {
                 reason: format!("{what}: {}", error_chain(&e)),
                 retry_after: None,
+                timed_out: false,
             })?;
         let (parts, body) = resp.into_parts();
         let body = self.read_body(what, body).await?;
@@ -299,6 +303,7 @@ impl IdpClient {
                     CallError::Transient {
                         reason: format!("{what}: reading the answer: {e}"),
                         retry_after: None,
+                        timed_out: false,
                     }
                 }
             })
@@ -337,6 +342,7 @@ impl IdpClient {
             .map_err(|e| CallError::Transient {
                 reason: format!("{what}: {}", error_chain(&e)),
                 retry_after: None,
+                timed_out: false,
             })?;
         let status = resp.status();
         if status != StatusCode::OK {
@@ -358,10 +364,12 @@ fn classify_status(what: &str, status: StatusCode, headers: &http::HeaderMap) ->
         429 | 503 => CallError::Transient {
             reason,
             retry_after: retry_after_secs(headers),
+            timed_out: false,
         },
         500 | 502 | 504 => CallError::Transient {
             reason,
             retry_after: None,
+            timed_out: false,
         },
         _ => CallError::Permanent {
             reason,

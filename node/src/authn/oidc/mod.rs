@@ -148,11 +148,13 @@ pub enum OidcError {
     /// The token is not acceptable: 401.
     #[error("bearer token rejected: {reason}")]
     Rejected { reason: String },
-    /// The identity provider could not be asked: 503, with `Retry-After` when known.
+    /// The identity provider could not be asked: 503 (504 when it did not answer in time), with
+    /// `Retry-After` when known.
     #[error("identity provider unavailable: {reason}")]
     Unavailable {
         reason: String,
         retry_after: Option<Duration>,
+        timed_out: bool,
     },
 }
 
@@ -477,16 +479,19 @@ fn call_error(e: CallError) -> OidcError {
             OidcError::Unavailable {
                 reason: "identity provider calls paused after a recent failure".to_owned(),
                 retry_after: Some(remaining),
+                timed_out: false,
             }
         }
         CallError::Transient {
             reason,
             retry_after,
+            timed_out,
         } => {
             tracing::warn!(%reason, ?retry_after, "identity provider unavailable");
             OidcError::Unavailable {
                 reason,
                 retry_after,
+                timed_out,
             }
         }
         CallError::Permanent { reason, .. } => OidcError::Rejected { reason },

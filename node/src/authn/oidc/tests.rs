@@ -482,8 +482,18 @@ async fn a_slow_userinfo_times_out_as_unavailable() {
     let (auth, _) = authenticator(s);
     idp.set_userinfo(Userinfo::Slow(Duration::from_secs(3), json!({})));
     let started = Instant::now();
-    unavailable(auth.authenticate(&idp.rsa1(json!({}))).await);
+    let err = auth.authenticate(&idp.rsa1(json!({}))).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        matches!(
+            err,
+            OidcError::Unavailable {
+                timed_out: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,6 +515,16 @@ async fn userinfo_status_decides_rejected_or_unavailable() {
         let token = idp.rsa1(json!({"sub": format!("s{code}")}));
         let err = auth.authenticate(&token).await.unwrap_err();
         assert_eq!(err.is_retryable(), retryable, "{code}: {err}");
+        assert!(
+            !matches!(
+                err,
+                OidcError::Unavailable {
+                    timed_out: true,
+                    ..
+                }
+            ),
+            "{code}: an answer is not a timeout"
+        );
         assert!(err.to_string().contains(&code.to_string()), "{err}");
         assert!(store.is_empty(), "{code}: nothing cached");
     }
