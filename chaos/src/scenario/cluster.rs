@@ -20,6 +20,11 @@ pub const JWT_SECRET: &str = "chaos-secret";
 /// The user of the cached sessions, the signed URLs and the uploads.
 pub const USER: &str = "einstein";
 pub const PASSWORD: &str = "relativity";
+/// How long a freshly started cluster may take until the load balancer has every node UP, and
+/// until every node answers a warm-up request (generous: the test command runs two such
+/// clusters side by side on 2 cores).
+const START_WITHIN: Duration = Duration::from_secs(30);
+const WARM_UP_WITHIN: Duration = Duration::from_secs(20);
 
 pub struct Cluster {
     pub nats: NatsCluster,
@@ -127,7 +132,7 @@ impl Cluster {
             lb,
         };
         cluster
-            .wait_pool(&["UP", "UP", "UP"], Duration::from_secs(15))
+            .wait_pool(&["UP", "UP", "UP"], START_WITHIN)
             .await?;
         Ok(cluster)
     }
@@ -172,13 +177,25 @@ impl Cluster {
         let token = self.fresh_token(USER).await?;
         let auth = bearer(&token);
         for n in &self.nodes {
-            let r = get_with(&n.url("/warm"), &[("authorization", &auth)]).await;
-            if r.status != 200 {
-                return Err(format!(
-                    "warm-up request answered {}: {}",
-                    r.status,
-                    r.text()
-                ));
+            // Right after start-up a node may still answer "not now" (503/504 with Retry-After)
+            // while JetStream settles its leaders; anything else, or lasting, is a failure.
+            let deadline = tokio::time::Instant::now() + WARM_UP_WITHIN;
+            loop {
+                let r = get_with(&n.url("/warm"), &[("authorization", &auth)]).await;
+                if r.status == 200 {
+                    break;
+                }
+                let not_now = matches!(r.status.as_u16(), 503 | 504)
+                    && r.header("retry-after").is_some();
+                if !not_now || tokio::time::Instant::now() >= deadline {
+                    return Err(format!(
+                        "warm-up request answered {}: {}\n{}",
+                        r.status,
+                        r.text(),
+                        n.logs()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         Ok(token)
