@@ -1,5 +1,6 @@
-//! The fault-injection scenarios of `gatehouse-chaos chaos <scenario>`, as a library so that the
-//! test command can run each of them briefly and assert its target (`chaos/tests/scenarios.rs`).
-//! The benchmarks stay in the binary (`main.rs`).
+//! The fault-injection scenarios of `gatehouse-chaos chaos <scenario>` and the `fair` benchmark,
+//! as a library so that the test command can run each of them briefly (`chaos/tests/`). The
+//! older benchmarks stay in the binary (`main.rs`).
 
+pub mod fair;
 pub mod scenario;

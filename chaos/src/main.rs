@@ -22,6 +22,8 @@ mod traced;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::Command;
+
+use gatehouse_chaos::fair;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gatehouse_tests::client::get_with;
@@ -511,6 +513,43 @@ async fn main() {
         let (listen, upstream) = (listen.clone(), upstream.clone());
         // The floor runs its own runtimes; keep it off this one.
         let _ = tokio::task::spawn_blocking(move || floor::run(&listen, &upstream)).await;
+        return;
+    }
+    if scenario == "load" {
+        // gatehouse-chaos load <spec JSON>: the fair benchmark's load generator process.
+        let spec = args.get(2).cloned().unwrap_or_default();
+        let done = tokio::task::spawn_blocking(move || fair::load::child(&spec)).await;
+        if let Ok(Err(e)) | Err(e) = done.map_err(|e| e.to_string()) {
+            eprintln!("load: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if scenario == "fair" {
+        // gatehouse-chaos fair [rounds] [seconds] [unpinned|pinned|both]
+        let rounds = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
+        let seconds = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(5);
+        let modes = match args.get(4).map(String::as_str) {
+            Some("unpinned") => vec![fair::Mode::Unpinned],
+            Some("pinned") => vec![fair::Mode::Pinned],
+            _ => vec![fair::Mode::Unpinned, fair::Mode::Pinned],
+        };
+        let settings = fair::Settings {
+            rounds,
+            seconds,
+            modes,
+            generator: std::env::current_exe().unwrap_or_else(|_| "gatehouse-chaos".into()),
+        };
+        match fair::run(settings).await {
+            Ok(outcome) => {
+                println!("{}", outcome.report);
+                println!("{}", outcome.json);
+            }
+            Err(e) => {
+                eprintln!("fair benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
         return;
     }
     if scenario == "chaos" {

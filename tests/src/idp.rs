@@ -267,6 +267,11 @@ impl Idp {
     }
 
     /// `http://127.0.0.1:<port>`, without a trailing slash, as in discovery.
+    /// The provider's process id (to pin it, or to read what it used).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     pub fn issuer(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -145,6 +145,17 @@ http {{
         Self::spawn(dir, &conf, port).await
     }
 
+    /// nginx with a whole configuration of the caller's: `conf` gets the prefix directory (for
+    /// `pid`, logs and temp paths) and the port to listen on, and returns `nginx.conf`. The `user`
+    /// line is prepended when running as root.
+    pub async fn with_conf(conf: impl FnOnce(&std::path::Path, u16) -> String) -> Nginx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = crate::free_port();
+        let user = if is_root() { "user root root;\n" } else { "" };
+        let conf = format!("{user}{}", conf(dir.path(), port));
+        Self::spawn(dir, &conf, port).await
+    }
+
     async fn spawn(dir: tempfile::TempDir, conf: &str, port: u16) -> Nginx {
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");

@@ -131,9 +131,7 @@ impl Cluster {
             nodes,
             lb,
         };
-        cluster
-            .wait_pool(&["UP", "UP", "UP"], START_WITHIN)
-            .await?;
+        cluster.wait_pool(&["UP", "UP", "UP"], START_WITHIN).await?;
         Ok(cluster)
     }
 
@@ -185,8 +183,8 @@ impl Cluster {
                 if r.status == 200 {
                     break;
                 }
-                let not_now = matches!(r.status.as_u16(), 503 | 504)
-                    && r.header("retry-after").is_some();
+                let not_now =
+                    matches!(r.status.as_u16(), 503 | 504) && r.header("retry-after").is_some();
                 if !not_now || tokio::time::Instant::now() >= deadline {
                     return Err(format!(
                         "warm-up request answered {}: {}\n{}",

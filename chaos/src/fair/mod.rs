@@ -1,0 +1,824 @@
+//! The `fair` benchmark: one gatehouse node against nginx doing the same work, compared by what
+//! each process spends per request rather than by who wins a race for two shared cores.
+//!
+//! - **The same work.** nginx adds every response header the node adds (learnt from the node's own
+//!   answer, with `add_header … always`), a request id both ways, `X-Forwarded-For/Proto/Host`,
+//!   keeps a pool of upstream connections, streams bodies unbuffered, and runs as many workers as
+//!   the node has HTTP workers.
+//! - **CPU time per request of every process** (proxy, upstream, load generator), from each
+//!   thread's `schedstat` over the measurement window ([`procstat`]), at saturation (closed loop)
+//!   and at 50 % and 80 % of the slower proxy's capacity (open loop, [`load`]). Latency
+//!   percentiles are read at the same offered load for both proxies.
+//! - **Modes**: unpinned (both proxies with 2 workers, everything shares the 2 cores) and pinned
+//!   (1 worker each, the proxy alone on core 1, upstream and load generator on core 0).
+//! - **Rounds**: every target once per round, rounds one after another, so that a change in the
+//!   machine's load reaches all targets alike; median and range over the rounds, and the steal
+//!   time of each measurement.
+//!
+//! The node-only targets (cached token, cached signed URL) are measured at the same offered load
+//! as the unprotected pair and compared with the node's unprotected figures.
+
+pub mod load;
+mod procstat;
+mod stats;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use gatehouse_tests::client::{get, get_with};
+use gatehouse_tests::idp::{Idp, TokenOptions};
+use gatehouse_tests::lb::Nginx;
+use gatehouse_tests::node::{GatehouseNode, NodeOptions};
+use gatehouse_tests::signing::{Link, sign};
+
+use self::load::{Outcome, Spec};
+use self::procstat::Usage;
+use self::stats::Spread;
+
+/// Connections of the small-request targets.
+const CONNECTIONS: usize = 32;
+/// Body size of the streaming targets, and their connections.
+const STREAM_BYTES: usize = 1 << 20;
+const STREAM_CONNECTIONS: usize = 8;
+const WARMUP_MS: u64 = 1000;
+/// Offered loads after saturation, as fractions of the slower proxy's capacity.
+const LEVELS: [f64; 2] = [0.5, 0.8];
+
+/// How long and how often to measure, and in which modes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub rounds: usize,
+    pub seconds: u64,
+    pub modes: Vec<Mode>,
+    /// The `gatehouse-chaos` binary, whose `load` command is the load generator.
+    pub generator: std::path::PathBuf,
+}
+
+/// The Markdown tables with the targets, and every sample as JSON.
+pub struct Results {
+    pub report: String,
+    pub json: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Mode {
+    Unpinned,
+    Pinned,
+}
+
+impl Mode {
+    fn workers(self) -> usize {
+        match self {
+            Mode::Unpinned => 2,
+            Mode::Pinned => 1,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Unpinned => "unpinned, 2 workers each",
+            Mode::Pinned => "pinned, 1 worker each: proxy on core 1, upstream and load on core 0",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+enum Proxy {
+    Nginx,
+    Node,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+enum Kind {
+    Small,
+    Download,
+    Upload,
+}
+
+struct Target {
+    name: &'static str,
+    proxy: Proxy,
+    kind: Kind,
+    paths: Vec<String>,
+    method: &'static str,
+    headers: Vec<(String, String)>,
+}
+
+/// One measurement of one target.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Sample {
+    mode: Mode,
+    phase: String,
+    target: &'static str,
+    proxy: Proxy,
+    kind: Kind,
+    round: usize,
+    offered: Option<f64>,
+    outcome: Outcome,
+    proxy_cpu_us: f64,
+    upstream_cpu_us: f64,
+    generator_cpu_us: f64,
+    proxy_switches: f64,
+    steal_pct: f64,
+}
+
+impl Sample {
+    /// Body bytes moved per second of proxy CPU, in MiB.
+    fn mib_per_cpu_s(&self) -> f64 {
+        let bytes = (self.outcome.bytes_in + self.outcome.bytes_out) as f64;
+        let cpu_s = self.proxy_cpu_us * self.outcome.completed as f64 / 1e6;
+        bytes / f64::from(1u32 << 20) / cpu_s
+    }
+}
+
+/// What one mode runs on: the proxies are started per mode (their worker counts differ), the
+/// upstream and the provider once.
+struct Stack<'a> {
+    upstream: &'a Nginx,
+    nginx: Nginx,
+    node: GatehouseNode,
+    pinned: bool,
+}
+
+impl Stack<'_> {
+    fn addr(&self, p: Proxy) -> SocketAddr {
+        match p {
+            Proxy::Nginx => self.nginx.addr,
+            Proxy::Node => self.node.http,
+        }
+    }
+    fn pid(&self, p: Proxy) -> u32 {
+        match p {
+            Proxy::Nginx => self.nginx.pid(),
+            Proxy::Node => self.node.pid(),
+        }
+    }
+}
+
+/// The upstream both proxies forward to: a small answer, a 1 MiB file, and an upload sink (nginx
+/// reads and discards the body before answering).
+async fn upstream() -> Nginx {
+    Nginx::with_conf(|d, port| {
+        std::fs::write(d.join("big.bin"), vec![b'd'; STREAM_BYTES]).expect("write big.bin");
+        let d = d.display();
+        format!(
+            r#"worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp_body; proxy_temp_path {d}/tmp_proxy;
+  fastcgi_temp_path {d}/tmp_fcgi; uwsgi_temp_path {d}/tmp_uwsgi; scgi_temp_path {d}/tmp_scgi;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 0;
+    location ~ /big$ {{ root {d}; try_files /big.bin =404; }}
+    location ~ /upload$ {{ default_type text/plain; return 200 "stored\n"; }}
+    location / {{ default_type text/plain; return 200 "hello from upstream\n"; }}
+  }}
+}}
+"#
+        )
+    })
+    .await
+}
+
+/// nginx configured to do what the node does on an unprotected route.
+async fn nginx_alike(upstream: SocketAddr, workers: usize, add: &[(String, String)]) -> Nginx {
+    let mut headers = String::new();
+    for (n, v) in add {
+        let v = v.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(headers, "    add_header {n} \"{v}\" always;");
+    }
+    Nginx::with_conf(|d, port| {
+        let d = d.display();
+        format!(
+            r#"worker_processes {workers};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp_body; proxy_temp_path {d}/tmp_proxy;
+  fastcgi_temp_path {d}/tmp_fcgi; uwsgi_temp_path {d}/tmp_uwsgi; scgi_temp_path {d}/tmp_scgi;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  upstream up {{
+    server {upstream};
+    keepalive 64;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+  }}
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    client_max_body_size 0;
+    proxy_http_version 1.1;
+    proxy_request_buffering off;
+    proxy_buffering off;
+    proxy_buffer_size 64k;
+    proxy_buffers 4 64k;
+    proxy_busy_buffers_size 128k;
+    client_body_buffer_size 64k;
+    proxy_set_header Connection "";
+    proxy_set_header Host $http_host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Forwarded-Host $host;
+    proxy_set_header X-Request-Id $request_id;
+    add_header X-Request-Id $request_id always;
+{headers}    location / {{ proxy_pass http://up; }}
+  }}
+}}
+"#
+        )
+    })
+    .await
+}
+
+fn node_yaml(upstream: &str, issuer: &str, workers: usize) -> String {
+    format!(
+        "http:
+  workers: {workers}
+policies:
+  - name: ocis
+    routes:
+      - endpoint: /bench
+        backend: {upstream}
+        unprotected: true
+      - endpoint: /
+        backend: {upstream}
+oidc:
+  issuer: {issuer}
+auto_provision_accounts: true
+token_manager:
+  jwt_secret: bench-secret
+pre_signed_url:
+  serve_signing_keys: true
+  signing_keys: {{store: memory}}
+"
+    )
+}
+
+/// Response headers the node adds that the upstream did not send and nginx does not set itself
+/// (its own request id is configured separately): what nginx must add to do the same work.
+fn added_headers(node: &http::HeaderMap, upstream: &http::HeaderMap) -> Vec<(String, String)> {
+    const OWN: [&str; 7] = [
+        "date",
+        "server",
+        "content-length",
+        "content-type",
+        "connection",
+        "keep-alive",
+        "x-request-id",
+    ];
+    let mut out: Vec<(String, String)> = node
+        .iter()
+        .filter(|(n, _)| !OWN.contains(&n.as_str()) && !upstream.contains_key(*n))
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `gatehouse-chaos fair [rounds] [seconds] [unpinned|pinned|both]`.
+pub async fn run(settings: Settings) -> Result<Results, String> {
+    let idp = tokio::task::spawn_blocking(Idp::start)
+        .await
+        .map_err(|e| format!("starting the OpenID provider: {e}"))?;
+    let upstream = upstream().await;
+    let token = idp.user_token("einstein", TokenOptions::jwt()).await;
+    let bearer = format!("Bearer {}", token.access_token());
+    let mut samples = Vec::new();
+    let mut report = String::new();
+    for &mode in &settings.modes {
+        let stack = start_mode(mode, &idp, &upstream).await?;
+        let targets = targets(&stack, &bearer).await?;
+        let _ = writeln!(report, "\n## {}\n", mode.name());
+        samples.extend(run_mode(&settings, &stack, &targets, &mut report).await?);
+    }
+    let bad: Vec<String> = samples
+        .iter()
+        .filter(|s| s.outcome.non_2xx > 0 || s.outcome.completed == 0)
+        .map(|s| {
+            format!(
+                "{:?} {} {} round {}: {} non-2xx of {}",
+                s.mode, s.phase, s.target, s.round, s.outcome.non_2xx, s.outcome.completed
+            )
+        })
+        .collect();
+    if bad.is_empty() {
+        Ok(Results {
+            report,
+            json: serde_json::to_string(&samples).unwrap_or_default(),
+        })
+    } else {
+        Err(bad.join("\n"))
+    }
+}
+
+async fn start_mode<'a>(mode: Mode, idp: &Idp, upstream: &'a Nginx) -> Result<Stack<'a>, String> {
+    let workers = mode.workers();
+    let node = GatehouseNode::start_with(
+        NodeOptions::new(&node_yaml(&upstream.url(""), &idp.issuer(), workers))
+            .env("PROXY_LOG_LEVEL", "error"),
+    )
+    .await;
+    let probe = "/bench/hello";
+    let from_node = get(&node.url(probe)).await;
+    let direct = get(&upstream.url(probe)).await;
+    if from_node.status != 200 || direct.status != 200 {
+        return Err(format!(
+            "{probe}: node {}, upstream {}",
+            from_node.status, direct.status
+        ));
+    }
+    let add = added_headers(&from_node.headers, &direct.headers);
+    let nginx = nginx_alike(upstream.addr, workers, &add).await;
+    let from_nginx = get(&nginx.url(probe)).await;
+    let missing: Vec<&str> = add
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .chain(["x-request-id"])
+        .filter(|n| !from_nginx.headers.contains_key(*n))
+        .collect();
+    if from_nginx.status != 200 || !missing.is_empty() {
+        return Err(format!(
+            "nginx alike: {} and missing {missing:?}",
+            from_nginx.status
+        ));
+    }
+    let pinned = mode == Mode::Pinned;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if pinned && cores < 2 {
+        return Err(format!(
+            "the pinned mode needs 2 cores, this machine has {cores}"
+        ));
+    }
+    let all_cores = format!("0-{}", cores - 1);
+    let core = |n: &str| {
+        if pinned {
+            n.to_owned()
+        } else {
+            all_cores.clone()
+        }
+    };
+    procstat::pin(&procstat::tree(node.pid()), &core("1"))?;
+    procstat::pin(&procstat::tree(nginx.pid()), &core("1"))?;
+    procstat::pin(&procstat::tree(upstream.pid()), &core("0"))?;
+    procstat::pin(&procstat::tree(idp.pid()), &core("0"))?;
+    procstat::pin(&[std::process::id()], &core("0"))?;
+    println!(
+        "{}: nginx adds {} headers like the node: {}",
+        mode.name(),
+        add.len(),
+        add.iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(Stack {
+        upstream,
+        nginx,
+        node,
+        pinned,
+    })
+}
+
+async fn targets(stack: &Stack<'_>, bearer: &str) -> Result<Vec<Target>, String> {
+    let auth = vec![("authorization".to_owned(), bearer.to_owned())];
+    // The first protected request provisions the user the signed link names.
+    let r = get_with(
+        &stack.node.url("/ocs/v1.php/cloud/user/signing-key"),
+        &[("authorization", bearer)],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body)
+        .map_err(|e| format!("signing key answer {}: {e}", r.status))?;
+    let key = v["ocs"]["data"]["signing-key"]
+        .as_str()
+        .ok_or_else(|| format!("no signing key ({}): {}", r.status, r.text()))?;
+    let host = stack.node.http.to_string();
+    let link = sign(
+        &Link {
+            host: &host,
+            path: "/dl/hello",
+            params: "",
+            user: "einstein",
+            verb: "GET",
+            signed_at: SystemTime::now(),
+            expires: Duration::from_secs(3600),
+        },
+        key,
+    );
+    for (what, url, h) in [
+        ("cached token", stack.node.url("/auth/hello"), &auth[..]),
+        ("signed URL", stack.node.url(&link), &[][..]),
+    ] {
+        let h: Vec<(&str, &str)> = h.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let r = get_with(&url, &h).await;
+        if r.status != 200 {
+            return Err(format!("{what}: {} {}", r.status, r.text()));
+        }
+    }
+    let t = |name, proxy, kind, path: &str, method, headers: &[(String, String)]| Target {
+        name,
+        proxy,
+        kind,
+        paths: vec![path.to_owned()],
+        method,
+        headers: headers.to_vec(),
+    };
+    use Kind::*;
+    use Proxy::*;
+    Ok(vec![
+        t(
+            "nginx unprotected",
+            Nginx,
+            Small,
+            "/bench/hello",
+            "GET",
+            &[],
+        ),
+        t(
+            "gatehouse unprotected",
+            Node,
+            Small,
+            "/bench/hello",
+            "GET",
+            &[],
+        ),
+        t(
+            "gatehouse cached token",
+            Node,
+            Small,
+            "/auth/hello",
+            "GET",
+            &auth,
+        ),
+        t(
+            "gatehouse cached signed URL",
+            Node,
+            Small,
+            &link,
+            "GET",
+            &[],
+        ),
+        t(
+            "nginx 1 MiB download",
+            Nginx,
+            Download,
+            "/bench/big",
+            "GET",
+            &[],
+        ),
+        t(
+            "gatehouse 1 MiB download",
+            Node,
+            Download,
+            "/bench/big",
+            "GET",
+            &[],
+        ),
+        t(
+            "nginx 1 MiB upload",
+            Nginx,
+            Upload,
+            "/bench/upload",
+            "PUT",
+            &[],
+        ),
+        t(
+            "gatehouse 1 MiB upload",
+            Node,
+            Upload,
+            "/bench/upload",
+            "PUT",
+            &[],
+        ),
+    ])
+}
+
+async fn run_mode(
+    settings: &Settings,
+    stack: &Stack<'_>,
+    targets: &[Target],
+    report: &mut String,
+) -> Result<Vec<Sample>, String> {
+    let mut all = Vec::new();
+    let saturation = phase(settings, stack, targets, "saturation", |_| None).await?;
+    // The slower proxy's capacity per kind, from the unprotected pair (median over rounds).
+    let capacity = |kind: Kind| {
+        [Proxy::Nginx, Proxy::Node]
+            .iter()
+            .filter_map(|&p| {
+                let rps: Vec<f64> = saturation
+                    .iter()
+                    .filter(|s| s.kind == kind && s.proxy == p && !s.target.contains("cached"))
+                    .map(|s| s.outcome.requests_per_sec)
+                    .collect();
+                Spread::of(&rps).map(|s| s.median)
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let caps = [
+        (Kind::Small, capacity(Kind::Small)),
+        (Kind::Download, capacity(Kind::Download)),
+        (Kind::Upload, capacity(Kind::Upload)),
+    ];
+    section(report, "saturation (closed loop)", &saturation);
+    all.extend(saturation);
+    for level in LEVELS {
+        let name = format!("{:.0} % of the slower proxy's capacity", level * 100.0);
+        let samples = phase(settings, stack, targets, &name, |k| {
+            caps.iter().find(|(c, _)| *c == k).map(|(_, r)| r * level)
+        })
+        .await?;
+        section(report, &format!("open loop at {name}"), &samples);
+        all.extend(samples);
+    }
+    ratios(report, &all);
+    Ok(all)
+}
+
+async fn phase(
+    settings: &Settings,
+    stack: &Stack<'_>,
+    targets: &[Target],
+    name: &str,
+    rate: impl Fn(Kind) -> Option<f64>,
+) -> Result<Vec<Sample>, String> {
+    let mut out = Vec::new();
+    for round in 1..=settings.rounds {
+        for t in targets {
+            let s = measure(settings, stack, t, rate(t.kind), name, round).await?;
+            eprintln!(
+                "{name} round {round} {}: {:.0} req/s, p99 {} µs, proxy {:.1} µs/req",
+                t.name, s.outcome.requests_per_sec, s.outcome.p99_us, s.proxy_cpu_us
+            );
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+async fn measure(
+    settings: &Settings,
+    stack: &Stack<'_>,
+    t: &Target,
+    rate: Option<f64>,
+    phase: &str,
+    round: usize,
+) -> Result<Sample, String> {
+    let streaming = t.kind != Kind::Small;
+    let spec = Spec {
+        addr: stack.addr(t.proxy),
+        paths: t.paths.clone(),
+        method: t.method.to_owned(),
+        headers: t.headers.clone(),
+        body_bytes: if t.kind == Kind::Upload {
+            STREAM_BYTES
+        } else {
+            0
+        },
+        connections: if streaming {
+            STREAM_CONNECTIONS
+        } else {
+            CONNECTIONS
+        },
+        rate,
+        warmup_ms: WARMUP_MS,
+        measure_ms: settings.seconds * 1000,
+    };
+    let exe = &settings.generator;
+    let json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
+    let mut cmd = if stack.pinned {
+        let mut c = tokio::process::Command::new("taskset");
+        c.arg("-c").arg("0").arg(exe);
+        c
+    } else {
+        tokio::process::Command::new(exe)
+    };
+    let mut child = cmd
+        .arg("load")
+        .arg(json)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("load generator: {e}"))?;
+    let generator = child.id().ok_or("load generator exited at once")?;
+    let proxy = procstat::tree(stack.pid(t.proxy));
+    let upstream = procstat::tree(stack.upstream.pid());
+    let read = || {
+        (
+            procstat::usage(&proxy),
+            procstat::usage(&upstream),
+            procstat::usage(&[generator]),
+            procstat::steal_and_total(),
+        )
+    };
+    let stdout = child.stdout.take().ok_or("no generator stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut before, mut after, mut outcome) = (None, None, None);
+    while let Some(line) = lines.next_line().await.map_err(|e| e.to_string())? {
+        match line.as_str() {
+            "measure" => before = Some(read()),
+            "done" => after = Some(read()),
+            l => {
+                if let Some(json) = l.strip_prefix("result ") {
+                    outcome =
+                        Some(serde_json::from_str::<Outcome>(json).map_err(|e| e.to_string())?);
+                }
+            }
+        }
+    }
+    let status = child.wait().await.map_err(|e| e.to_string())?;
+    let (Some(b), Some(a), Some(outcome)) = (before, after, outcome) else {
+        return Err(format!(
+            "{}: the load generator ended with {status}",
+            t.name
+        ));
+    };
+    let n = outcome.completed.max(1) as f64;
+    let per_req = |after: Usage, before: Usage| (after - before).cpu_ns as f64 / 1e3 / n;
+    let (steal, total) = (a.3.0.saturating_sub(b.3.0), a.3.1.saturating_sub(b.3.1));
+    Ok(Sample {
+        mode: if stack.pinned {
+            Mode::Pinned
+        } else {
+            Mode::Unpinned
+        },
+        phase: phase.to_owned(),
+        target: t.name,
+        proxy: t.proxy,
+        kind: t.kind,
+        round,
+        offered: rate,
+        proxy_cpu_us: per_req(a.0, b.0),
+        upstream_cpu_us: per_req(a.1, b.1),
+        generator_cpu_us: per_req(a.2, b.2),
+        proxy_switches: (a.0 - b.0).context_switches as f64 / n,
+        steal_pct: if total > 0 {
+            steal as f64 * 100.0 / total as f64
+        } else {
+            0.0
+        },
+        outcome,
+    })
+}
+
+/// Median (min–max) over rounds of `f` for the samples of `target`.
+fn spread(samples: &[Sample], target: &str, f: impl Fn(&Sample) -> f64) -> Option<Spread> {
+    let v: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.target == target)
+        .map(f)
+        .collect();
+    Spread::of(&v)
+}
+
+fn section(report: &mut String, title: &str, samples: &[Sample]) {
+    let _ = writeln!(report, "### {title}\n");
+    let _ = writeln!(
+        report,
+        "| target | offered req/s | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req | upstream µs/req | generator µs/req | proxy switches/req | MiB per proxy CPU s | steal % |"
+    );
+    let _ = writeln!(
+        report,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let mut names: Vec<&str> = Vec::new();
+    for s in samples {
+        if !names.contains(&s.target) {
+            names.push(s.target);
+        }
+    }
+    for name in names {
+        let m = |f: &dyn Fn(&Sample) -> f64, d: usize| {
+            spread(samples, name, f).map_or_else(String::new, |s| format!("{:.d$}", s.median))
+        };
+        let cpu = spread(samples, name, |s| s.proxy_cpu_us).map_or_else(String::new, |s| s.show(1));
+        let kind = samples.iter().find(|s| s.target == name).map(|s| s.kind);
+        let mib = if kind == Some(Kind::Small) {
+            String::new()
+        } else {
+            spread(samples, name, Sample::mib_per_cpu_s).map_or_else(String::new, |s| s.show(0))
+        };
+        let steal = spread(samples, name, |s| s.steal_pct).map_or(0.0, |s| s.max);
+        let _ = writeln!(
+            report,
+            "| {name} | {} | {} | {} | {} | {} | {cpu} | {} | {} | {} | {mib} | ≤ {steal:.1} |",
+            m(&|s| s.offered.unwrap_or(f64::NAN), 0),
+            spread(samples, name, |s| s.outcome.requests_per_sec)
+                .map_or_else(String::new, |s| s.show(0)),
+            m(&|s| f64::from(s.outcome.p50_us) / 1e3, 3),
+            m(&|s| f64::from(s.outcome.p99_us) / 1e3, 3),
+            m(&|s| f64::from(s.outcome.p999_us) / 1e3, 3),
+            m(&|s| s.upstream_cpu_us, 1),
+            m(&|s| s.generator_cpu_us, 1),
+            m(&|s| s.proxy_switches, 2),
+        );
+    }
+    let _ = writeln!(report);
+}
+
+/// The issue's targets, from the medians of this mode's samples.
+fn ratios(report: &mut String, all: &[Sample]) {
+    let med = |phase: &str, target: &str, f: &dyn Fn(&Sample) -> f64| {
+        let v: Vec<f64> = all
+            .iter()
+            .filter(|s| s.phase.starts_with(phase) && s.target == target)
+            .map(f)
+            .collect();
+        Spread::of(&v).map_or(f64::NAN, |s| s.median)
+    };
+    let cpu = |s: &Sample| s.proxy_cpu_us;
+    let rps = |s: &Sample| s.outcome.requests_per_sec;
+    let p99 = |s: &Sample| f64::from(s.outcome.p99_us);
+    let mib = |s: &Sample| s.mib_per_cpu_s();
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    let mut line = |text: String| {
+        let _ = writeln!(report, "- {text}");
+    };
+    let (ng, gh) = ("nginx unprotected", "gatehouse unprotected");
+    for phase in ["saturation", "50 %", "80 %"] {
+        let r = med(phase, gh, &cpu) / med(phase, ng, &cpu);
+        line(format!(
+            "{phase}: gatehouse / nginx proxy CPU per request {r:.2}× (target ≤ 1.0: {})",
+            verdict(r <= 1.0)
+        ));
+    }
+    let r = med("saturation", gh, &rps) / med("saturation", ng, &rps);
+    line(format!(
+        "saturation: gatehouse / nginx throughput {r:.2}× (target ≥ 1.0: {})",
+        verdict(r >= 1.0)
+    ));
+    for phase in ["50 %", "80 %"] {
+        let r = med(phase, gh, &p99) / med(phase, ng, &p99);
+        line(format!(
+            "{phase}: gatehouse / nginx p99 at the same offered load {r:.2}× (target ≤ 1.5: {})",
+            verdict(r <= 1.5)
+        ));
+    }
+    for t in ["gatehouse cached token", "gatehouse cached signed URL"] {
+        let by_cpu = med("50 %", gh, &cpu) / med("50 %", t, &cpu);
+        let by_rps = med("saturation", t, &rps) / med("saturation", gh, &rps);
+        line(format!(
+            "{t} / unprotected: capacity by proxy CPU at 50 % {by_cpu:.2}×, saturation throughput {by_rps:.2}× (target ≥ 0.9: {})",
+            verdict(by_cpu >= 0.9)
+        ));
+    }
+    for (n, g) in [
+        ("nginx 1 MiB download", "gatehouse 1 MiB download"),
+        ("nginx 1 MiB upload", "gatehouse 1 MiB upload"),
+    ] {
+        let r = med("50 %", g, &mib) / med("50 %", n, &mib);
+        line(format!(
+            "{g}: bytes per proxy CPU second at 50 % {r:.2}× nginx's (target ≥ 1.0: {})",
+            verdict(r >= 1.0)
+        ));
+    }
+    let _ = writeln!(report);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_adds_what_the_node_adds_and_the_upstream_did_not_send() {
+        let mut node = http::HeaderMap::new();
+        for (n, v) in [
+            ("date", "x"),
+            ("content-type", "text/plain"),
+            ("x-request-id", "id"),
+            ("x-frame-options", "SAMEORIGIN"),
+            ("content-security-policy", "default-src 'none'"),
+            ("etag", "\"1\""),
+        ] {
+            node.insert(
+                http::HeaderName::from_static(n),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        let mut up = http::HeaderMap::new();
+        up.insert("etag", http::HeaderValue::from_static("\"1\""));
+        assert_eq!(
+            added_headers(&node, &up),
+            vec![
+                (
+                    "content-security-policy".to_owned(),
+                    "default-src 'none'".to_owned()
+                ),
+                ("x-frame-options".to_owned(), "SAMEORIGIN".to_owned()),
+            ]
+        );
+    }
+}
