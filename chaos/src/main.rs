@@ -225,22 +225,7 @@ fn unix_now() -> u64 {
 
 /// The node's configuration: the same upstream behind an unprotected and a protected route.
 fn node_yaml(upstream: &str, issuer: &str) -> String {
-    format!(
-        "policies:
-  - name: ocis
-    routes:
-      - endpoint: /bench
-        backend: {upstream}
-        unprotected: true
-      - endpoint: /auth
-        backend: {upstream}
-oidc:
-  issuer: {issuer}
-auto_provision_accounts: true
-token_manager:
-  jwt_secret: bench-secret
-"
-    )
+    fair::node_yaml(upstream, issuer, 0)
 }
 
 /// What every benchmark scenario starts first: the test OpenID provider and the nginx static

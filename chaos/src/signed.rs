@@ -17,32 +17,10 @@ use gatehouse_tests::idp::TokenOptions;
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
 use gatehouse_tests::signing::{Link, sign};
 
-use crate::{Run, WARMUP, Wrk, print_table, provider_and_upstream};
+use crate::{Run, WARMUP, Wrk, node_yaml, print_table, provider_and_upstream};
 
 /// Distinct links prepared for the uncached run (about 4 ms of client CPU each).
 const DISTINCT_LINKS: usize = 6000;
-
-fn node_yaml(upstream: &str, issuer: &str) -> String {
-    format!(
-        "policies:
-  - name: ocis
-    routes:
-      - endpoint: /bench
-        backend: {upstream}
-        unprotected: true
-      - endpoint: /
-        backend: {upstream}
-oidc:
-  issuer: {issuer}
-auto_provision_accounts: true
-token_manager:
-  jwt_secret: bench-secret
-pre_signed_url:
-  serve_signing_keys: true
-  signing_keys: {{store: memory}}
-"
-    )
-}
 
 async fn derivations(node: &GatehouseNode) -> Result<u64, String> {
     let text = get(&node.debug_url("/metrics")).await.text();

@@ -52,7 +52,6 @@ impl Nginx {
     pub async fn start(backends: &[SocketAddr], opts: LbOptions) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = crate::free_port();
-        let d = dir.path().display();
         let location = if backends.is_empty() {
             "default_type text/plain; return 200 \"hello from upstream\\n\";"
         } else {
@@ -63,16 +62,9 @@ impl Nginx {
             .map(|b| format!("    server {b} max_fails=0;\n"))
             .collect();
         let user = if is_root() { "user root root;\n" } else { "" };
+        let preamble = Self::preamble(dir.path(), opts.workers);
         let conf = format!(
-            r#"{user}worker_processes {workers};
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/tmp_body; proxy_temp_path {d}/tmp_proxy;
-  fastcgi_temp_path {d}/tmp_fcgi; uwsgi_temp_path {d}/tmp_uwsgi; scgi_temp_path {d}/tmp_scgi;
+            r#"{user}{preamble}
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
 {upstream}
   server {{
@@ -91,7 +83,6 @@ http {{
   }}
 }}
 "#,
-            workers = opts.workers,
             upstream = if backends.is_empty() {
                 String::new()
             } else {
@@ -116,19 +107,11 @@ http {{
     ) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = crate::free_port();
-        let d = dir.path().display();
         let user = if is_root() { "user root root;\n" } else { "" };
         let (cert, key) = (cert.display(), key.display());
+        let preamble = Self::preamble(dir.path(), 1);
         let conf = format!(
-            r#"{user}worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/tmp_body; proxy_temp_path {d}/tmp_proxy;
-  fastcgi_temp_path {d}/tmp_fcgi; uwsgi_temp_path {d}/tmp_uwsgi; scgi_temp_path {d}/tmp_scgi;
+            r#"{user}{preamble}
   ssl_certificate {cert};
   ssl_certificate_key {key};
   server {{
@@ -143,6 +126,23 @@ http {{
 "#
         );
         Self::spawn(dir, &conf, port).await
+    }
+
+    /// The start of every configuration here: `workers` worker processes in the foreground, pid,
+    /// logs and temp files under `dir`, no access log, and an open `http {` block.
+    pub fn preamble(dir: &std::path::Path, workers: usize) -> String {
+        let d = dir.display();
+        format!(
+            r#"worker_processes {workers};
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp_body; proxy_temp_path {d}/tmp_proxy;
+  fastcgi_temp_path {d}/tmp_fcgi; uwsgi_temp_path {d}/tmp_uwsgi; scgi_temp_path {d}/tmp_scgi;"#
+        )
     }
 
     /// nginx with a whole configuration of the caller's: `conf` gets the prefix directory (for

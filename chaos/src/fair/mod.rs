@@ -163,17 +163,10 @@ impl Stack<'_> {
 async fn upstream() -> Nginx {
     Nginx::with_conf(|d, port| {
         std::fs::write(d.join("big.bin"), vec![b'd'; STREAM_BYTES]).expect("write big.bin");
+        let preamble = Nginx::preamble(d, 1);
         let d = d.display();
         format!(
-            r#"worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/tmp_body; proxy_temp_path {d}/tmp_proxy;
-  fastcgi_temp_path {d}/tmp_fcgi; uwsgi_temp_path {d}/tmp_uwsgi; scgi_temp_path {d}/tmp_scgi;
+            r#"{preamble}
   keepalive_requests 100000000;
   keepalive_timeout 300s;
   server {{
@@ -198,17 +191,9 @@ async fn nginx_alike(upstream: SocketAddr, workers: usize, add: &[(String, Strin
         let _ = writeln!(headers, "    add_header {n} \"{v}\" always;");
     }
     Nginx::with_conf(|d, port| {
-        let d = d.display();
+        let preamble = Nginx::preamble(d, workers);
         format!(
-            r#"worker_processes {workers};
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/tmp_body; proxy_temp_path {d}/tmp_proxy;
-  fastcgi_temp_path {d}/tmp_fcgi; uwsgi_temp_path {d}/tmp_uwsgi; scgi_temp_path {d}/tmp_scgi;
+            r#"{preamble}
   keepalive_requests 100000000;
   keepalive_timeout 300s;
   upstream up {{
@@ -243,7 +228,9 @@ http {{
     .await
 }
 
-fn node_yaml(upstream: &str, issuer: &str, workers: usize) -> String {
+/// A benchmark node's configuration: `/bench` unprotected, everything else protected (bearer
+/// tokens, signed URLs with keys in memory), `workers` HTTP workers (0: one per core).
+pub fn node_yaml(upstream: &str, issuer: &str, workers: usize) -> String {
     format!(
         "http:
   workers: {workers}
