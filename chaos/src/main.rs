@@ -524,6 +524,15 @@ async fn main() {
             seconds,
             modes,
             generator: std::env::current_exe().unwrap_or_else(|_| "gatehouse-chaos".into()),
+            // GATEHOUSE_FAIR_ONLY="signed URL,download": a subset, to compare two builds quickly.
+            only: std::env::var("GATEHOUSE_FAIR_ONLY")
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_owned())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         match fair::run(settings).await {
             Ok(outcome) => {

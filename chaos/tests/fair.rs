@@ -12,6 +12,7 @@ async fn the_fair_benchmark_measures_every_target_with_nginx_doing_the_same_work
         seconds: 1,
         modes: vec![Mode::Unpinned],
         generator: env!("CARGO_BIN_EXE_gatehouse-chaos").into(),
+        only: Vec::new(),
     };
     let outcome = run(settings).await.unwrap_or_else(|e| panic!("{e}"));
     for target in [

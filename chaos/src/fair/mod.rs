@@ -56,6 +56,9 @@ pub struct Settings {
     pub modes: Vec<Mode>,
     /// The `gatehouse-chaos` binary, whose `load` command is the load generator.
     pub generator: std::path::PathBuf,
+    /// Only the targets whose names contain one of these (all when empty); the unprotected pair
+    /// is always measured, since the offered loads follow from it.
+    pub only: Vec<String>,
 }
 
 /// The Markdown tables with the targets, and every sample as JSON.
@@ -287,7 +290,15 @@ pub async fn run(settings: Settings) -> Result<Results, String> {
     let mut report = String::new();
     for &mode in &settings.modes {
         let stack = start_mode(mode, &idp, &upstream).await?;
-        let targets = targets(&stack, &bearer).await?;
+        let targets: Vec<Target> = targets(&stack, &bearer)
+            .await?
+            .into_iter()
+            .filter(|t| {
+                settings.only.is_empty()
+                    || t.name.ends_with(" unprotected")
+                    || settings.only.iter().any(|o| t.name.contains(o.as_str()))
+            })
+            .collect();
         let _ = writeln!(report, "\n## {}\n", mode.name());
         samples.extend(run_mode(&settings, &stack, &targets, &mut report).await?);
     }
