@@ -24,6 +24,10 @@ async fn the_fair_benchmark_measures_every_target_with_nginx_doing_the_same_work
         "gatehouse 1 MiB download",
         "nginx 1 MiB upload",
         "gatehouse 1 MiB upload",
+        "nginx HTTP/2 (h2c)",
+        "gatehouse HTTP/2 (h2c)",
+        "nginx TLS",
+        "gatehouse TLS",
     ] {
         assert_eq!(
             outcome.report.matches(&format!("| {target} |")).count(),
@@ -40,7 +44,7 @@ async fn the_fair_benchmark_measures_every_target_with_nginx_doing_the_same_work
         outcome.report
     );
     let samples: Vec<serde_json::Value> = serde_json::from_str(&outcome.json).expect("JSON");
-    assert_eq!(samples.len(), 8 * 3);
+    assert_eq!(samples.len(), 12 * 3);
     for s in &samples {
         assert!(s["proxy_cpu_us"].as_f64().is_some_and(|v| v > 0.0), "{s}");
         assert!(

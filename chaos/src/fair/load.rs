@@ -19,9 +19,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 use super::stats::quantile;
 
@@ -40,6 +42,12 @@ pub struct Spec {
     pub rate: Option<f64>,
     pub warmup_ms: u64,
     pub measure_ms: u64,
+    /// HTTP/2 with prior knowledge (h2c), one stream at a time per connection.
+    #[serde(default)]
+    pub http2: bool,
+    /// TLS (HTTP/1.1) to `localhost`, trusting this PEM certificate.
+    #[serde(default)]
+    pub tls_ca_pem: Option<String>,
 }
 
 /// What the measurement window saw.
@@ -99,6 +107,7 @@ fn say(line: &str) {
 
 struct Prepared {
     spec: Spec,
+    tls: Option<TlsConnector>,
     method: Method,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
@@ -108,10 +117,14 @@ struct Prepared {
 
 async fn generate(spec: Spec) -> Result<Outcome, String> {
     let method = Method::from_bytes(spec.method.as_bytes()).map_err(|e| e.to_string())?;
-    let mut headers = vec![(
-        http::header::HOST,
-        HeaderValue::from_str(&spec.addr.to_string()).map_err(|e| e.to_string())?,
-    )];
+    // HTTP/2 carries the authority in the request URI instead.
+    let mut headers = Vec::new();
+    if !spec.http2 {
+        headers.push((
+            http::header::HOST,
+            HeaderValue::from_str(&spec.addr.to_string()).map_err(|e| e.to_string())?,
+        ));
+    }
     for (n, v) in &spec.headers {
         headers.push((
             HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("header {n}: {e}"))?,
@@ -121,7 +134,9 @@ async fn generate(spec: Spec) -> Result<Outcome, String> {
     let start = Instant::now();
     let measure_start = start + Duration::from_millis(spec.warmup_ms);
     let end = measure_start + Duration::from_millis(spec.measure_ms);
+    let tls = spec.tls_ca_pem.as_deref().map(tls_connector).transpose()?;
     let p = std::sync::Arc::new(Prepared {
+        tls,
         body: Bytes::from(vec![b'u'; spec.body_bytes]),
         method,
         headers,
@@ -163,18 +178,82 @@ async fn generate(spec: Spec) -> Result<Outcome, String> {
     })
 }
 
-type Sender = http1::SendRequest<Full<Bytes>>;
+/// A client TLS configuration that trusts only `pem` (the benchmark's self-signed certificate).
+fn tls_connector(pem: &str) -> Result<TlsConnector, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        roots
+            .add(cert.map_err(|e| format!("tls_ca_pem: {e}"))?)
+            .map_err(|e| format!("tls_ca_pem: {e}"))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(std::sync::Arc::new(config)))
+}
 
-async fn connect(addr: SocketAddr) -> Result<Sender, String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
+
+async fn connect(p: &Prepared) -> Result<Sender, String> {
+    let tcp = tokio::net::TcpStream::connect(p.spec.addr)
         .await
         .map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (send, conn) = http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    Ok(send)
+    match &p.tls {
+        Some(tls) => {
+            let name =
+                rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+            let stream = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
+            handshake(stream, p.spec.http2).await
+        }
+        None => handshake(tcp, p.spec.http2).await,
+    }
+}
+
+async fn handshake<T>(io: T, h2: bool) -> Result<Sender, String>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 {
+        let (send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(Sender::H2(send))
+    } else {
+        let (send, conn) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(Sender::H1(send))
+    }
 }
 
 async fn connection(i: usize, p: std::sync::Arc<Prepared>, start: Instant) -> ConnStats {
@@ -192,7 +271,7 @@ async fn connection(i: usize, p: std::sync::Arc<Prepared>, start: Instant) -> Co
     let mut prev_done = start;
     let mut k = i;
     'connections: while Instant::now() < p.end {
-        let mut send = match connect(spec.addr).await {
+        let mut send = match connect(&p).await {
             Ok(send) => send,
             Err(_) => {
                 s.transport_errors += 1;
@@ -215,7 +294,13 @@ async fn connection(i: usize, p: std::sync::Arc<Prepared>, start: Instant) -> Co
             }
             let mut req = Request::new(Full::new(p.body.clone()));
             *req.method_mut() = p.method.clone();
-            *req.uri_mut() = match spec.paths[k % spec.paths.len()].parse() {
+            let path = &spec.paths[k % spec.paths.len()];
+            let uri = if spec.http2 {
+                format!("http://{}{path}", spec.addr).parse()
+            } else {
+                path.parse()
+            };
+            *req.uri_mut() = match uri {
                 Ok(u) => u,
                 Err(_) => break 'connections,
             };
@@ -228,7 +313,7 @@ async fn connection(i: usize, p: std::sync::Arc<Prepared>, start: Instant) -> Co
                 s.transport_errors += 1;
                 continue 'connections;
             }
-            let resp = match send.send_request(req).await {
+            let resp = match send.send(req).await {
                 Ok(r) => r,
                 Err(_) => {
                     s.transport_errors += 1;

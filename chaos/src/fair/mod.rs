@@ -16,7 +16,9 @@
 //!   time of each measurement.
 //!
 //! The node-only targets (cached token, cached signed URL) are measured at the same offered load
-//! as the unprotected pair and compared with the node's unprotected figures.
+//! as the unprotected pair and compared with the node's unprotected figures. HTTP/2 (h2c, one
+//! stream at a time per connection) and TLS (HTTP/1.1, connections kept) are pairs of their own,
+//! with their own capacity; the TLS node is a second node process with the same configuration.
 
 pub mod load;
 mod procstat;
@@ -94,17 +96,36 @@ enum Proxy {
     Node,
 }
 
+/// How the client reaches the proxy: plain HTTP/1.1, HTTP/2 with prior knowledge, or TLS
+/// (HTTP/1.1). The node serves h2c on its plain port and TLS from a second node process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+enum Wire {
+    Plain,
+    H2c,
+    Tls,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 enum Kind {
     Small,
     Download,
     Upload,
+    /// Small requests over HTTP/2 or TLS: compared within their own pair.
+    H2c,
+    Tls,
+}
+
+impl Kind {
+    fn streams(self) -> bool {
+        matches!(self, Kind::Download | Kind::Upload)
+    }
 }
 
 struct Target {
     name: &'static str,
     proxy: Proxy,
     kind: Kind,
+    wire: Wire,
     paths: Vec<String>,
     method: &'static str,
     headers: Vec<(String, String)>,
@@ -141,24 +162,40 @@ impl Sample {
 /// upstream and the provider once.
 struct Stack<'a> {
     upstream: &'a Nginx,
-    nginx: Nginx,
+    nginx: AlikeNginx,
     node: GatehouseNode,
+    /// The same node configuration serving TLS.
+    node_tls: GatehouseNode,
+    /// The certificate both proxies present, trusted by the load generator.
+    cert_pem: String,
+    _certs: tempfile::TempDir,
     pinned: bool,
 }
 
 impl Stack<'_> {
-    fn addr(&self, p: Proxy) -> SocketAddr {
-        match p {
-            Proxy::Nginx => self.nginx.addr,
-            Proxy::Node => self.node.http,
+    fn addr(&self, p: Proxy, w: Wire) -> SocketAddr {
+        match (p, w) {
+            (Proxy::Nginx, Wire::Plain) => self.nginx.nginx.addr,
+            (Proxy::Nginx, Wire::H2c) => self.nginx.h2c,
+            (Proxy::Nginx, Wire::Tls) => self.nginx.tls,
+            (Proxy::Node, Wire::Tls) => self.node_tls.http,
+            (Proxy::Node, _) => self.node.http,
         }
     }
-    fn pid(&self, p: Proxy) -> u32 {
-        match p {
-            Proxy::Nginx => self.nginx.pid(),
-            Proxy::Node => self.node.pid(),
+    fn pid(&self, p: Proxy, w: Wire) -> u32 {
+        match (p, w) {
+            (Proxy::Nginx, _) => self.nginx.nginx.pid(),
+            (Proxy::Node, Wire::Tls) => self.node_tls.pid(),
+            (Proxy::Node, _) => self.node.pid(),
         }
     }
+}
+
+/// nginx configured like the node, listening three ways.
+struct AlikeNginx {
+    nginx: Nginx,
+    h2c: SocketAddr,
+    tls: SocketAddr,
 }
 
 /// The upstream both proxies forward to: a small answer, a 1 MiB file, and an upload sink (nginx
@@ -186,28 +223,17 @@ async fn upstream() -> Nginx {
     .await
 }
 
-/// nginx configured to do what the node does on an unprotected route.
-async fn nginx_alike(upstream: SocketAddr, workers: usize, add: &[(String, String)]) -> Nginx {
-    let mut headers = String::new();
-    for (n, v) in add {
-        let v = v.replace('\\', "\\\\").replace('"', "\\\"");
-        let _ = writeln!(headers, "    add_header {n} \"{v}\" always;");
-    }
-    Nginx::with_conf(|d, port| {
-        let preamble = Nginx::preamble(d, workers);
-        format!(
-            r#"{preamble}
-  keepalive_requests 100000000;
-  keepalive_timeout 300s;
-  upstream up {{
-    server {upstream};
-    keepalive 64;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-  }}
-  server {{
-    listen 127.0.0.1:{port} reuseport;
-    client_max_body_size 0;
+/// nginx configured to do what the node does on an unprotected route, on a plain HTTP/1.1
+/// port, an h2c port and a TLS port (`cert`, `key`: PEM files).
+async fn nginx_alike(
+    upstream: SocketAddr,
+    workers: usize,
+    add: &[(String, String)],
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> AlikeNginx {
+    let mut server = String::from(
+        r#"    client_max_body_size 0;
     proxy_http_version 1.1;
     proxy_request_buffering off;
     proxy_buffering off;
@@ -222,13 +248,49 @@ async fn nginx_alike(upstream: SocketAddr, workers: usize, add: &[(String, Strin
     proxy_set_header X-Forwarded-Host $host;
     proxy_set_header X-Request-Id $request_id;
     add_header X-Request-Id $request_id always;
-{headers}    location / {{ proxy_pass http://up; }}
+"#,
+    );
+    for (n, v) in add {
+        let v = v.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(server, "    add_header {n} \"{v}\" always;");
+    }
+    server.push_str("    location / { proxy_pass http://up; }\n");
+    let (h2c, tls) = (gatehouse_tests::free_port(), gatehouse_tests::free_port());
+    let (cert, key) = (cert.display(), key.display());
+    let nginx = Nginx::with_conf(|d, port| {
+        let preamble = Nginx::preamble(d, workers);
+        format!(
+            r#"{preamble}
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  upstream up {{
+    server {upstream};
+    keepalive 64;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
   }}
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+{server}  }}
+  server {{
+    listen 127.0.0.1:{h2c} reuseport http2;
+{server}  }}
+  server {{
+    listen 127.0.0.1:{tls} reuseport ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+{server}  }}
 }}
 "#
         )
     })
-    .await
+    .await;
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    AlikeNginx {
+        nginx,
+        h2c: at(h2c),
+        tls: at(tls),
+    }
 }
 
 /// A benchmark node's configuration: `/bench` unprotected, everything else protected (bearer
@@ -339,8 +401,23 @@ async fn start_mode<'a>(mode: Mode, idp: &Idp, upstream: &'a Nginx) -> Result<St
         ));
     }
     let add = added_headers(&from_node.headers, &direct.headers);
-    let nginx = nginx_alike(upstream.addr, workers, &add).await;
-    let from_nginx = get(&nginx.url(probe)).await;
+    let certs = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .map_err(|e| e.to_string())?;
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let cert_pem = ck.cert.pem();
+    std::fs::write(&cert, &cert_pem).map_err(|e| e.to_string())?;
+    std::fs::write(&key, ck.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
+    let node_tls = GatehouseNode::start_with(
+        NodeOptions::new(&node_yaml(&upstream.url(""), &idp.issuer(), workers))
+            .env("PROXY_LOG_LEVEL", "error")
+            .env("PROXY_TLS", "true")
+            .env("PROXY_TRANSPORT_TLS_CERT", &cert.display().to_string())
+            .env("PROXY_TRANSPORT_TLS_KEY", &key.display().to_string()),
+    )
+    .await;
+    let nginx = nginx_alike(upstream.addr, workers, &add, &cert, &key).await;
+    let from_nginx = get(&nginx.nginx.url(probe)).await;
     let missing: Vec<&str> = add
         .iter()
         .map(|(n, _)| n.as_str())
@@ -369,7 +446,8 @@ async fn start_mode<'a>(mode: Mode, idp: &Idp, upstream: &'a Nginx) -> Result<St
         }
     };
     procstat::pin(&procstat::tree(node.pid()), &core("1"))?;
-    procstat::pin(&procstat::tree(nginx.pid()), &core("1"))?;
+    procstat::pin(&procstat::tree(node_tls.pid()), &core("1"))?;
+    procstat::pin(&procstat::tree(nginx.nginx.pid()), &core("1"))?;
     procstat::pin(&procstat::tree(upstream.pid()), &core("0"))?;
     procstat::pin(&procstat::tree(idp.pid()), &core("0"))?;
     procstat::pin(&[std::process::id()], &core("0"))?;
@@ -386,6 +464,9 @@ async fn start_mode<'a>(mode: Mode, idp: &Idp, upstream: &'a Nginx) -> Result<St
         upstream,
         nginx,
         node,
+        node_tls,
+        cert_pem,
+        _certs: certs,
         pinned,
     })
 }
@@ -430,29 +511,21 @@ async fn targets(stack: &Stack<'_>, bearer: &str) -> Result<Vec<Target>, String>
         name,
         proxy,
         kind,
+        wire: match kind {
+            Kind::H2c => Wire::H2c,
+            Kind::Tls => Wire::Tls,
+            _ => Wire::Plain,
+        },
         paths: vec![path.to_owned()],
         method,
         headers: headers.to_vec(),
     };
     use Kind::*;
     use Proxy::*;
+    let open = "/bench/hello";
     Ok(vec![
-        t(
-            "nginx unprotected",
-            Nginx,
-            Small,
-            "/bench/hello",
-            "GET",
-            &[],
-        ),
-        t(
-            "gatehouse unprotected",
-            Node,
-            Small,
-            "/bench/hello",
-            "GET",
-            &[],
-        ),
+        t("nginx unprotected", Nginx, Small, open, "GET", &[]),
+        t("gatehouse unprotected", Node, Small, open, "GET", &[]),
         t(
             "gatehouse cached token",
             Node,
@@ -501,6 +574,10 @@ async fn targets(stack: &Stack<'_>, bearer: &str) -> Result<Vec<Target>, String>
             "PUT",
             &[],
         ),
+        t("nginx HTTP/2 (h2c)", Nginx, H2c, open, "GET", &[]),
+        t("gatehouse HTTP/2 (h2c)", Node, H2c, open, "GET", &[]),
+        t("nginx TLS", Nginx, Tls, open, "GET", &[]),
+        t("gatehouse TLS", Node, Tls, open, "GET", &[]),
     ])
 }
 
@@ -527,10 +604,13 @@ async fn run_mode(
             .fold(f64::INFINITY, f64::min)
     };
     let caps = [
-        (Kind::Small, capacity(Kind::Small)),
-        (Kind::Download, capacity(Kind::Download)),
-        (Kind::Upload, capacity(Kind::Upload)),
-    ];
+        Kind::Small,
+        Kind::Download,
+        Kind::Upload,
+        Kind::H2c,
+        Kind::Tls,
+    ]
+    .map(|k| (k, capacity(k)));
     section(report, "saturation (closed loop)", &saturation);
     all.extend(saturation);
     for level in LEVELS {
@@ -575,9 +655,11 @@ async fn measure(
     phase: &str,
     round: usize,
 ) -> Result<Sample, String> {
-    let streaming = t.kind != Kind::Small;
+    let streaming = t.kind.streams();
     let spec = Spec {
-        addr: stack.addr(t.proxy),
+        addr: stack.addr(t.proxy, t.wire),
+        http2: t.wire == Wire::H2c,
+        tls_ca_pem: (t.wire == Wire::Tls).then(|| stack.cert_pem.clone()),
         paths: t.paths.clone(),
         method: t.method.to_owned(),
         headers: t.headers.clone(),
@@ -612,7 +694,7 @@ async fn measure(
         .spawn()
         .map_err(|e| format!("load generator: {e}"))?;
     let generator = child.id().ok_or("load generator exited at once")?;
-    let proxy = procstat::tree(stack.pid(t.proxy));
+    let proxy = procstat::tree(stack.pid(t.proxy, t.wire));
     let upstream = procstat::tree(stack.upstream.pid());
     let read = || {
         (
@@ -704,7 +786,7 @@ fn section(report: &mut String, title: &str, samples: &[Sample]) {
         };
         let cpu = spread(samples, name, |s| s.proxy_cpu_us).map_or_else(String::new, |s| s.show(1));
         let kind = samples.iter().find(|s| s.target == name).map(|s| s.kind);
-        let mib = if kind == Some(Kind::Small) {
+        let mib = if !kind.is_some_and(Kind::streams) {
             String::new()
         } else {
             spread(samples, name, Sample::mib_per_cpu_s).map_or_else(String::new, |s| s.show(0))
@@ -771,6 +853,16 @@ fn ratios(report: &mut String, all: &[Sample]) {
         line(format!(
             "{t} / unprotected: capacity by proxy CPU at 50 % {by_cpu:.2}×, saturation throughput {by_rps:.2}× (target ≥ 0.9: {})",
             verdict(by_cpu >= 0.9)
+        ));
+    }
+    for (n, g) in [
+        ("nginx HTTP/2 (h2c)", "gatehouse HTTP/2 (h2c)"),
+        ("nginx TLS", "gatehouse TLS"),
+    ] {
+        let r = med("50 %", g, &cpu) / med("50 %", n, &cpu);
+        line(format!(
+            "{g}: gatehouse / nginx proxy CPU per request at 50 % {r:.2}× (target ≤ 1.0: {})",
+            verdict(r <= 1.0)
         ));
     }
     for (n, g) in [
