@@ -171,18 +171,46 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
+/// The hop-by-hop headers removed whatever `Connection` names (`Upgrade` is handled apart).
+fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
+    [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+    ]
+}
+
 /// Removes hop-by-hop headers: the fixed list and every header named in `Connection`. With
 /// `keep_upgrade`, `Upgrade` stays and `Connection` is reduced to `upgrade`.
+///
+/// It runs twice per proxied request, so it first looks at the names once and removes only what
+/// is there: most requests carry none of these headers, and a removal hashes the name even
+/// when it is absent (18 removals were 5 % of an unprotected request's instructions).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(first) = headers.get(header::CONNECTION).cloned() {
-        let rest: Vec<HeaderValue> = headers
+    let fixed = fixed_hop_by_hop();
+    let mut present = [false; 7];
+    let (mut connection, mut upgrade) = (false, false);
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::UPGRADE {
+            upgrade = true;
+        } else if let Some(i) = fixed.iter().position(|f| *f == name) {
+            present[i] = true;
+        }
+    }
+    if connection {
+        let named: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .skip(1)
             .cloned()
             .collect();
         headers.remove(header::CONNECTION);
-        for v in std::iter::once(&first).chain(rest.iter()) {
+        for v in &named {
             let Ok(s) = v.to_str() else { continue };
             for token in s.split(',') {
                 let token = token.trim();
@@ -195,16 +223,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    headers.remove(header::TE);
-    headers.remove(header::TRAILER);
-    headers.remove(header::TRANSFER_ENCODING);
+    for (name, _) in fixed.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(*name);
+    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
     }
 }
@@ -356,6 +380,30 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-end-to-end"], "stays");
+
+        // Each fixed name alone, without Connection, and a header Connection names that also
+        // is a fixed one.
+        for name in [
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut h = headers(&[(name, "x"), ("x-end-to-end", "stays")]);
+            strip_hop_by_hop(&mut h, false);
+            assert!(!h.contains_key(name), "{name}: {h:?}");
+            assert_eq!(h.len(), 1, "{name}: {h:?}");
+        }
+        let mut h = headers(&[("connection", "te"), ("te", "trailers"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        let mut h = headers(&[("accept", "*/*")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "nothing to strip: {h:?}");
     }
 
     #[test]
