@@ -22,10 +22,9 @@ mod traced;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::Command;
-
-use gatehouse_chaos::fair;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use gatehouse_chaos::fair;
 use gatehouse_tests::client::get_with;
 use gatehouse_tests::idp::{Idp, TokenOptions};
 use gatehouse_tests::lb::{LbOptions, Nginx};

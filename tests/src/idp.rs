@@ -266,12 +266,12 @@ impl Idp {
         panic!("the OpenID provider did not start after {START_ATTEMPTS} attempts: {last_failure}");
     }
 
-    /// `http://127.0.0.1:<port>`, without a trailing slash, as in discovery.
     /// The provider's process id (to pin it, or to read what it used).
     pub fn pid(&self) -> u32 {
         self.process.pid()
     }
 
+    /// `http://127.0.0.1:<port>`, without a trailing slash, as in discovery.
     pub fn issuer(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -96,21 +96,13 @@ enum Proxy {
     Node,
 }
 
-/// How the client reaches the proxy: plain HTTP/1.1, HTTP/2 with prior knowledge, or TLS
-/// (HTTP/1.1). The node serves h2c on its plain port and TLS from a second node process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-enum Wire {
-    Plain,
-    H2c,
-    Tls,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 enum Kind {
     Small,
     Download,
     Upload,
-    /// Small requests over HTTP/2 or TLS: compared within their own pair.
+    /// Small requests over HTTP/2 with prior knowledge, or over TLS (HTTP/1.1): compared within
+    /// their own pair. The node serves h2c on its plain port and TLS from a second node process.
     H2c,
     Tls,
 }
@@ -125,8 +117,7 @@ struct Target {
     name: &'static str,
     proxy: Proxy,
     kind: Kind,
-    wire: Wire,
-    paths: Vec<String>,
+    path: String,
     method: &'static str,
     headers: Vec<(String, String)>,
 }
@@ -169,23 +160,23 @@ struct Stack<'a> {
     /// The certificate both proxies present, trusted by the load generator.
     cert_pem: String,
     _certs: tempfile::TempDir,
-    pinned: bool,
+    mode: Mode,
 }
 
 impl Stack<'_> {
-    fn addr(&self, p: Proxy, w: Wire) -> SocketAddr {
-        match (p, w) {
-            (Proxy::Nginx, Wire::Plain) => self.nginx.nginx.addr,
-            (Proxy::Nginx, Wire::H2c) => self.nginx.h2c,
-            (Proxy::Nginx, Wire::Tls) => self.nginx.tls,
-            (Proxy::Node, Wire::Tls) => self.node_tls.http,
+    fn addr(&self, p: Proxy, k: Kind) -> SocketAddr {
+        match (p, k) {
+            (Proxy::Nginx, Kind::H2c) => self.nginx.h2c,
+            (Proxy::Nginx, Kind::Tls) => self.nginx.tls,
+            (Proxy::Nginx, _) => self.nginx.nginx.addr,
+            (Proxy::Node, Kind::Tls) => self.node_tls.http,
             (Proxy::Node, _) => self.node.http,
         }
     }
-    fn pid(&self, p: Proxy, w: Wire) -> u32 {
-        match (p, w) {
+    fn pid(&self, p: Proxy, k: Kind) -> u32 {
+        match (p, k) {
             (Proxy::Nginx, _) => self.nginx.nginx.pid(),
-            (Proxy::Node, Wire::Tls) => self.node_tls.pid(),
+            (Proxy::Node, Kind::Tls) => self.node_tls.pid(),
             (Proxy::Node, _) => self.node.pid(),
         }
     }
@@ -467,7 +458,7 @@ async fn start_mode<'a>(mode: Mode, idp: &Idp, upstream: &'a Nginx) -> Result<St
         node_tls,
         cert_pem,
         _certs: certs,
-        pinned,
+        mode,
     })
 }
 
@@ -511,12 +502,7 @@ async fn targets(stack: &Stack<'_>, bearer: &str) -> Result<Vec<Target>, String>
         name,
         proxy,
         kind,
-        wire: match kind {
-            Kind::H2c => Wire::H2c,
-            Kind::Tls => Wire::Tls,
-            _ => Wire::Plain,
-        },
-        paths: vec![path.to_owned()],
+        path: path.to_owned(),
         method,
         headers: headers.to_vec(),
     };
@@ -657,10 +643,10 @@ async fn measure(
 ) -> Result<Sample, String> {
     let streaming = t.kind.streams();
     let spec = Spec {
-        addr: stack.addr(t.proxy, t.wire),
-        http2: t.wire == Wire::H2c,
-        tls_ca_pem: (t.wire == Wire::Tls).then(|| stack.cert_pem.clone()),
-        paths: t.paths.clone(),
+        addr: stack.addr(t.proxy, t.kind),
+        http2: t.kind == Kind::H2c,
+        tls_ca_pem: (t.kind == Kind::Tls).then(|| stack.cert_pem.clone()),
+        paths: vec![t.path.clone()],
         method: t.method.to_owned(),
         headers: t.headers.clone(),
         body_bytes: if t.kind == Kind::Upload {
@@ -679,7 +665,7 @@ async fn measure(
     };
     let exe = &settings.generator;
     let json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
-    let mut cmd = if stack.pinned {
+    let mut cmd = if stack.mode == Mode::Pinned {
         let mut c = tokio::process::Command::new("taskset");
         c.arg("-c").arg("0").arg(exe);
         c
@@ -694,7 +680,7 @@ async fn measure(
         .spawn()
         .map_err(|e| format!("load generator: {e}"))?;
     let generator = child.id().ok_or("load generator exited at once")?;
-    let proxy = procstat::tree(stack.pid(t.proxy, t.wire));
+    let proxy = procstat::tree(stack.pid(t.proxy, t.kind));
     let upstream = procstat::tree(stack.upstream.pid());
     let read = || {
         (
@@ -730,11 +716,7 @@ async fn measure(
     let per_req = |after: Usage, before: Usage| (after - before).cpu_ns as f64 / 1e3 / n;
     let (steal, total) = (a.3.0.saturating_sub(b.3.0), a.3.1.saturating_sub(b.3.1));
     Ok(Sample {
-        mode: if stack.pinned {
-            Mode::Pinned
-        } else {
-            Mode::Unpinned
-        },
+        mode: stack.mode,
         phase: phase.to_owned(),
         target: t.name,
         proxy: t.proxy,

@@ -172,17 +172,15 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// The hop-by-hop headers removed whatever `Connection` names (`Upgrade` is handled apart).
-fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
-    [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-    ]
-}
+static FIXED_HOP_BY_HOP: [&HeaderName; 7] = [
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+];
 
 /// Removes hop-by-hop headers: the fixed list and every header named in `Connection`. With
 /// `keep_upgrade`, `Upgrade` stays and `Connection` is reduced to `upgrade`.
@@ -191,15 +189,14 @@ fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
 /// is there: most requests carry none of these headers, and a removal hashes the name even
 /// when it is absent (18 removals were 5 % of an unprotected request's instructions).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let fixed = fixed_hop_by_hop();
-    let mut present = [false; 7];
+    let mut present = [false; FIXED_HOP_BY_HOP.len()];
     let (mut connection, mut upgrade) = (false, false);
     for name in headers.keys() {
         if name == header::CONNECTION {
             connection = true;
         } else if name == header::UPGRADE {
             upgrade = true;
-        } else if let Some(i) = fixed.iter().position(|f| *f == name) {
+        } else if let Some(i) = FIXED_HOP_BY_HOP.iter().position(|f| *f == name) {
             present[i] = true;
         }
     }
@@ -223,7 +220,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    for (name, _) in fixed.iter().zip(present).filter(|(_, p)| *p) {
+    for (name, _) in FIXED_HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(*name);
     }
     if keep_upgrade {
