@@ -933,3 +933,301 @@ async fn connections_are_spread_over_worker_threads_that_end_with_serve() {
         assert!(!tid.exists(), "{name} still running after serve returned");
     }
 }
+
+// ---- the upstream connection pool (one per worker, driven by the requests that use it) ----
+
+/// Counts the upstream's accepted connections.
+struct Counted {
+    addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn counted_upstream<F, Fut>(handler: F) -> Counted
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let h = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let h = h.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Counted { addr, accepted }
+}
+
+fn one_worker(routes: Vec<RouteConfig>) -> Opts {
+    let mut o = Opts::new(routes);
+    o.http.workers = 1;
+    o
+}
+
+async fn request(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, String) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gw.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(DEADLINE, send.send_request(req))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn one_upstream_connection_serves_sequential_requests_with_and_without_bodies() {
+    let up = counted_upstream(|req: Request<Incoming>| async move {
+        match req.uri().path() {
+            "/none" => Response::builder().status(204).body(full("")).unwrap(),
+            "/zero" => Response::new(full("")),
+            _ => Response::new(full("a body")),
+        }
+    })
+    .await;
+    let gw = gateway(one_worker(vec![backend_route(
+        "/",
+        &format!("http://{}", up.addr),
+    )]))
+    .await;
+    for round in 0..3 {
+        assert_eq!(
+            request(gw.addr, "GET", "/body").await,
+            (StatusCode::OK, "a body".into())
+        );
+        assert_eq!(
+            request(gw.addr, "GET", "/none").await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            request(gw.addr, "GET", "/zero").await,
+            (StatusCode::OK, String::new())
+        );
+        assert_eq!(
+            request(gw.addr, "HEAD", "/body").await,
+            (StatusCode::OK, String::new())
+        );
+        assert_eq!(
+            up.accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "round {round}: every answer should have returned the connection to the pool"
+        );
+    }
+}
+
+/// A raw upstream that answers one request per connection and then closes it without saying so
+/// (no `Connection: close`), telling the test once it has closed.
+async fn closing_upstream() -> (
+    SocketAddr,
+    mpsc::Receiver<()>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = mpsc::channel(8);
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                drop(tcp);
+                let _ = closed.send(()).await;
+            });
+        }
+    });
+    (addr, closed_rx, accepted)
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_replaced_without_an_error() {
+    let (addr, mut closed, accepted) = closing_upstream().await;
+    let gw = gateway(one_worker(vec![backend_route(
+        "/",
+        &format!("http://{addr}"),
+    )]))
+    .await;
+    for i in 1..=3 {
+        assert_eq!(
+            request(gw.addr, "GET", "/x").await,
+            (StatusCode::OK, "ok".into())
+        );
+        tokio::time::timeout(DEADLINE, closed.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), i);
+    }
+}
+
+#[tokio::test]
+async fn connections_idle_longer_than_the_pool_idle_timeout_are_closed() {
+    // The upstream tells when the gateway closes its connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (eof_tx, mut eof_rx) = mpsc::channel::<std::time::Instant>(1);
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        let _ = eof_tx.send(std::time::Instant::now()).await;
+    });
+    let mut o = one_worker(vec![backend_route("/", &format!("http://{addr}"))]);
+    let idle = Duration::from_millis(300);
+    o.proxy.pool_idle_timeout = Some(idle);
+    let gw = gateway(o).await;
+    assert_eq!(request(gw.addr, "GET", "/x").await.0, StatusCode::OK);
+    let answered = std::time::Instant::now();
+    let closed = tokio::time::timeout(DEADLINE, eof_rx.recv())
+        .await
+        .expect("the idle upstream connection was never closed")
+        .unwrap();
+    let after = closed - answered;
+    assert!(
+        after >= idle,
+        "closed after {after:?}, before the idle timeout {idle:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_before_the_upload_ended_does_not_leave_a_busy_connection_in_the_pool() {
+    let up = counted_upstream(|req: Request<Incoming>| async move {
+        if req.uri().path() == "/upload" {
+            // Refuses without reading the body.
+            return Response::builder()
+                .status(413)
+                .body(full("too big"))
+                .unwrap();
+        }
+        Response::new(full("fine"))
+    })
+    .await;
+    let gw = gateway(one_worker(vec![backend_route(
+        "/",
+        &format!("http://{}", up.addr),
+    )]))
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    // Announces a megabyte and sends only the start of it.
+    tcp.write_all(b"PUT /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 1048576\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.write_all(&[b'x'; 4096]).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(DEADLINE, tcp.read_exact(&mut byte))
+            .await
+            .expect("no answer to the refused upload")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // The upload is still unfinished; other requests get a connection that is free.
+    for _ in 0..3 {
+        assert_eq!(
+            request(gw.addr, "GET", "/other").await,
+            (StatusCode::OK, "fine".into())
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_download_abandoned_by_the_client_closes_its_upstream_connection() {
+    let (dropped_tx, mut dropped_rx) = mpsc::channel::<()>(1);
+    let up = counted_upstream(move |req: Request<Incoming>| {
+        let dropped = dropped_tx.clone();
+        async move {
+            if req.uri().path() != "/endless" {
+                return Response::new(full("short"));
+            }
+            let (tx, rx) = mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);
+            tokio::spawn(async move {
+                while tx
+                    .send(Ok(hyper::body::Frame::data(Bytes::from_static(
+                        &[b'y'; 8192],
+                    ))))
+                    .await
+                    .is_ok()
+                {}
+                // The body is gone: hyper dropped it when the gateway closed the connection.
+                let _ = dropped.send(()).await;
+            });
+            let frames = futures::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|frame| (frame, rx))
+            });
+            let body = http_body_util::StreamBody::new(frames);
+            Response::new(BodyExt::boxed(body))
+        }
+    })
+    .await;
+    let gw = gateway(one_worker(vec![backend_route(
+        "/",
+        &format!("http://{}", up.addr),
+    )]))
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET /endless HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut start = [0u8; 64];
+    tokio::time::timeout(DEADLINE, tcp.read_exact(&mut start))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(tcp);
+    tokio::time::timeout(DEADLINE, dropped_rx.recv())
+        .await
+        .expect("the upstream connection of an abandoned download stayed open")
+        .unwrap();
+    assert_eq!(
+        request(gw.addr, "GET", "/short").await,
+        (StatusCode::OK, "short".into())
+    );
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

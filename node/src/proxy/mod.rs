@@ -2,12 +2,13 @@
 //!
 //! Bodies are passed through as they arrive in both directions (no buffering, no size limit), so
 //! large uploads, downloads and server-sent events flow at the pace of the slower side. Upstream
-//! connections are pooled (HTTP/1.1 keep-alive); `https` upstreams are reached over TLS (see
-//! [`tls`]). Dropping the request future — which hyper does when the client goes away — drops
-//! the upstream exchange and closes that upstream connection.
+//! connections are pooled per worker (HTTP/1.1 keep-alive, see [`client`]); `https` upstreams are
+//! reached over TLS (see [`tls`]). Dropping the request future — which hyper does when the client
+//! goes away — drops the upstream exchange and closes that upstream connection.
 //! Protocol upgrades (WebSocket) are bridged by copying bytes between the two upgraded
 //! connections.
 
+pub mod client;
 pub mod forwarded;
 pub mod tls;
 
@@ -17,15 +18,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::Either;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tower::Service;
 
+use self::client::{SendError, UpstreamBody, UpstreamClient};
 use self::forwarded::{TrustedProxies, is_upgrade_request, rewrite_forwarded, strip_hop_by_hop};
 use self::tls::{Connector, UpstreamTlsError};
 use crate::context::{Body, ConnInfo, SharedTrace};
@@ -80,7 +82,7 @@ pub struct Proxy {
 }
 
 struct Inner {
-    client: Client<Connector, Incoming>,
+    client: UpstreamClient,
     resolver: Arc<Resolver>,
     trusted: Arc<TrustedProxies>,
     response_header_timeout: Option<Duration>,
@@ -88,14 +90,10 @@ struct Inner {
 
 impl Proxy {
     pub fn new(resolver: Arc<Resolver>, trusted: Arc<TrustedProxies>, opts: &ProxyOptions) -> Self {
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_timer(TokioTimer::new());
-        if let Some(idle) = opts.pool_idle_timeout {
-            builder.pool_idle_timeout(idle);
-        }
+        let connector = Connector::new(opts.tls.clone(), opts.connect_timeout);
         Self {
             inner: Arc::new(Inner {
-                client: builder.build(Connector::new(opts.tls.clone(), opts.connect_timeout)),
+                client: UpstreamClient::new(connector, opts.pool_idle_timeout),
                 resolver,
                 trusted,
                 response_header_timeout: opts.response_header_timeout,
@@ -146,14 +144,24 @@ impl Inner {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let mut out = self.rewrite(req, &routed, &chosen, upgrade)?;
         let span = if trace::current_is_sampled() {
-            conv::client_span(out.method(), out.uri(), &target_name(&routed), None)
+            let mut url = http::uri::Parts::default();
+            url.scheme = Some(chosen.base.scheme.clone());
+            url.authority = Some(chosen.base.authority.clone());
+            url.path_and_query = out.uri().path_and_query().cloned();
+            let url = Uri::from_parts(url).unwrap_or_else(|_| out.uri().clone());
+            conv::client_span(out.method(), &url, &target_name(&routed), None)
         } else {
             trace::Span::NONE
         };
         // The backend continues the upstream span's trace, or (unsampled) the server span's.
         propagate::inject_span(&span, out.headers_mut());
 
-        let sent = span.instrument(self.client.request(out));
+        let (scheme, authority) = (&chosen.base.scheme, &chosen.base.authority);
+        let sent = if upgrade {
+            Either::Left(span.instrument(self.client.send_upgrade(scheme, authority, out)))
+        } else {
+            Either::Right(span.instrument(self.client.send(scheme, authority, out)))
+        };
         let result = match self.response_header_timeout {
             Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => r,
@@ -170,7 +178,7 @@ impl Inner {
         };
         let mut resp = match result {
             Ok(r) => r,
-            Err(e) if is_malformed_client_body(&e) => {
+            Err(SendError::Http(e)) if is_malformed_client_body(&e) => {
                 span.fail("malformed_request_body", error_chain(&e));
                 return Err(GatewayError::MalformedBody {
                     route: routed.label.clone(),
@@ -178,18 +186,12 @@ impl Inner {
                 });
             }
             Err(e) => {
-                if e.is_connect() {
+                let connect = matches!(e, SendError::Connect(_));
+                if connect {
                     chosen.report_refused();
                 }
                 let reason = error_chain(&e);
-                span.fail(
-                    if e.is_connect() {
-                        "connect"
-                    } else {
-                        "upstream"
-                    },
-                    reason.clone(),
-                );
+                span.fail(if connect { "connect" } else { "upstream" }, reason.clone());
                 return Err(unavailable(&routed, &chosen, reason));
             }
         };
@@ -250,12 +252,8 @@ impl Inner {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(base.scheme.clone());
-        uri.authority = Some(base.authority.clone());
-        uri.path_and_query = Some(pq);
-        parts.uri = Uri::from_parts(uri)
-            .map_err(|e| unavailable(routed, chosen, format!("upstream URI: {e}")))?;
+        // Origin form: the client writes the URI as given on the request line.
+        parts.uri = Uri::from(pq);
         parts.version = Version::HTTP_11;
 
         let headers = &mut parts.headers;
@@ -268,8 +266,11 @@ impl Inner {
             if let Ok(h) = HeaderValue::from_str(base.authority.as_str()) {
                 headers.insert(header::HOST, h);
             }
-        } else if let Some(h) = client_host {
-            headers.insert(header::HOST, h);
+        } else {
+            let host = client_host.or_else(|| HeaderValue::from_str(base.authority.as_str()).ok());
+            if let Some(h) = host {
+                headers.insert(header::HOST, h);
+            }
         }
         if !headers.contains_key(header::USER_AGENT) {
             headers.insert(header::USER_AGENT, HeaderValue::from_static(""));
@@ -280,7 +281,7 @@ impl Inner {
 
 /// An upstream response body that ends the upstream span when it is finished or dropped.
 struct EndSpanBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     span: Option<trace::Span>,
 }
 
