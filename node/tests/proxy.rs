@@ -1231,3 +1231,210 @@ async fn a_download_abandoned_by_the_client_closes_its_upstream_connection() {
     );
     assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// A raw upstream: for each request head (bodies are not expected) it writes `answer(path,
+/// request number on this connection)`, and closes the connection when that says so — or, for
+/// `None`, closes it without answering.
+/// What a scripted upstream writes for a request path and the request's number on its
+/// connection: the bytes and whether to close afterwards; `None` closes without answering.
+type Script = fn(&str, usize) -> Option<(&'static [u8], bool)>;
+
+async fn scripted_upstream(answer: Script) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                for nth in 1.. {
+                    let end = loop {
+                        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                    pending.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let Some((bytes, close)) = answer(&path, nth) else {
+                        return;
+                    };
+                    if tcp.write_all(bytes).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn interim_chunked_and_close_delimited_answers_are_relayed() {
+    let (addr, _) = scripted_upstream(|path, _| {
+        Some(match path {
+            "/interim" => (
+                &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone"[..],
+                false,
+            ),
+            "/chunked" => (
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n",
+                false,
+            ),
+            "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nstreamed until the end", true),
+            _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
+        })
+    })
+    .await;
+    let gw = gateway(one_worker(vec![backend_route(
+        "/",
+        &format!("http://{addr}"),
+    )]))
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            request(gw.addr, "GET", "/interim").await,
+            (StatusCode::OK, "done".into())
+        );
+        assert_eq!(
+            request(gw.addr, "GET", "/chunked").await,
+            (StatusCode::OK, "hello world".into())
+        );
+        assert_eq!(
+            request(gw.addr, "GET", "/until-close").await,
+            (StatusCode::OK, "streamed until the end".into())
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_or_truncated_upstream_answer_is_a_502_or_a_cut_body() {
+    let (addr, _) = scripted_upstream(|path, _| {
+        Some(match path {
+            "/two-lengths" => (
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd"[..],
+                true,
+            ),
+            "/garbage" => (b"SMTP ready\r\n\r\n", true),
+            _ => (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this",
+                true,
+            ),
+        })
+    })
+    .await;
+    let gw = gateway(one_worker(vec![backend_route(
+        "/",
+        &format!("http://{addr}"),
+    )]))
+    .await;
+    assert_eq!(
+        request(gw.addr, "GET", "/two-lengths").await.0,
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        request(gw.addr, "GET", "/garbage").await.0,
+        StatusCode::BAD_GATEWAY
+    );
+    // The client never sees a complete answer: the body ends early, or (when the gateway learns
+    // of the cut before it has flushed the head) the connection closes without one.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/cut")
+        .header("host", "gw")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let outcome = tokio::time::timeout(DEADLINE, async move {
+        let resp = send.send_request(req).await?;
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.into_body().collect().await.map(|b| b.to_bytes())
+    })
+    .await
+    .unwrap();
+    assert!(
+        outcome.is_err(),
+        "a truncated body arrived as complete: {outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idempotent_request_is_sent_again_when_a_reused_connection_closes_unanswered() {
+    // Each connection answers its first request and closes on the second without answering.
+    let (addr, accepted) = scripted_upstream(|_, nth| {
+        (nth == 1).then_some((
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+            false,
+        ))
+    })
+    .await;
+    let gw = gateway(one_worker(vec![backend_route(
+        "/",
+        &format!("http://{addr}"),
+    )]))
+    .await;
+    assert_eq!(
+        request(gw.addr, "GET", "/first").await,
+        (StatusCode::OK, "ok".into())
+    );
+    assert_eq!(
+        request(gw.addr, "GET", "/again").await,
+        (StatusCode::OK, "ok".into())
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // A POST could have been acted on: it is not sent twice.
+    let answer = raw(
+        gw.addr,
+        b"POST /once HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn request_bodies_of_unknown_length_are_chunked_and_arrive_whole() {
+    let up = counted_upstream(|req: Request<Incoming>| async move {
+        let framing = format!(
+            "{:?}/{:?}",
+            req.headers().get("transfer-encoding"),
+            req.headers().get("content-length")
+        );
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        Response::new(full(format!(
+            "{framing} {}",
+            String::from_utf8_lossy(&body)
+        )))
+    })
+    .await;
+    let gw = gateway(one_worker(vec![backend_route(
+        "/",
+        &format!("http://{}", up.addr),
+    )]))
+    .await;
+    let answer = raw(
+        gw.addr,
+        b"PUT /up HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.ends_with("Some(\"chunked\")/None abcdefg"),
+        "{answer}"
+    );
+    let answer = raw(
+        gw.addr,
+        b"PUT /up HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert!(answer.ends_with("None/Some(\"5\") hello"), "{answer}");
+}

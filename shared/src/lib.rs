@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod events;
+pub mod http1;
 pub mod oidc;
 pub mod routing;
 pub mod security;

@@ -178,7 +178,7 @@ impl Inner {
         };
         let mut resp = match result {
             Ok(r) => r,
-            Err(SendError::Http(e)) if is_malformed_client_body(&e) => {
+            Err(SendError::ClientBody(e)) => {
                 span.fail("malformed_request_body", error_chain(&e));
                 return Err(GatewayError::MalformedBody {
                     route: routed.label.clone(),
@@ -287,12 +287,12 @@ struct EndSpanBody {
 
 impl hyper::body::Body for EndSpanBody {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = crate::context::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, crate::context::BoxError>>> {
         let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             None => {
@@ -340,25 +340,6 @@ fn unavailable(routed: &Routed, chosen: &Chosen, reason: String) -> GatewayError
         upstream: chosen.base.url.to_string(),
         reason,
     }
-}
-
-/// Whether forwarding failed because reading the client's own request body failed (a malformed
-/// chunk, say). The client library reports that as an error of the body it was given (a "user"
-/// error) caused by the server-side error of the client connection. A malformed or lost upstream
-/// *response* has no such wrapper and stays an upstream failure.
-fn is_malformed_client_body(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut in_user_body = false;
-    while let Some(err) = current {
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if in_user_body {
-                return true;
-            }
-            in_user_body = h.is_user();
-        }
-        current = err.source();
-    }
-    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
