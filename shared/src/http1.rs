@@ -16,6 +16,8 @@ use http::{HeaderMap, Method, StatusCode, Version};
 pub const MAX_HEAD_BYTES: usize = 256 * 1024;
 /// Most header fields accepted in a response head or a trailer section.
 pub const MAX_HEADERS: usize = 128;
+/// Fields the gateway may add to a response on its way back.
+const RESPONSE_FIELDS_ADDED: usize = 16;
 /// Longest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -156,7 +158,9 @@ pub fn parse_response_head(
         spans.push((name, start, start + field.value.len()));
     }
     let head: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the fields the gateway adds to every response (security headers, request id),
+    // so that adding them does not grow the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + RESPONSE_FIELDS_ADDED);
     for (name, start, end) in spans {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| Http1Error::Head(format!("value of {name}")))?;

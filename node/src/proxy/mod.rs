@@ -258,6 +258,8 @@ impl Inner {
 
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers, upgrade);
+        // Forwarding headers, Host and User-Agent are added below: grown once, not per field.
+        headers.reserve(6);
         let conn = parts.extensions.get::<ConnInfo>().copied();
         if let Some(conn) = conn {
             rewrite_forwarded(headers, &self.trusted, &conn, client_host.as_ref());

@@ -73,10 +73,16 @@ impl Activity {
     /// (whatever the client sent meanwhile: nothing, part of the HTTP/2 preface, only SETTINGS
     /// frames, part of a head); never resolves once one has.
     pub(crate) async fn no_request_within(&self, timeout: Duration) {
-        tokio::time::sleep_until(self.epoch + timeout).await;
-        if self.first_request.load(Ordering::Acquire) {
-            std::future::pending::<()>().await;
-        }
+        let mut deadline = std::pin::pin!(tokio::time::sleep_until(self.epoch + timeout));
+        std::future::poll_fn(|cx| {
+            // Once a request has arrived the timer is not even polled: the connection's task
+            // polls this on every wake-up.
+            if self.first_request.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+            deadline.as_mut().poll(cx)
+        })
+        .await;
     }
 }
 
