@@ -15,7 +15,7 @@ use gatehouse_shared::config::Config;
 use crate::context::Body;
 use crate::error::ErrorResponseLayer;
 use crate::identity::Identity;
-use crate::identity::memo::IdentityMemo;
+use crate::identity::memo::{IdentityMemo, WorkerMemos};
 use crate::layers::access_log::{AccessLogBody, AccessLogLayer};
 use crate::layers::account::AccountLayer;
 use crate::layers::authenticate::AuthenticateLayer;
@@ -111,8 +111,15 @@ pub fn build(
 + Send
 + Sync
 + 'static {
-    // One memo per worker: `build` runs once for each worker runtime.
-    let memo = Arc::new(IdentityMemo::with_epoch(parts.identity.memo_epoch.clone()));
+    // One set of memos per worker: `build` runs once for each worker runtime.
+    let memo = Arc::new(WorkerMemos {
+        tokens: IdentityMemo::with_epoch(parts.identity.memo_epoch.clone()),
+        signed_urls: parts
+            .identity
+            .signed_url_epoch
+            .clone()
+            .map(IdentityMemo::with_epoch),
+    });
     ServiceBuilder::new()
         .layer(RequestIdLayer::default())
         .map_response(|r: Response<TracedBody<AccessLogBody<Body>>>| {

@@ -315,6 +315,17 @@ impl SignedUrlAuthenticator {
         uri: &http::Uri,
         host: &str,
     ) -> Option<Result<Account, SignedUrlRejection>> {
+        let verified = self.authenticate_until(method, uri, host).await?;
+        Some(verified.map(|(account, _)| account))
+    }
+
+    /// Like [`SignedUrlAuthenticator::authenticate`], with the moment the URL expires.
+    pub async fn authenticate_until(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        host: &str,
+    ) -> Option<Result<(Account, SystemTime), SignedUrlRejection>> {
         if !self.settings.enabled {
             return None;
         }
@@ -352,7 +363,10 @@ impl SignedUrlAuthenticator {
         self.lock_cache().entries.len()
     }
 
-    async fn verify(&self, req: &SignedUrlRequest<'_>) -> Result<Account, SignedUrlRejection> {
+    async fn verify(
+        &self,
+        req: &SignedUrlRequest<'_>,
+    ) -> Result<(Account, SystemTime), SignedUrlRejection> {
         let now = self.clock.now();
         let params = check(
             req,
@@ -372,14 +386,14 @@ impl SignedUrlAuthenticator {
             Err(e) => return Err(SignedUrlRejection::from_store(e)),
         };
         let digest = verification_digest(req, &params, &key);
-        if self.lock_cache().contains(&digest, now) {
-            return Ok(account);
-        }
         let expires_at = params.expires_at;
+        if self.lock_cache().contains(&digest, now) {
+            return Ok((account, expires_at));
+        }
         self.derive(req, params, key).await?;
         self.lock_cache()
             .insert(digest, expires_at, self.clock.now());
-        Ok(account)
+        Ok((account, expires_at))
     }
 
     async fn derive(

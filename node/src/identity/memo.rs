@@ -63,6 +63,21 @@ pub struct IdentityMemo {
     epoch: MemoEpoch,
 }
 
+/// The memos of one worker: bearer tokens, and (where the signing-key store reports its changes
+/// as they happen) signed URLs.
+///
+/// A signed URL's outcome is memoised under the whole request target (method, host, path and
+/// query) for [`MEMO_TTL`], never past the URL's expiry, and only for requests without
+/// `Authorization` or `public-token` (the only request fields besides the target that could
+/// make another authenticator decide first). Its epoch advances on every change the
+/// signing-key store reports locally — a key written, rotated or deleted, a step-up record —
+/// before a reader can see the change, so a rotated or deleted key refuses its URLs at once, as
+/// without the memo. A store that cannot report changes that way gets no signed-URL memo.
+pub struct WorkerMemos {
+    pub tokens: IdentityMemo,
+    pub signed_urls: Option<IdentityMemo>,
+}
+
 /// The node-wide generation of memoised identities; cheap to clone, clones share the counter.
 #[derive(Debug, Clone, Default)]
 pub struct MemoEpoch(Arc<AtomicU64>);

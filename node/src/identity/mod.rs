@@ -59,6 +59,9 @@ pub struct Identity {
     pub endpoints: Arc<Endpoints>,
     /// Shared by every worker's identity memo; advanced when a logout lands anywhere.
     pub memo_epoch: MemoEpoch,
+    /// The generation of the workers' signed-URL memos, advanced by every change the
+    /// signing-key store reports locally; `None` when it cannot (no signed-URL memo then).
+    pub signed_url_epoch: Option<MemoEpoch>,
     oidc: Option<OidcAuthenticator>,
     userinfo: Arc<dyn Store>,
 }
@@ -139,6 +142,15 @@ impl Identity {
             ),
             _ => None,
         };
+        let signed_url_epoch = match (&stores.signing_keys, &signed_url) {
+            (Some(keys), Some(_)) => {
+                let epoch = MemoEpoch::new();
+                let advance = epoch.clone();
+                keys.watch_local(Arc::new(move |_: Option<&str>| advance.advance()))
+                    .then_some(epoch)
+            }
+            _ => None,
+        };
         let endpoints = Endpoints {
             root: config.http.root.trim_end_matches('/').to_owned(),
             logout: oidc.as_ref().map(|oidc| {
@@ -181,6 +193,7 @@ impl Identity {
             }),
             endpoints: Arc::new(endpoints),
             memo_epoch: MemoEpoch::new(),
+            signed_url_epoch,
             oidc,
             userinfo: stores.userinfo,
         })

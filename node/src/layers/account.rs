@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
@@ -37,9 +37,9 @@ use crate::accounts::{AccountError, AccountResolver, reva_user};
 use crate::context::Body;
 use crate::error::GatewayError;
 use crate::identity::events::{EVENT_CONTEXT, EventContext, IdentityEvents};
-use crate::identity::memo::{IdentityMemo, Prepared};
+use crate::identity::memo::{Prepared, WorkerMemos};
 use crate::identity::mfa_record;
-use crate::layers::authenticate::{Identity, MemoHit, OidcIdentity};
+use crate::layers::authenticate::{Identity, MemoHit, OidcIdentity, SignedUrlMemo};
 use crate::layers::route::Routed;
 
 /// Opaque entry of the minted user carrying the role quota in bytes (as CreateHome sends it).
@@ -71,13 +71,13 @@ pub struct AccountServices {
 #[derive(Clone)]
 pub struct AccountLayer {
     services: Arc<AccountServices>,
-    memo: Arc<IdentityMemo>,
+    memos: Arc<WorkerMemos>,
 }
 
 impl AccountLayer {
-    /// `memo` is the worker's memo, shared with its authentication layer.
-    pub fn new(services: Arc<AccountServices>, memo: Arc<IdentityMemo>) -> Self {
-        Self { services, memo }
+    /// `memos` are the worker's memos, shared with its authentication layer.
+    pub fn new(services: Arc<AccountServices>, memos: Arc<WorkerMemos>) -> Self {
+        Self { services, memos }
     }
 }
 
@@ -87,7 +87,7 @@ impl<S> Layer<S> for AccountLayer {
         Account {
             inner,
             services: self.services.clone(),
-            memo: self.memo.clone(),
+            memos: self.memos.clone(),
         }
     }
 }
@@ -96,7 +96,7 @@ impl<S> Layer<S> for AccountLayer {
 pub struct Account<S> {
     inner: S,
     services: Arc<AccountServices>,
-    memo: Arc<IdentityMemo>,
+    memos: Arc<WorkerMemos>,
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
@@ -155,11 +155,11 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let services = self.services.clone();
-        let memo = self.memo.clone();
+        let memos = self.memos.clone();
         futures::future::Either::Right(Box::pin(async move {
             let span = trace::Span::child("resolve account", SpanKind::Internal);
             let result = span
-                .instrument(resolve(&services, &memo, &mut req, identity, &routed))
+                .instrument(resolve(&services, &memos, &mut req, identity, &routed))
                 .await;
             if let Err(e) = &result {
                 span.fail(e.kind(), e.to_string());
@@ -173,10 +173,11 @@ where
     }
 }
 
-/// Resolves the identity into the minted token on `req` (and memoises an OIDC outcome).
+/// Resolves the identity into the minted token on `req` (and memoises the outcome of an OIDC
+/// token or a signed URL).
 async fn resolve<B>(
     services: &AccountServices,
-    memo: &IdentityMemo,
+    memos: &WorkerMemos,
     req: &mut Request<B>,
     identity: Identity,
     routed: &Routed,
@@ -212,6 +213,7 @@ async fn resolve<B>(
                     apply(req.headers_mut(), &prepared);
                     if let Some(bearer) = &oidc.bearer {
                         let exp = oidc.claims.get("exp").and_then(serde_json::Value::as_u64);
+                        let memo = &memos.tokens;
                         memo.put_since(bearer, prepared, exp, Instant::now(), oidc.memo_epoch);
                     }
                 }
@@ -221,6 +223,17 @@ async fn resolve<B>(
                         .prepare_account(&account, routed.require_mfa)
                         .await?;
                     apply(req.headers_mut(), &prepared);
+                    if let (Some(memo), Some(m)) = (
+                        &memos.signed_urls,
+                        req.extensions_mut().remove::<SignedUrlMemo>(),
+                    ) {
+                        let exp = m
+                            .expires_at
+                            .duration_since(UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_secs());
+                        memo.put_since(&m.key, prepared, exp, Instant::now(), m.epoch);
+                    }
                 }
                 Identity::Share { .. } => unreachable!("answered above"),
             }

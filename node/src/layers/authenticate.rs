@@ -21,7 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use opentelemetry::trace::SpanKind;
@@ -40,7 +40,7 @@ use crate::authn::public_share::{PublicShareAuthenticator, ShareOutcome};
 use crate::authn::signed_url::{SignedUrlAuthenticator, SignedUrlRejection};
 use crate::context::Body;
 use crate::error::GatewayError;
-use crate::identity::memo::{IdentityMemo, Prepared};
+use crate::identity::memo::{Prepared, WorkerMemos};
 use crate::layers::route::Routed;
 use crate::telemetry::{AuthResult, Metrics};
 
@@ -60,13 +60,13 @@ pub struct Authenticators {
 #[derive(Clone)]
 pub struct AuthenticateLayer {
     auth: Arc<Authenticators>,
-    memo: Arc<IdentityMemo>,
+    memos: Arc<WorkerMemos>,
 }
 
 impl AuthenticateLayer {
-    /// `memo` is the worker's memo, shared with its account layer.
-    pub fn new(auth: Arc<Authenticators>, memo: Arc<IdentityMemo>) -> Self {
-        Self { auth, memo }
+    /// `memos` are the worker's memos, shared with its account layer.
+    pub fn new(auth: Arc<Authenticators>, memos: Arc<WorkerMemos>) -> Self {
+        Self { auth, memos }
     }
 }
 
@@ -76,7 +76,7 @@ impl<S> Layer<S> for AuthenticateLayer {
         Authenticate {
             inner,
             auth: self.auth.clone(),
-            memo: self.memo.clone(),
+            memos: self.memos.clone(),
         }
     }
 }
@@ -85,13 +85,22 @@ impl<S> Layer<S> for AuthenticateLayer {
 pub struct Authenticate<S> {
     inner: S,
     auth: Arc<Authenticators>,
-    memo: Arc<IdentityMemo>,
+    memos: Arc<WorkerMemos>,
 }
 
-/// The memoised outcome for the request's bearer token (see [`IdentityMemo`]): the account
-/// layer applies it without resolving anything.
+/// The memoised outcome for the request's bearer token or signed URL (see [`WorkerMemos`]): the
+/// account layer applies it without resolving anything.
 #[derive(Debug, Clone)]
 pub struct MemoHit(pub Prepared);
+
+/// Where the account layer memoises the outcome of a signed URL that was verified: the key, the
+/// memo epoch read before verifying, and when the URL expires.
+#[derive(Debug, Clone)]
+pub struct SignedUrlMemo {
+    pub key: Box<str>,
+    pub epoch: u64,
+    pub expires_at: SystemTime,
+}
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
 
@@ -122,17 +131,30 @@ where
         }
         if self.auth.oidc.is_some()
             && let Some(hit) =
-                bearer_token(req.headers()).and_then(|t| self.memo.get(t, Instant::now()))
+                bearer_token(req.headers()).and_then(|t| self.memos.tokens.get(t, Instant::now()))
         {
             self.auth.metrics.authentication(AuthResult::Accepted);
             trace::set_current(AUTH_METHOD, "memo");
             req.extensions_mut().insert(MemoHit(hit));
             return futures::future::Either::Left(self.inner.call(req));
         }
+        let signed_memo = match (&self.memos.signed_urls, &self.auth.signed_url) {
+            (Some(memo), Some(_)) => signed_url_memo_key(&req).map(|key| (memo, key)),
+            _ => None,
+        };
+        if let Some((memo, key)) = &signed_memo
+            && let Some(hit) = memo.get(key, Instant::now())
+        {
+            self.auth.metrics.authentication(AuthResult::Accepted);
+            trace::set_current(AUTH_METHOD, "memo");
+            req.extensions_mut().insert(MemoHit(hit));
+            return futures::future::Either::Left(self.inner.call(req));
+        }
+        let signed_memo = signed_memo.map(|(memo, key)| (key, memo.epoch()));
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
-        let memo_epoch = self.memo.epoch();
+        let memo_epoch = self.memos.tokens.epoch();
         futures::future::Either::Right(Box::pin(async move {
             let mut req = req;
             let span = trace::Span::child("authenticate", SpanKind::Internal);
@@ -145,8 +167,22 @@ where
             match outcome {
                 Outcome::Accepted(mut identity) => {
                     auth.metrics.authentication(AuthResult::Accepted);
-                    if let Identity::Oidc(oidc) = &mut identity {
-                        oidc.memo_epoch = memo_epoch;
+                    match &mut identity {
+                        Identity::Oidc(oidc) => oidc.memo_epoch = memo_epoch,
+                        Identity::Account {
+                            scheme: Scheme::SignedUrl,
+                            expires_at: Some(expires_at),
+                            ..
+                        } => {
+                            if let Some((key, epoch)) = signed_memo {
+                                req.extensions_mut().insert(SignedUrlMemo {
+                                    key: key.into(),
+                                    epoch,
+                                    expires_at: *expires_at,
+                                });
+                            }
+                        }
+                        _ => {}
                     }
                     req.extensions_mut().insert(identity);
                 }
@@ -170,8 +206,13 @@ where
 pub enum Identity {
     /// An OpenID Connect login: the account is resolved (and provisioned) from the claims.
     Oidc(OidcIdentity),
-    /// An existing account proven without claims: a password or a signed URL.
-    Account { account: Account, scheme: Scheme },
+    /// An existing account proven without claims: a password or a signed URL (with the moment
+    /// the URL expires).
+    Account {
+        account: Account,
+        scheme: Scheme,
+        expires_at: Option<SystemTime>,
+    },
     /// A public share: the backend receives this token, minted for the share.
     Share { token: HeaderValue },
 }
@@ -265,6 +306,7 @@ impl Authenticators {
                     return Outcome::Accepted(Identity::Account {
                         account,
                         scheme: Scheme::Basic,
+                        expires_at: None,
                     });
                 }
                 BasicOutcome::Unavailable { reason } => note(reason, None, false),
@@ -314,11 +356,12 @@ impl Authenticators {
         }
         if let Some(signed) = &self.signed_url {
             let host = request_host(uri, headers);
-            match signed.authenticate(method, uri, host).await {
-                Some(Ok(account)) => {
+            match signed.authenticate_until(method, uri, host).await {
+                Some(Ok((account, expires_at))) => {
                     return Outcome::Accepted(Identity::Account {
                         account,
                         scheme: Scheme::SignedUrl,
+                        expires_at: Some(expires_at),
                     });
                 }
                 Some(Err(
@@ -367,6 +410,30 @@ impl Authenticators {
 }
 
 /// The authority the client addressed: the absolute request target's, else `Host`.
+/// The signed-URL memo key of a request that only the signed-URL authenticator can decide:
+/// `None` with credentials of another kind (`Authorization`, `public-token`) or without a
+/// signature.
+fn signed_url_memo_key<B>(req: &Request<B>) -> Option<String> {
+    let headers = req.headers();
+    let query = req.uri().query()?;
+    if headers.contains_key(header::AUTHORIZATION)
+        || headers.contains_key(crate::authn::public_share::PUBLIC_TOKEN)
+        || !gatehouse_shared::auth::signed_url::applies(query)
+    {
+        return None;
+    }
+    let (method, host, path) = (
+        req.method().as_str(),
+        request_host(req.uri(), headers),
+        req.uri().path(),
+    );
+    let mut key = String::with_capacity(method.len() + host.len() + path.len() + query.len() + 3);
+    for part in [method, " ", host, " ", path, "?", query] {
+        key.push_str(part);
+    }
+    Some(key)
+}
+
 fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
     uri.authority().map_or_else(
         || {

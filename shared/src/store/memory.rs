@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 
 use super::clock::{Clock, SystemClock};
-use super::{Change, Entry, Store, StoreError, StoreResult};
+use super::{Change, Entry, LocalChangeHook, Store, StoreError, StoreResult};
 
 /// Capacity of the change feed; a subscriber that falls further behind sees `Lagged`.
 const FEED_CAPACITY: usize = 4096;
@@ -31,6 +31,16 @@ struct State {
     map: HashMap<String, Entry>,
     revision: u64,
     writes_since_sweep: u64,
+    /// [`Store::watch_local`] subscribers, told of every write and deletion under the lock.
+    hooks: Vec<LocalChangeHook>,
+}
+
+impl State {
+    fn changed(&self, key: &str) {
+        for hook in &self.hooks {
+            hook(Some(key));
+        }
+    }
 }
 
 impl MemoryStore {
@@ -87,6 +97,7 @@ impl MemoryStore {
             state.writes_since_sweep = 0;
             state.map.retain(|_, e| !e.is_expired(now));
         }
+        state.changed(key);
         // Sent under the lock so that subscribers see changes in revision order.
         let _ = self.feed.send(Change::Put {
             key: key.to_owned(),
@@ -146,6 +157,7 @@ impl Store for MemoryStore {
         let mut state = self.lock();
         if state.map.remove(key).is_some() {
             state.revision += 1;
+            state.changed(key);
             let _ = self.feed.send(Change::Delete {
                 key: key.to_owned(),
                 revision: state.revision,
@@ -161,6 +173,12 @@ impl Store for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
     }
+
+    /// Everything here is local: every write and deletion is reported before it can be read.
+    fn watch_local(&self, hook: LocalChangeHook) -> bool {
+        self.lock().hooks.push(hook);
+        true
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +189,28 @@ mod tests {
     fn store() -> (MemoryStore, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::default());
         (MemoryStore::with_clock(clock.clone()), clock)
+    }
+
+    #[tokio::test]
+    async fn local_hooks_hear_every_write_and_deletion_before_it_returns() {
+        let (s, _) = store();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let log = heard.clone();
+        assert!(s.watch_local(Arc::new(move |key: Option<&str>| {
+            log.lock().unwrap().push(key.map(str::to_owned));
+        })));
+        s.put("a", Bytes::from_static(b"1"), None).await.unwrap();
+        s.create("b", Bytes::from_static(b"1"), None).await.unwrap();
+        assert!(s.create("b", Bytes::from_static(b"2"), None).await.is_err());
+        s.delete("a").await.unwrap();
+        s.delete("a").await.unwrap();
+        let heard = heard.lock().unwrap().clone();
+        let some = |k: &str| Some(k.to_owned());
+        assert_eq!(
+            heard,
+            [some("a"), some("b"), some("a")],
+            "a refused write or a no-op delete is no change"
+        );
     }
 
     #[tokio::test]

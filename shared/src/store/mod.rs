@@ -124,8 +124,9 @@ pub trait Store: Send + Sync + 'static {
     fn changes(&self) -> tokio::sync::broadcast::Receiver<Change>;
     /// A short name for metrics and logs (`memory`, `noop`, `nats-js-kv`).
     fn kind(&self) -> &'static str;
-    /// Calls `hook` whenever a key gets a value this store answers locally (`Some(key)`: a
-    /// write, a change from the feed or a read that filled the local copy) or everything local
+    /// Calls `hook` whenever a key's value this store answers locally changes or may have
+    /// changed (`Some(key)`: a write, a deletion, a change from the feed, a read that filled the
+    /// local copy, a failed write that made the local copy forget the key) or everything local
     /// is forgotten (`None`), *before* a reader can see the change. Only a
     /// store that answers from a local copy can promise that; the others return false and a
     /// caller relies on [`Store::changes`], which may arrive a moment after a read saw the change.

@@ -594,11 +594,17 @@ impl Cache {
         changed
     }
 
-    /// A change to `key` happened: mark in-flight reads, then install the new state.
+    /// A change to `key` happened: mark in-flight reads, then install the new state. A deletion
+    /// is reported to the hooks here; a value, by `install`.
     fn apply(&mut self, key: &str, entry: Option<Entry>, revision: u64, capacity: usize) {
         self.seq += 1;
         if let Some(inf) = self.inflight.get_mut(key) {
             inf.changed_at = self.seq;
+        }
+        if entry.is_none() {
+            for hook in &self.hooks {
+                hook(Some(key));
+            }
         }
         self.install(key, entry, revision, capacity);
     }
@@ -664,7 +670,11 @@ impl Cache {
         false
     }
 
+    /// Forgets `key` because its value may have changed (a write that failed or conflicted).
     fn evict(&mut self, key: &str) {
+        for hook in &self.hooks {
+            hook(Some(key));
+        }
         self.seq += 1;
         if let Some(inf) = self.inflight.get_mut(key) {
             inf.changed_at = self.seq;
@@ -885,6 +895,25 @@ mod tests {
         let before = told.load(Ordering::SeqCst);
         near.put("marker-own", b("1"), None).await.unwrap();
         assert!(told.load(Ordering::SeqCst) > before);
+        // So do deletions, the node's own and another writer's.
+        let before = told.load(Ordering::SeqCst);
+        near.delete("marker-own").await.unwrap();
+        assert!(told.load(Ordering::SeqCst) > before);
+        let before = told.load(Ordering::SeqCst);
+        let gone = {
+            let near = near.clone();
+            tokio::spawn(async move {
+                while near.get("marker0").await.unwrap().is_some() {
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        probe.inner.delete("marker0").await.unwrap();
+        gone.await.unwrap();
+        assert!(
+            told.load(Ordering::SeqCst) > before,
+            "a deletion seen before the hook"
+        );
         near.clear();
         assert_eq!(resets.load(Ordering::SeqCst), 1);
     }

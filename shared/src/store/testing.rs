@@ -163,6 +163,11 @@ impl Store for FaultyStore {
     fn kind(&self) -> &'static str {
         "faulty"
     }
+
+    /// The inner store's: its reports are not affected by injected faults.
+    fn watch_local(&self, hook: super::LocalChangeHook) -> bool {
+        self.inner.watch_local(hook)
+    }
 }
 
 #[cfg(test)]
