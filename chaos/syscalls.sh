@@ -65,7 +65,7 @@ spec() { echo "{\"addr\":\"127.0.0.1:$1\",\"paths\":[\"/bench/hello\"],\"method\
 wait_http() { for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
 # measure <name> <pid> <port>: one line with syscalls per request, the commonest calls after it.
 measure() {
-  local name=$1 pid=$2 port=$3 out="$work/$1.strace"
+  local name=$1 pid=$2 port=$3 out="$work/$(basename "$1").strace"
   "$gen" load "$(spec "$port" 1000 1)" >/dev/null
   strace -c -f -p "$pid" -o "$out" 2>"$work/strace.err" & local sp=$!
   for _ in $(seq 1 100); do grep -q attached "$work/strace.err" && break; sleep 0.05; done
