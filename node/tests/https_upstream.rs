@@ -98,8 +98,9 @@ fn server_config(id: &Identity, mismatched: bool) -> ServerConfig {
     config
 }
 
-/// A TLS upstream. Answers with the request line, the SNI and ALPN of its connection, and
-/// bridges `Upgrade: echo` requests to an echo loop. Counts requests that reached it.
+/// A TLS upstream. Answers with the request line, the SNI and ALPN of its connection, bridges
+/// `Upgrade: echo` requests to an echo loop, and answers `/count` with the length of the body it
+/// read. Counts requests that reached it.
 struct Upstream {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
@@ -127,10 +128,28 @@ async fn tls_upstream(config: ServerConfig) -> Upstream {
                 let alpn = conn
                     .alpn_protocol()
                     .map_or("-".to_owned(), |p| String::from_utf8_lossy(p).into_owned());
-                let svc = hyper::service::service_fn(move |req| {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     counter.fetch_add(1, Ordering::SeqCst);
-                    let answer = answer(req, &sni, &alpn);
-                    async move { Ok::<_, Infallible>(answer) }
+                    let (sni, alpn) = (sni.clone(), alpn.clone());
+                    async move {
+                        if req.uri().path() == "/count" {
+                            // Reads the whole body, slowly enough that the sender meets
+                            // backpressure, and answers how many bytes arrived.
+                            let mut body = req.into_body();
+                            let mut n = 0;
+                            while let Some(frame) = body.frame().await {
+                                n += frame
+                                    .ok()
+                                    .and_then(|f| f.into_data().ok())
+                                    .map_or(0, |d| d.len());
+                                tokio::task::yield_now().await;
+                            }
+                            return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                                n.to_string(),
+                            ))));
+                        }
+                        Ok(answer(req, &sni, &alpn))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
@@ -458,5 +477,41 @@ async fn an_upgrade_is_bridged_to_an_https_upstream() {
             .unwrap()
             .unwrap();
         assert_eq!(got, msg);
+    }
+}
+
+#[tokio::test]
+async fn a_large_upload_to_an_https_upstream_arrives_whole() {
+    let id = identity();
+    let up = tls_upstream(server_config(&id, false)).await;
+    let mut c = config(vec![route(
+        "/",
+        &format!("https://localhost:{}", up.addr.port()),
+    )]);
+    c.insecure_backends = true;
+    let gw = gateway(&c).await;
+    const SIZE: usize = 24 * 1024 * 1024;
+    for chunked in [false, true] {
+        let tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        // Many frames of 64 KiB: the gateway writes them to TLS faster than the upstream reads.
+        let frames = futures::stream::iter((0..SIZE / 65536).map(|_| {
+            Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'u'; 65536])))
+        }));
+        let mut req = Request::put("/count").header("host", "gw.test");
+        if !chunked {
+            req = req.header("content-length", SIZE);
+        }
+        let req = req.body(http_body_util::StreamBody::new(frames)).unwrap();
+        let resp = tokio::time::timeout(DEADLINE, send.send_request(req))
+            .await
+            .expect("the upload was answered in time")
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "chunked={chunked}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, SIZE.to_string(), "chunked={chunked}");
     }
 }

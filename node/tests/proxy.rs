@@ -47,27 +47,7 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<UpBody>> + Send + 'static,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let h = handler.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let h = h.clone();
-                    async move { Ok::<_, Infallible>(h(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
+    counted_upstream(handler).await.addr
 }
 
 /// An upstream that answers with the request line and headers it received.
@@ -811,7 +791,17 @@ async fn send(
     conn: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     path: &str,
 ) -> (StatusCode, String) {
-    let req = Request::get(path)
+    send_method(conn, "GET", path).await
+}
+
+async fn send_method(
+    conn: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    method: &str,
+    path: &str,
+) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "gw.test")
         .body(Empty::new())
         .unwrap();
@@ -942,6 +932,7 @@ struct Counted {
     accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
+/// Like [`spawn_upstream`], counting the connections it accepts.
 async fn counted_upstream<F, Fut>(handler: F) -> Counted
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -962,6 +953,7 @@ where
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -975,25 +967,9 @@ fn one_worker(routes: Vec<RouteConfig>) -> Opts {
     o
 }
 
+/// One request on a connection of its own.
 async fn request(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, String) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "gw.test")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = tokio::time::timeout(DEADLINE, send.send_request(req))
-        .await
-        .expect("no answer")
-        .unwrap();
-    let status = resp.status();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    send_method(&mut connect(addr).await, method, path).await
 }
 
 #[tokio::test]

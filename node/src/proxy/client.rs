@@ -411,6 +411,9 @@ impl Exchange {
     async fn run(&mut self, conn: &mut Conn) -> Result<(ResponseHead, bool), Failed> {
         let mut queue: VecDeque<Bytes> = VecDeque::from([self.head.clone()]);
         let mut queued = self.head.len();
+        // Written bytes can wait in the stream (TLS) until it is flushed; a flush that did not
+        // finish must be polled again, also when nothing new is queued.
+        let mut flushed = false;
         let mut answered = false;
         let upstream = |e: BoxError, answered: bool| Failed {
             error: SendError::Upstream(e),
@@ -459,9 +462,13 @@ impl Exchange {
                     }
                 }
                 if !queue.is_empty() {
+                    flushed = false;
+                }
+                if !flushed {
                     match poll_write_queue(&mut conn.io, &mut queue, cx) {
                         Poll::Ready(Ok(())) => {
                             queued = 0;
+                            flushed = true;
                             progress = true;
                         }
                         Poll::Ready(Err(e)) => {
@@ -477,7 +484,7 @@ impl Exchange {
                             if head.status.is_informational()
                                 && head.status != StatusCode::SWITCHING_PROTOCOLS => {}
                         Ok(Some(head)) => {
-                            let sent = self.body.is_none() && queue.is_empty();
+                            let sent = self.body.is_none() && queue.is_empty() && flushed;
                             return Poll::Ready(Ok((head, sent)));
                         }
                         Ok(None) => break,
