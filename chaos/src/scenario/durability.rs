@@ -78,6 +78,29 @@ fn servers(nats: &NatsCluster) -> Result<Vec<async_nats::ServerAddr>, String> {
         .collect()
 }
 
+/// The R3 bucket of the scenario. On a loaded machine the first creation on a fresh cluster can
+/// time out while the three servers sync its stream to disk; the request is sent again (and a
+/// bucket that was created meanwhile is taken) a few times before that counts as a failure.
+async fn create_bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
+    let config = kv::Config {
+        bucket: "durability".to_owned(),
+        num_replicas: 3,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    };
+    let mut last = String::new();
+    for _ in 0..3 {
+        match js.create_key_value(config.clone()).await {
+            Ok(bucket) => return Ok(bucket),
+            Err(e) => last = e.to_string(),
+        }
+        if let Ok(bucket) = js.get_key_value(&config.bucket).await {
+            return Ok(bucket);
+        }
+    }
+    Err(format!("create bucket: {last}"))
+}
+
 async fn one(sync_always: bool, writes: usize) -> Result<Durability, String> {
     let mut nats = NatsCluster::start_with(
         3,
@@ -90,15 +113,7 @@ async fn one(sync_always: bool, writes: usize) -> Result<Durability, String> {
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let js = jetstream::new(client.clone());
-    let bucket = js
-        .create_key_value(kv::Config {
-            bucket: "durability".to_owned(),
-            num_replicas: 3,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("create bucket: {e}"))?;
+    let bucket = create_bucket(&js).await?;
     let started = Instant::now();
     let acked: Vec<String> = futures::stream::iter(0..writes)
         .map(|i| {

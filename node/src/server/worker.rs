@@ -1,12 +1,12 @@
 //! HTTP worker threads: each runs a single-threaded tokio runtime with its own pipeline (and so its
 //! own upstream connection pool) and serves the connections the acceptor hands it.
 //!
-//! Why: on one multi-thread runtime the client connection task and hyper-util's pooled upstream
-//! connection task of the same request often run on different threads, so every request pays
-//! cross-thread wake-ups. With one runtime per thread a connection, its requests, its upstream
-//! connections and anything they spawn (hyper-util's connection tasks, HTTP/2 streams, upgrade
-//! bridges; all use `tokio::spawn`) stay on one thread. The measurements are in
-//! docs/performance.md.
+//! Why: on one multi-thread runtime a client connection's task and the tasks it woke (upstream
+//! connections, when they had tasks of their own) often ran on different threads, so every
+//! request paid cross-thread wake-ups. With one runtime per thread a connection, its requests,
+//! the upstream connections they use (driven by the request's own task, `proxy::client`) and
+//! anything they spawn (HTTP/2 streams, upgrade bridges; all use `tokio::spawn`) stay on one
+//! thread. The measurements are in docs/performance.md.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
