@@ -232,6 +232,16 @@ async fn gateway(config: &Config) -> Gateway {
     }
 }
 
+/// A gateway routing everything to `up` without verifying its certificate.
+async fn insecure_gateway(up: &Upstream) -> Gateway {
+    let mut c = config(vec![route(
+        "/",
+        &format!("https://localhost:{}", up.addr.port()),
+    )]);
+    c.insecure_backends = true;
+    gateway(&c).await
+}
+
 async fn get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -338,12 +348,7 @@ async fn an_untrusted_certificate_is_a_502_with_one_log_line() {
 async fn insecure_backends_skips_verification() {
     let id = identity();
     let up = tls_upstream(server_config(&id, false)).await;
-    let mut c = config(vec![route(
-        "/",
-        &format!("https://localhost:{}", up.addr.port()),
-    )]);
-    c.insecure_backends = true;
-    let gw = gateway(&c).await;
+    let gw = insecure_gateway(&up).await;
     let (status, body) = get(gw.addr, "/x").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.starts_with("GET /x HTTP/1.1\n"), "{body}");
@@ -354,12 +359,7 @@ async fn insecure_backends_skips_verification() {
 async fn insecure_backends_still_checks_handshake_signatures() {
     let id = identity();
     let up = tls_upstream(server_config(&id, true)).await;
-    let mut c = config(vec![route(
-        "/",
-        &format!("https://localhost:{}", up.addr.port()),
-    )]);
-    c.insecure_backends = true;
-    let gw = gateway(&c).await;
+    let gw = insecure_gateway(&up).await;
     let (status, _) = get(gw.addr, "/x").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(up.requests.load(Ordering::SeqCst), 0);
@@ -484,12 +484,7 @@ async fn an_upgrade_is_bridged_to_an_https_upstream() {
 async fn a_large_upload_to_an_https_upstream_arrives_whole() {
     let id = identity();
     let up = tls_upstream(server_config(&id, false)).await;
-    let mut c = config(vec![route(
-        "/",
-        &format!("https://localhost:{}", up.addr.port()),
-    )]);
-    c.insecure_backends = true;
-    let gw = gateway(&c).await;
+    let gw = insecure_gateway(&up).await;
     const SIZE: usize = 24 * 1024 * 1024;
     for chunked in [false, true] {
         let tcp = TcpStream::connect(gw.addr).await.unwrap();

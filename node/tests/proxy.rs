@@ -967,6 +967,15 @@ fn one_worker(routes: Vec<RouteConfig>) -> Opts {
     o
 }
 
+/// A gateway with one HTTP worker (so one upstream pool) routing everything to `upstream`.
+async fn one_worker_gateway(upstream: SocketAddr) -> Gateway {
+    gateway(one_worker(vec![backend_route(
+        "/",
+        &format!("http://{upstream}"),
+    )]))
+    .await
+}
+
 /// One request on a connection of its own.
 async fn request(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, String) {
     send_method(&mut connect(addr).await, method, path).await
@@ -982,11 +991,7 @@ async fn one_upstream_connection_serves_sequential_requests_with_and_without_bod
         }
     })
     .await;
-    let gw = gateway(one_worker(vec![backend_route(
-        "/",
-        &format!("http://{}", up.addr),
-    )]))
-    .await;
+    let gw = one_worker_gateway(up.addr).await;
     for round in 0..3 {
         assert_eq!(
             request(gw.addr, "GET", "/body").await,
@@ -1051,11 +1056,7 @@ async fn closing_upstream() -> (
 #[tokio::test]
 async fn an_idle_connection_the_upstream_closed_is_replaced_without_an_error() {
     let (addr, mut closed, accepted) = closing_upstream().await;
-    let gw = gateway(one_worker(vec![backend_route(
-        "/",
-        &format!("http://{addr}"),
-    )]))
-    .await;
+    let gw = one_worker_gateway(addr).await;
     for i in 1..=3 {
         assert_eq!(
             request(gw.addr, "GET", "/x").await,
@@ -1119,11 +1120,7 @@ async fn an_answer_before_the_upload_ended_does_not_leave_a_busy_connection_in_t
         Response::new(full("fine"))
     })
     .await;
-    let gw = gateway(one_worker(vec![backend_route(
-        "/",
-        &format!("http://{}", up.addr),
-    )]))
-    .await;
+    let gw = one_worker_gateway(up.addr).await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     // Announces a megabyte and sends only the start of it.
     tcp.write_all(b"PUT /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 1048576\r\n\r\n")
@@ -1182,11 +1179,7 @@ async fn a_download_abandoned_by_the_client_closes_its_upstream_connection() {
         }
     })
     .await;
-    let gw = gateway(one_worker(vec![backend_route(
-        "/",
-        &format!("http://{}", up.addr),
-    )]))
-    .await;
+    let gw = one_worker_gateway(up.addr).await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     tcp.write_all(b"GET /endless HTTP/1.1\r\nHost: gw\r\n\r\n")
         .await
@@ -1269,11 +1262,7 @@ async fn interim_chunked_and_close_delimited_answers_are_relayed() {
         })
     })
     .await;
-    let gw = gateway(one_worker(vec![backend_route(
-        "/",
-        &format!("http://{addr}"),
-    )]))
-    .await;
+    let gw = one_worker_gateway(addr).await;
     for _ in 0..2 {
         assert_eq!(
             request(gw.addr, "GET", "/interim").await,
@@ -1306,11 +1295,7 @@ async fn a_malformed_or_truncated_upstream_answer_is_a_502_or_a_cut_body() {
         })
     })
     .await;
-    let gw = gateway(one_worker(vec![backend_route(
-        "/",
-        &format!("http://{addr}"),
-    )]))
-    .await;
+    let gw = one_worker_gateway(addr).await;
     assert_eq!(
         request(gw.addr, "GET", "/two-lengths").await.0,
         StatusCode::BAD_GATEWAY
@@ -1353,11 +1338,7 @@ async fn an_idempotent_request_is_sent_again_when_a_reused_connection_closes_una
         ))
     })
     .await;
-    let gw = gateway(one_worker(vec![backend_route(
-        "/",
-        &format!("http://{addr}"),
-    )]))
-    .await;
+    let gw = one_worker_gateway(addr).await;
     assert_eq!(
         request(gw.addr, "GET", "/first").await,
         (StatusCode::OK, "ok".into())
@@ -1392,11 +1373,7 @@ async fn request_bodies_of_unknown_length_are_chunked_and_arrive_whole() {
         )))
     })
     .await;
-    let gw = gateway(one_worker(vec![backend_route(
-        "/",
-        &format!("http://{}", up.addr),
-    )]))
-    .await;
+    let gw = one_worker_gateway(up.addr).await;
     let answer = raw(
         gw.addr,
         b"PUT /up HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
