@@ -348,29 +348,37 @@ impl Pool {
     }
 }
 
-/// Drops connections idle for longer than `timeout`, checking about twice per timeout, until the
-/// pool is gone.
+/// Drops connections once they have been idle for `timeout`, waking when the oldest one is due
+/// (never more often than every 10 ms), until the pool is gone.
 async fn sweep(pool: Weak<Pool>, timeout: Duration) {
-    let mut tick = tokio::time::interval((timeout / 2).max(Duration::from_millis(10)));
-    tick.tick().await;
+    const MIN_WAIT: Duration = Duration::from_millis(10);
+    let mut due = Instant::now() + timeout;
     loop {
-        tick.tick().await;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
         let Some(pool) = pool.upgrade() else { return };
         let now = Instant::now();
+        let mut oldest: Option<Instant> = None;
         let expired: Vec<Idle> = {
             let mut hosts = pool.hosts.lock().unwrap();
             let mut expired = Vec::new();
             for host in &mut hosts.list {
-                let (old, kept) = std::mem::take(&mut host.idle)
+                let (old, kept): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut host.idle)
                     .into_iter()
                     .partition(|idle| pool.expired(idle, now));
+                if let Some(since) = kept.iter().map(|idle| idle.since).min() {
+                    oldest = Some(oldest.map_or(since, |o| o.min(since)));
+                }
                 host.idle = kept;
-                expired.extend::<Vec<Idle>>(old);
+                expired.extend(old);
             }
             expired
         };
         // Closed outside the lock.
         drop(expired);
+        // Connections returned later are due later than a full timeout from now.
+        due = oldest
+            .map_or(now + timeout, |since| since + timeout)
+            .max(now + MIN_WAIT);
     }
 }
 
