@@ -213,8 +213,10 @@ async fn resolve<B>(
                     apply(req.headers_mut(), &prepared);
                     if let Some(bearer) = &oidc.bearer {
                         let exp = oidc.claims.get("exp").and_then(serde_json::Value::as_u64);
-                        let memo = &memos.tokens;
-                        memo.put_since(bearer, prepared, exp, Instant::now(), oidc.memo_epoch);
+                        let now = Instant::now();
+                        memos
+                            .tokens
+                            .put_since(bearer, prepared, exp, now, oidc.memo_epoch);
                     }
                 }
                 Identity::Account { account, .. } => {

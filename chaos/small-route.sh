@@ -1,0 +1,60 @@
+# Sourced by chaos/callgrind.sh and chaos/syscalls.sh: the set-up both measure on — a static nginx
+# upstream, gatehouse node builds with one unprotected route to it on one HTTP worker, and the
+# load generator's closed-loop spec. Expects to run from the repository root with `set -euo pipefail`.
+# Sets: gen (load generator), bins (node binaries: the arguments, or a fresh release build), work
+# (a temporary directory), up_port, proxy_port, http_port, debug_port.
+
+cargo build --release --locked -p gatehouse-chaos
+gen=${CARGO_TARGET_DIR:-target}/release/gatehouse-chaos
+bins=("$@")
+[ ${#bins[@]} -gt 0 ] || { cargo build --release --locked -p gatehouse-node; bins=("${CARGO_TARGET_DIR:-target}/release/gatehouse"); }
+nginx=${GATEHOUSE_NGINX:-/usr/sbin/nginx}
+work=$(mktemp -d)
+up_port=$((20000 + RANDOM % 20000)); proxy_port=$((up_port + 1)); http_port=$((up_port + 2)); debug_port=$((up_port + 3))
+
+# nginx_conf <name> <extra main directives> <http block body>: one worker, no daemon, no access log.
+nginx_conf() {
+  local user=""; [ "$(id -u)" -eq 0 ] && user="user root root;"
+  cat >"$work/$1.conf" <<CONF
+$user
+worker_processes 1;
+daemon off;
+$2
+pid $work/$1.pid;
+error_log $work/$1.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off; keepalive_requests 100000000;
+  client_body_temp_path $work/$1-b; proxy_temp_path $work/$1-p; fastcgi_temp_path $work/$1-f;
+  uwsgi_temp_path $work/$1-u; scgi_temp_path $work/$1-s;
+  $3
+}
+CONF
+}
+
+nginx_conf upstream "" \
+  "server { listen 127.0.0.1:$up_port; location / { default_type text/plain; return 200 \"hello from upstream\\n\"; } }"
+
+cat >"$work/proxy.yaml" <<CONF
+http:
+  workers: 1
+policies:
+  - name: ocis
+    routes:
+      - endpoint: /bench
+        backend: http://127.0.0.1:$up_port
+        unprotected: true
+CONF
+
+# spec <port> <warm-up ms> <measured ms>: 8 connections, closed loop, GET /bench/hello.
+spec() { echo "{\"addr\":\"127.0.0.1:$1\",\"paths\":[\"/bench/hello\"],\"method\":\"GET\",\"headers\":[],\"body_bytes\":0,\"connections\":8,\"rate\":null,\"warmup_ms\":$2,\"measure_ms\":$3}"; }
+
+# start_node <command…>: starts a node (the command may be a wrapper such as valgrind) on http_port/debug_port; sets node_pid; waits until ready.
+start_node() {
+  PROXY_HTTP_ADDR=127.0.0.1:$http_port PROXY_DEBUG_ADDR=127.0.0.1:$debug_port PROXY_TLS=false PROXY_LOG_LEVEL=error \
+    "$@" --config "$work/proxy.yaml" server >"$work/node.log" 2>&1 &
+  node_pid=$!
+  for _ in $(seq 1 300); do curl -sf -o /dev/null "http://127.0.0.1:$debug_port/readyz" && return 0; sleep 0.2; done
+  cat "$work/node.log" >&2
+  return 1
+}
