@@ -17,6 +17,7 @@
 pub mod accounts;
 pub mod authn;
 pub mod context;
+pub mod deadline;
 pub mod debug;
 pub mod endpoints;
 pub mod error;

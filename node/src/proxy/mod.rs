@@ -31,6 +31,7 @@ use self::client::{SendError, UpstreamBody, UpstreamClient};
 use self::forwarded::{TrustedProxies, is_upgrade_request, rewrite_forwarded, strip_hop_by_hop};
 use self::tls::{Connector, UpstreamTlsError};
 use crate::context::{Body, ConnInfo, SharedTrace};
+use crate::deadline::{Deadline, Deadlines};
 use crate::error::GatewayError;
 use crate::layers::route::{RouteUpstream, Routed};
 use crate::upstream::{Chosen, Resolver};
@@ -75,6 +76,22 @@ impl ProxyOptions {
     }
 }
 
+/// How late `response_header_timeout` may fire at most.
+const DEADLINE_TICK: Duration = Duration::from_millis(10);
+
+/// `Some` with `work`'s output, or `None` if `deadline` came first (`work` is polled first).
+async fn first_of<T>(work: impl Future<Output = T>, deadline: Deadline) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    let mut deadline = std::pin::pin!(deadline);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        deadline.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
 /// The innermost service of the pipeline. Cheap to clone.
 #[derive(Clone)]
 pub struct Proxy {
@@ -86,6 +103,8 @@ struct Inner {
     resolver: Arc<Resolver>,
     trusted: Arc<TrustedProxies>,
     response_header_timeout: Option<Duration>,
+    /// This worker's deadlines, for `response_header_timeout`.
+    deadlines: Deadlines,
 }
 
 impl Proxy {
@@ -97,6 +116,7 @@ impl Proxy {
                 resolver,
                 trusted,
                 response_header_timeout: opts.response_header_timeout,
+                deadlines: Deadlines::new(DEADLINE_TICK),
             }),
         }
     }
@@ -163,9 +183,9 @@ impl Inner {
             Either::Right(span.instrument(self.client.send(scheme, authority, out)))
         };
         let result = match self.response_header_timeout {
-            Some(t) => match tokio::time::timeout(t, sent).await {
-                Ok(r) => r,
-                Err(_) => {
+            Some(t) => match first_of(sent, self.deadlines.after(t)).await {
+                Some(r) => r,
+                None => {
                     span.fail("timeout", format!("no response head within {t:?}"));
                     return Err(GatewayError::UpstreamTimeout {
                         route: routed.label.clone(),

@@ -1,7 +1,13 @@
 //! Per-connection plumbing between hyper and the pipeline: every request gets the connection's
 //! [`ConnInfo`] and the [`ClientAddr`], and the connection keeps count of requests in flight so
-//! that an idle keep-alive connection can be closed, and a connection whose first request never
-//! arrives can be told apart from one that is merely between requests.
+//! that an idle keep-alive connection can be closed, and a client that owes a request head can be
+//! held to `header_read_timeout` (both watched by `watchdog.rs`).
+//!
+//! The head deadline is kept here, per connection, rather than by hyper: hyper's HTTP/1.1 timer
+//! is a boxed sleep registered with the runtime's timer for every request head, about 1 400
+//! instructions a request (docs/performance.md). A connection owes a head from its start and, for
+//! HTTP/1.1, whenever no request is in flight — exactly when hyper's timer ran — so one timer per
+//! connection, re-armed only when it comes due, gives the same bound.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,7 +18,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
 use tower::Service;
@@ -28,6 +34,9 @@ pub(crate) struct Activity {
     idle_since_ms: AtomicU64,
     /// Set when hyper hands over the first complete request head.
     first_request: AtomicBool,
+    /// Set by the first request if it is HTTP/2: later heads are not owed (`idle_timeout` bounds
+    /// a connection between streams).
+    http2: AtomicBool,
     /// When the connection started being served (after the TLS handshake).
     epoch: Instant,
 }
@@ -38,6 +47,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             first_request: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
             epoch: Instant::now(),
         })
     }
@@ -46,10 +56,29 @@ impl Activity {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn start(self: &Arc<Self>) -> InFlight {
-        self.first_request.store(true, Ordering::Release);
+    pub(crate) fn start(self: &Arc<Self>, version: Version) -> InFlight {
+        if !self.first_request.load(Ordering::Relaxed) {
+            self.http2
+                .store(version == Version::HTTP_2, Ordering::Release);
+            self.first_request.store(true, Ordering::Release);
+        }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    /// Resolves when the client has owed a complete request head for `timeout`: since the
+    /// connection started if no request has arrived yet (whatever it sent meanwhile: nothing,
+    /// part of the HTTP/2 preface, only SETTINGS frames, part of a head), and on an HTTP/1.1
+    /// connection since its last response ended. Never on an HTTP/2 connection once a request
+    /// has arrived.
+    pub(crate) async fn head_overdue(&self, timeout: Duration) {
+        if self.no_request_within(timeout).await {
+            return;
+        }
+        if self.http2.load(Ordering::Acquire) {
+            return std::future::pending().await;
+        }
+        self.idle_for(timeout).await;
     }
 
     /// Resolves once the connection has had no request in flight for `timeout`.
@@ -69,25 +98,22 @@ impl Activity {
         }
     }
 
-    /// Resolves if no complete request head has arrived `timeout` after the connection started
-    /// (whatever the client sent meanwhile: nothing, part of the HTTP/2 preface, only SETTINGS
-    /// frames, part of a head); never resolves once one has.
-    pub(crate) async fn no_request_within(&self, timeout: Duration) {
+    /// `true` if no complete request head has arrived `timeout` after the connection started,
+    /// `false` as soon as the connection's task is woken after one has.
+    async fn no_request_within(&self, timeout: Duration) -> bool {
         let mut deadline = std::pin::pin!(tokio::time::sleep_until(self.epoch + timeout));
         std::future::poll_fn(|cx| {
-            // Once a request has arrived the timer is not even polled: the connection's task
-            // polls this on every wake-up.
             if self.first_request.load(Ordering::Acquire) {
-                return Poll::Pending;
+                return Poll::Ready(false);
             }
-            deadline.as_mut().poll(cx)
+            deadline.as_mut().poll(cx).map(|()| true)
         })
-        .await;
+        .await
     }
 }
 
 /// Held from the moment a request arrives until its response body is finished or dropped.
-struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -117,12 +143,13 @@ where
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let client = self.trusted.client_addr(req.headers(), self.info.peer.ip());
+        let req_version = req.version();
         let ext = req.extensions_mut();
         ext.insert(self.info);
         ext.insert(ClientAddr(client));
         ConnFuture {
             inner: tower::ServiceExt::oneshot(self.inner.clone(), req),
-            guard: Some(self.activity.start()),
+            guard: Some(self.activity.start(req_version)),
         }
     }
 }
@@ -182,22 +209,33 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn first_request_deadline_fires_only_without_a_request() {
+    async fn a_head_is_owed_from_the_start_and_between_http1_requests_only() {
+        let timeout = Duration::from_secs(1);
         let silent = Activity::new();
         let started = Instant::now();
-        silent.no_request_within(Duration::from_secs(1)).await;
-        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        silent.head_overdue(timeout).await;
+        assert_eq!(started.elapsed(), timeout);
 
-        let served = Activity::new();
-        drop(served.start());
-        let waited = tokio::time::timeout(
-            Duration::from_secs(60),
-            served.no_request_within(Duration::from_secs(1)),
-        )
-        .await;
+        let h2 = Activity::new();
+        drop(h2.start(Version::HTTP_2));
+        let waited = tokio::time::timeout(Duration::from_secs(60), h2.head_overdue(timeout)).await;
         assert!(
             waited.is_err(),
-            "the deadline fired after a request had arrived"
+            "an HTTP/2 connection owed a head after its first request"
         );
+
+        let h1 = Activity::new();
+        let in_flight = h1.start(Version::HTTP_11);
+        let overdue = h1.head_overdue(timeout);
+        tokio::pin!(overdue);
+        let waited = tokio::time::timeout(Duration::from_secs(5), overdue.as_mut()).await;
+        assert!(
+            waited.is_err(),
+            "the deadline ran while a request was in flight"
+        );
+        let ended = Instant::now();
+        drop(in_flight);
+        overdue.await;
+        assert_eq!(ended.elapsed(), timeout);
     }
 }

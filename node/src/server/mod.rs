@@ -7,9 +7,9 @@
 //!   HTTP/2 the preface, the SETTINGS exchange and the first stream's HEADERS. hyper only starts
 //!   its own HTTP/1.1 timer once it knows the protocol, and has none for HTTP/2, so without the
 //!   connection-level deadline a client that sent nothing, or a prefix of the HTTP/2 preface, was
-//!   held until `idle_timeout`. hyper's timer then bounds every later HTTP/1.1 head, and with it
-//!   how long an idle HTTP/1.1 keep-alive connection lives; later HTTP/2 streams are bounded by
-//!   `idle_timeout`.
+//!   held until `idle_timeout`. The same deadline then bounds every later HTTP/1.1 head from the
+//!   end of the previous response (as hyper's own timer did), and with it how long an idle
+//!   HTTP/1.1 keep-alive connection lives; later HTTP/2 streams are bounded by `idle_timeout`.
 //! - `max_header_bytes`: largest request head. HTTP/1.1 heads above it get 431 and the connection
 //!   is closed (hyper's read buffer cannot be smaller than 8192, so smaller values act as 8192);
 //!   HTTP/2 uses it as `SETTINGS_MAX_HEADER_LIST_SIZE`. Zero keeps hyper's defaults.
@@ -30,6 +30,7 @@ mod conn;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+mod watchdog;
 mod worker;
 
 use std::convert::Infallible;
@@ -50,6 +51,7 @@ use tower::Service;
 use gatehouse_shared::config::{Config, Http};
 
 use self::conn::{Activity, ConnService};
+use self::watchdog::{Verdict, Watchdog};
 use self::worker::{Accepted, Worker};
 use crate::context::{Body, ConnInfo};
 use crate::health::Health;
@@ -323,8 +325,9 @@ fn builder(limits: &Limits) -> Builder<TokioExecutor> {
     let mut b = Builder::new(TokioExecutor::new());
     {
         let mut h1 = b.http1();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
+        // The connection's own head deadline replaces hyper's (`conn.rs` says why); without
+        // this hyper would still arm its default of 30 s for every head.
+        h1.timer(TokioTimer::new()).header_read_timeout(None);
         if limits.max_header_bytes > 0 {
             h1.max_buf_size(limits.max_header_bytes.max(HYPER_MIN_BUF));
         }
@@ -388,21 +391,12 @@ impl<S: RequestService> Handler<S> {
         };
         let conn = self.builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);
-        let mut closing = false;
-        let idle = async {
-            match self.idle_timeout {
-                Some(t) => activity.idle_for(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(idle);
-        let first_request = async {
-            match self.header_read_timeout {
-                Some(t) => activity.no_request_within(t).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(first_request);
+        let mut watchdog = Watchdog::start(
+            activity,
+            self.header_read_timeout,
+            self.idle_timeout,
+            self.shutdown,
+        );
         loop {
             tokio::select! {
                 res = conn.as_mut() => {
@@ -411,20 +405,15 @@ impl<S: RequestService> Handler<S> {
                     }
                     return;
                 }
-                () = &mut first_request => {
-                    // Dropping the connection closes the socket: nothing was requested, so there
-                    // is nothing to answer or to finish.
-                    tracing::debug!(peer = %self.info.peer, "no complete request head within header_read_timeout");
-                    return;
-                }
-                () = self.shutdown.cancelled(), if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                () = &mut idle, if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
+                verdict = watchdog.next() => match verdict {
+                    Verdict::Drain => conn.as_mut().graceful_shutdown(),
+                    Verdict::Close => {
+                        // Dropping the connection closes the socket: no request is in flight,
+                        // so there is nothing to answer or to finish.
+                        tracing::debug!(peer = %self.info.peer, "no complete request head within header_read_timeout");
+                        return;
+                    }
+                },
             }
         }
     }

@@ -56,7 +56,10 @@ async fn start() -> Running {
     let addr = server.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let service = || {
-        tower::service_fn(|_req: Request<hyper::body::Incoming>| async {
+        tower::service_fn(|req: Request<hyper::body::Incoming>| async move {
+            if req.uri().path() == "/slow" {
+                tokio::time::sleep(HEADER_READ * 2).await;
+            }
             let body: Body = Full::new(Bytes::from_static(b"ok"))
                 .map_err(|never| match never {})
                 .boxed_unsync();
@@ -167,4 +170,66 @@ async fn http2_connection_outlives_the_deadline_once_it_has_made_a_request() {
     let second = client.send_request(get()).await.unwrap();
     assert_eq!(second.status(), 200);
     assert!(!conn.is_finished());
+}
+
+/// Sends one request on `stream` and reads its answer (the test service's body is `ok`).
+async fn request(stream: &mut TcpStream, path: &str) {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"ok") {
+        let n = tokio::time::timeout(CLOSE_DEADLINE, stream.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(n > 0, "closed before answering {path}");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200 "), "{answer:?}");
+}
+
+/// How long after `since` the server closed `stream`, which sends nothing more.
+async fn closed_since(stream: &mut TcpStream, since: Instant) -> Option<Duration> {
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(CLOSE_DEADLINE, stream.read(&mut buf)).await {
+        Err(_) => None,
+        Ok(Ok(0) | Err(_)) => Some(since.elapsed()),
+        Ok(Ok(n)) => panic!("unexpected {n} bytes"),
+    }
+}
+
+#[tokio::test]
+async fn http1_keep_alive_connection_is_closed_header_read_timeout_after_its_last_answer() {
+    let server = start().await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    // Well past the deadline from the connection's start: each answer restarts it.
+    for _ in 0..3 {
+        request(&mut stream, "/").await;
+        tokio::time::sleep(HEADER_READ / 2).await;
+    }
+    let answered = Instant::now();
+    request(&mut stream, "/").await;
+    assert_closed_by_header_deadline("idle keep-alive", closed_since(&mut stream, answered).await);
+}
+
+#[tokio::test]
+async fn http1_second_head_cut_short_is_closed_after_header_read_timeout() {
+    let server = start().await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    request(&mut stream, "/").await;
+    let cut = Instant::now();
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    assert_closed_by_header_deadline(
+        "second head cut short",
+        closed_since(&mut stream, cut).await,
+    );
+}
+
+#[tokio::test]
+async fn http1_request_slower_than_the_deadline_is_answered_and_the_connection_kept() {
+    let server = start().await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    request(&mut stream, "/slow").await;
+    request(&mut stream, "/").await;
 }
