@@ -224,7 +224,7 @@ fn unix_now() -> u64 {
 
 /// The node's configuration: the same upstream behind an unprotected and a protected route.
 fn node_yaml(upstream: &str, issuer: &str) -> String {
-    fair::node_yaml(upstream, issuer, 0)
+    fair::node_yaml(upstream, issuer, 0, None)
 }
 
 /// What every benchmark scenario starts first: the test OpenID provider and the nginx static

@@ -20,6 +20,8 @@ async fn the_fair_benchmark_measures_every_target_with_nginx_doing_the_same_work
         "gatehouse unprotected",
         "gatehouse cached token",
         "gatehouse cached signed URL",
+        "gatehouse cached public share",
+        "gatehouse tracing at ratio 0",
         "nginx 1 MiB download",
         "gatehouse 1 MiB download",
         "nginx 1 MiB upload",
@@ -36,15 +38,19 @@ async fn the_fair_benchmark_measures_every_target_with_nginx_doing_the_same_work
             outcome.report
         );
     }
-    assert!(
-        outcome
-            .report
-            .contains("gatehouse / nginx proxy CPU per request"),
-        "{}",
-        outcome.report
-    );
+    for ratio in [
+        "gatehouse / nginx proxy CPU per request",
+        "gatehouse cached public share / unprotected",
+        "gatehouse tracing at ratio 0 / unprotected",
+    ] {
+        assert!(
+            outcome.report.contains(ratio),
+            "{ratio}:\n{}",
+            outcome.report
+        );
+    }
     let samples: Vec<serde_json::Value> = serde_json::from_str(&outcome.json).expect("JSON");
-    assert_eq!(samples.len(), 12 * 3);
+    assert_eq!(samples.len(), 14 * 3);
     for s in &samples {
         assert!(s["proxy_cpu_us"].as_f64().is_some_and(|v| v > 0.0), "{s}");
         assert!(

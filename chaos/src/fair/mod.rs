@@ -15,10 +15,12 @@
 //!   machine's load reaches all targets alike; median and range over the rounds, and the steal
 //!   time of each measurement.
 //!
-//! The node-only targets (cached token, cached signed URL) are measured at the same offered load
-//! as the unprotected pair and compared with the node's unprotected figures. HTTP/2 (h2c, one
-//! stream at a time per connection) and TLS (HTTP/1.1, connections kept) are pairs of their own,
-//! with their own capacity; the TLS node is a second node process with the same configuration.
+//! The node-only targets (cached token, cached signed URL, cached public share, tracing at a
+//! sampling ratio of 0) are measured at the same offered load as the unprotected pair and
+//! compared with the node's unprotected figures. HTTP/2 (h2c, one stream at a time per
+//! connection) and TLS (HTTP/1.1, connections kept) are pairs of their own, with their own
+//! capacity; the TLS node and the tracing node are further node processes with the same
+//! configuration.
 
 pub mod load;
 mod procstat;
@@ -35,6 +37,8 @@ use gatehouse_tests::client::{get, get_with};
 use gatehouse_tests::idp::{Idp, TokenOptions};
 use gatehouse_tests::lb::Nginx;
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
+use gatehouse_tests::otlp::OtlpReceiver;
+use gatehouse_tests::shares::{FixtureShare, ShareFixture};
 use gatehouse_tests::signing::{Link, sign};
 
 use self::load::{Outcome, Spec};
@@ -94,6 +98,8 @@ impl Mode {
 enum Proxy {
     Nginx,
     Node,
+    /// The node's configuration with tracing on and a sampling ratio of 0.
+    NodeTracedZero,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -158,6 +164,10 @@ struct Stack<'a> {
     node: GatehouseNode,
     /// The same node configuration serving TLS.
     node_tls: GatehouseNode,
+    /// The same node configuration with tracing on at ratio 0, and the receiver it exports to
+    /// (which must stay empty).
+    node_traced: GatehouseNode,
+    traced_otlp: OtlpReceiver,
     /// The certificate both proxies present, trusted by the load generator.
     cert_pem: String,
     _certs: tempfile::TempDir,
@@ -172,6 +182,7 @@ impl Stack<'_> {
             (Proxy::Nginx, _) => self.nginx.nginx.addr,
             (Proxy::Node, Kind::Tls) => self.node_tls.http,
             (Proxy::Node, _) => self.node.http,
+            (Proxy::NodeTracedZero, _) => self.node_traced.http,
         }
     }
     fn pid(&self, p: Proxy, k: Kind) -> u32 {
@@ -179,6 +190,7 @@ impl Stack<'_> {
             (Proxy::Nginx, _) => self.nginx.nginx.pid(),
             (Proxy::Node, Kind::Tls) => self.node_tls.pid(),
             (Proxy::Node, _) => self.node.pid(),
+            (Proxy::NodeTracedZero, _) => self.node_traced.pid(),
         }
     }
 }
@@ -286,8 +298,12 @@ async fn nginx_alike(
 }
 
 /// A benchmark node's configuration: `/bench` unprotected, everything else protected (bearer
-/// tokens, signed URLs with keys in memory), `workers` HTTP workers (0: one per core).
-pub fn node_yaml(upstream: &str, issuer: &str, workers: usize) -> String {
+/// tokens, signed URLs with keys in memory, public shares checked by `shares` if given),
+/// `workers` HTTP workers (0: one per core).
+pub fn node_yaml(upstream: &str, issuer: &str, workers: usize, shares: Option<&str>) -> String {
+    let shares = shares.map_or(String::new(), |url| {
+        format!("public_shares:\n  url: {url}\n")
+    });
     format!(
         "http:
   workers: {workers}
@@ -307,7 +323,7 @@ token_manager:
 pre_signed_url:
   serve_signing_keys: true
   signing_keys: {{store: memory}}
-"
+{shares}"
     )
 }
 
@@ -338,12 +354,16 @@ pub async fn run(settings: Settings) -> Result<Results, String> {
         .await
         .map_err(|e| format!("starting the OpenID provider: {e}"))?;
     let upstream = upstream().await;
+    // A password-less public link: after its first request the node answers from its cache of
+    // accepted shares (30 s), so the share service is not part of what is measured.
+    let shares = ShareFixture::start().await;
+    shares.add_share(FixtureShare::new("s-bench", BENCH_SHARE));
     let token = idp.user_token("einstein", TokenOptions::jwt()).await;
     let bearer = format!("Bearer {}", token.access_token());
     let mut samples = Vec::new();
     let mut report = String::new();
     for &mode in &settings.modes {
-        let stack = start_mode(mode, &idp, &upstream).await?;
+        let stack = start_mode(mode, &idp, &upstream, &shares.url()).await?;
         let targets: Vec<Target> = targets(&stack, &bearer)
             .await?
             .into_iter()
@@ -355,6 +375,12 @@ pub async fn run(settings: Settings) -> Result<Results, String> {
             .collect();
         let _ = writeln!(report, "\n## {}\n", mode.name());
         samples.extend(run_mode(&settings, &stack, &idp, &targets, &mut report).await?);
+        let exported = stack.traced_otlp.span_count();
+        if exported > 0 {
+            return Err(format!(
+                "the node tracing at ratio 0 exported {exported} spans"
+            ));
+        }
     }
     let bad: Vec<String> = samples
         .iter()
@@ -376,11 +402,24 @@ pub async fn run(settings: Settings) -> Result<Results, String> {
     }
 }
 
-async fn start_mode<'a>(mode: Mode, idp: &Idp, upstream: &'a Nginx) -> Result<Stack<'a>, String> {
+/// The public-share token of the benchmark's link.
+const BENCH_SHARE: &str = "benchsharetoken";
+
+async fn start_mode<'a>(
+    mode: Mode,
+    idp: &Idp,
+    upstream: &'a Nginx,
+    shares: &str,
+) -> Result<Stack<'a>, String> {
     let workers = mode.workers();
     let node = GatehouseNode::start_with(
-        NodeOptions::new(&node_yaml(&upstream.url(""), &idp.issuer(), workers))
-            .env("PROXY_LOG_LEVEL", "error"),
+        NodeOptions::new(&node_yaml(
+            &upstream.url(""),
+            &idp.issuer(),
+            workers,
+            Some(shares),
+        ))
+        .env("PROXY_LOG_LEVEL", "error"),
     )
     .await;
     let probe = "/bench/hello";
@@ -401,11 +440,34 @@ async fn start_mode<'a>(mode: Mode, idp: &Idp, upstream: &'a Nginx) -> Result<St
     std::fs::write(&cert, &cert_pem).map_err(|e| e.to_string())?;
     std::fs::write(&key, ck.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
     let node_tls = GatehouseNode::start_with(
-        NodeOptions::new(&node_yaml(&upstream.url(""), &idp.issuer(), workers))
-            .env("PROXY_LOG_LEVEL", "error")
-            .env("PROXY_TLS", "true")
-            .env("PROXY_TRANSPORT_TLS_CERT", &cert.display().to_string())
-            .env("PROXY_TRANSPORT_TLS_KEY", &key.display().to_string()),
+        NodeOptions::new(&node_yaml(
+            &upstream.url(""),
+            &idp.issuer(),
+            workers,
+            Some(shares),
+        ))
+        .env("PROXY_LOG_LEVEL", "error")
+        .env("PROXY_TLS", "true")
+        .env("PROXY_TRANSPORT_TLS_CERT", &cert.display().to_string())
+        .env("PROXY_TRANSPORT_TLS_KEY", &key.display().to_string()),
+    )
+    .await;
+    let traced_otlp = OtlpReceiver::start_counting().await;
+    let node_traced = GatehouseNode::start_with(
+        NodeOptions::new(&node_yaml(
+            &upstream.url(""),
+            &idp.issuer(),
+            workers,
+            Some(shares),
+        ))
+        .env("PROXY_LOG_LEVEL", "error")
+        .env("OCIS_TRACING_ENABLED", "true")
+        .env("OCIS_TRACING_TYPE", "otlp")
+        .env(
+            "OCIS_TRACING_ENDPOINT",
+            &format!("127.0.0.1:{}", traced_otlp.grpc_port()),
+        )
+        .env("OTEL_TRACES_SAMPLER_ARG", "0"),
     )
     .await;
     let nginx = nginx_alike(upstream.addr, workers, &add, &cert, &key).await;
@@ -439,6 +501,7 @@ async fn start_mode<'a>(mode: Mode, idp: &Idp, upstream: &'a Nginx) -> Result<St
     };
     procstat::pin(&procstat::tree(node.pid()), &core("1"))?;
     procstat::pin(&procstat::tree(node_tls.pid()), &core("1"))?;
+    procstat::pin(&procstat::tree(node_traced.pid()), &core("1"))?;
     procstat::pin(&procstat::tree(nginx.nginx.pid()), &core("1"))?;
     procstat::pin(&procstat::tree(upstream.pid()), &core("0"))?;
     procstat::pin(&procstat::tree(idp.pid()), &core("0"))?;
@@ -457,6 +520,8 @@ async fn start_mode<'a>(mode: Mode, idp: &Idp, upstream: &'a Nginx) -> Result<St
         nginx,
         node,
         node_tls,
+        node_traced,
+        traced_otlp,
         cert_pem,
         _certs: certs,
         mode,
@@ -489,9 +554,12 @@ async fn targets(stack: &Stack<'_>, bearer: &str) -> Result<Vec<Target>, String>
         },
         key,
     );
+    let share_path = format!("/dav/public-files/{BENCH_SHARE}/hello");
+    let share = vec![("public-token".to_owned(), BENCH_SHARE.to_owned())];
     for (what, url, h) in [
         ("cached token", stack.node.url("/auth/hello"), &auth[..]),
         ("signed URL", stack.node.url(&link), &[][..]),
+        ("public share", stack.node.url(&share_path), &share[..]),
     ] {
         let h: Vec<(&str, &str)> = h.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
         let r = get_with(&url, &h).await;
@@ -514,6 +582,14 @@ async fn targets(stack: &Stack<'_>, bearer: &str) -> Result<Vec<Target>, String>
         t("nginx unprotected", Nginx, Small, open, "GET", &[]),
         t("gatehouse unprotected", Node, Small, open, "GET", &[]),
         t(
+            "gatehouse tracing at ratio 0",
+            NodeTracedZero,
+            Small,
+            open,
+            "GET",
+            &[],
+        ),
+        t(
             "gatehouse cached token",
             Node,
             Small,
@@ -528,6 +604,14 @@ async fn targets(stack: &Stack<'_>, bearer: &str) -> Result<Vec<Target>, String>
             &link,
             "GET",
             &[],
+        ),
+        t(
+            "gatehouse cached public share",
+            Node,
+            Small,
+            &share_path,
+            "GET",
+            &share,
         ),
         t(
             "nginx 1 MiB download",
@@ -847,7 +931,11 @@ fn ratios(report: &mut String, all: &[Sample]) {
             verdict(r <= 1.5)
         ));
     }
-    for t in ["gatehouse cached token", "gatehouse cached signed URL"] {
+    for t in [
+        "gatehouse cached token",
+        "gatehouse cached signed URL",
+        "gatehouse cached public share",
+    ] {
         let by_cpu = med("50 %", gh, &cpu) / med("50 %", t, &cpu);
         let by_rps = med("saturation", t, &rps) / med("saturation", gh, &rps);
         line(format!(
@@ -855,6 +943,12 @@ fn ratios(report: &mut String, all: &[Sample]) {
             verdict(by_cpu >= 0.9)
         ));
     }
+    let t = "gatehouse tracing at ratio 0";
+    let r = med("50 %", t, &cpu) / med("50 %", gh, &cpu);
+    line(format!(
+        "{t} / unprotected: proxy CPU per request at 50 % {r:.2}× (target ≤ 1.03: {})",
+        verdict(r <= 1.03)
+    ));
     for (n, g) in [
         ("nginx HTTP/2 (h2c)", "gatehouse HTTP/2 (h2c)"),
         ("nginx TLS", "gatehouse TLS"),
