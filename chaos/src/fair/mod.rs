@@ -908,8 +908,11 @@ fn ratios(report: &mut String, all: &[Sample]) {
     let p99 = |s: &Sample| f64::from(s.outcome.p99_us);
     let mib = |s: &Sample| s.mib_per_cpu_s();
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    // A ratio of a target left out of the run (`GATEHOUSE_FAIR_ONLY`) is NaN: no line for it.
     let mut line = |text: String| {
-        let _ = writeln!(report, "- {text}");
+        if !text.contains("NaN") {
+            let _ = writeln!(report, "- {text}");
+        }
     };
     let (ng, gh) = ("nginx unprotected", "gatehouse unprotected");
     for phase in ["saturation", "50 %", "80 %"] {

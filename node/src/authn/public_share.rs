@@ -18,12 +18,17 @@
 //! loading the share service — keyed by a salted hash of token and secret, so no secret is kept
 //! in clear. Concurrent requests with the same token and secret share one call. An unavailable
 //! share service is not remembered: the next request asks again.
+//!
+//! Signing the guest's token costs more than proxying a small request, so an accepted answer
+//! also keeps the token minted for it and hands it to the following requests of the same link
+//! until less than a quarter of the token lifetime would be left (the rule of the owner-token
+//! cache, `MintCache`): backends always get at least that quarter to run, or the share's end.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::FutureExt as _;
@@ -196,6 +201,13 @@ struct CacheEntry {
     stored: SystemTime,
     ttl: Duration,
     verdict: Verdict,
+    /// The token minted for an accepted share, reused until `renew_at`.
+    minted: Option<Minted>,
+}
+
+struct Minted {
+    token: HeaderValue,
+    renew_at: SystemTime,
 }
 
 /// Remembered verdicts, bounded by [`CACHE_CAPACITY`].
@@ -211,13 +223,26 @@ impl Cache {
             .is_ok_and(|age| age < entry.ttl)
     }
 
-    fn get(&mut self, key: &str, now: SystemTime) -> Option<Verdict> {
+    /// The remembered verdict, with the token minted for it while that may still be reused.
+    fn get(&mut self, key: &str, now: SystemTime) -> Option<(Verdict, Option<HeaderValue>)> {
         let entry = self.entries.get(key)?;
         if Self::fresh(entry, now) {
-            return Some(entry.verdict.clone());
+            let minted = entry
+                .minted
+                .as_ref()
+                .filter(|m| now < m.renew_at && now >= entry.stored)
+                .map(|m| m.token.clone());
+            return Some((entry.verdict.clone(), minted));
         }
         self.entries.remove(key);
         None
+    }
+
+    /// Keeps `token` with the entry under `key`, if there still is one.
+    fn keep_minted(&mut self, key: &str, token: HeaderValue, renew_at: SystemTime) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.minted = Some(Minted { token, renew_at });
+        }
     }
 
     fn put(&mut self, key: String, verdict: Verdict, ttl: Duration, now: SystemTime) {
@@ -243,6 +268,7 @@ impl Cache {
                 stored: now,
                 ttl,
                 verdict,
+                minted: None,
             },
         );
     }
@@ -376,14 +402,7 @@ impl PublicShareAuthenticator {
             Ok(secret) => secret,
             Err(reason) => return ShareOutcome::Rejected { reason },
         };
-        match service.verdict(token, secret).await {
-            Verdict::Accepted(share) => service.mint(share),
-            Verdict::Rejected(reason) => ShareOutcome::Rejected { reason },
-            Verdict::Unavailable(reason, retry_after) => ShareOutcome::Unavailable {
-                reason,
-                retry_after,
-            },
-        }
+        service.outcome(token, secret).await
     }
 }
 
@@ -410,6 +429,31 @@ impl Service {
         }
     }
 
+    /// The outcome for (token, secret): from the remembered verdict and token when there are
+    /// both, otherwise from the verdict (remembered or asked for) and a token minted now.
+    async fn outcome(self: &Arc<Self>, token: String, secret: Secret) -> ShareOutcome {
+        let key = self.cache_key(&token, &secret);
+        let now = self.clock.now();
+        let remembered = lock(&self.cache).get(&key, now);
+        let verdict = match remembered {
+            Some((Verdict::Accepted(share), Some(token)))
+                if share.expiration.is_none_or(|end| end > now) =>
+            {
+                return ShareOutcome::Accepted { token, share };
+            }
+            Some((verdict, _)) => verdict,
+            None => self.verdict(key.clone(), token, secret).await,
+        };
+        match verdict {
+            Verdict::Accepted(share) => self.mint(&key, share),
+            Verdict::Rejected(reason) => ShareOutcome::Rejected { reason },
+            Verdict::Unavailable(reason, retry_after) => ShareOutcome::Unavailable {
+                reason,
+                retry_after,
+            },
+        }
+    }
+
     /// Salted hash of (token, secret): the secret never sits in memory longer than the request.
     fn cache_key(&self, token: &str, secret: &Secret) -> String {
         let mut material = String::with_capacity(token.len() + 80);
@@ -422,11 +466,12 @@ impl Service {
         token_cache_key(&material)
     }
 
-    async fn verdict(self: &Arc<Self>, token: String, secret: Secret) -> Verdict {
-        let key = self.cache_key(&token, &secret);
+    /// The verdict on the (token, secret) filed under `key` after a cache miss: remembered
+    /// meanwhile, asked for by a call already under way, or asked for now.
+    async fn verdict(self: &Arc<Self>, key: String, token: String, secret: Secret) -> Verdict {
         let call = {
             let mut inflight = lock(&self.inflight);
-            if let Some(verdict) = lock(&self.cache).get(&key, self.clock.now()) {
+            if let Some((verdict, _)) = lock(&self.cache).get(&key, self.clock.now()) {
                 return verdict;
             }
             if let Some(call) = inflight.get(&key) {
@@ -617,7 +662,8 @@ impl Service {
         }))
     }
 
-    fn mint(&self, share: Arc<ValidatedShare>) -> ShareOutcome {
+    /// Mints the guest's token for `share` and keeps it with the verdict under `key`.
+    fn mint(&self, key: &str, share: Arc<ValidatedShare>) -> ShareOutcome {
         let now = self.clock.now();
         if share.expiration.is_some_and(|end| end <= now) {
             return ShareOutcome::Rejected {
@@ -630,7 +676,16 @@ impl Service {
             .map_err(|e| e.to_string())
             .and_then(|t| HeaderValue::try_from(t).map_err(|e| e.to_string()));
         match minted {
-            Ok(token) => ShareOutcome::Accepted { token, share },
+            Ok(token) => {
+                // `iat` is whole seconds: count the lifetime from there.
+                let issued = now.duration_since(UNIX_EPOCH).map_or(UNIX_EPOCH, |d| {
+                    UNIX_EPOCH + Duration::from_secs(d.as_secs())
+                });
+                let lifetime = self.minter.lifetime();
+                let renew_at = issued + (lifetime - lifetime / 4);
+                lock(&self.cache).keep_minted(key, token.clone(), renew_at);
+                ShareOutcome::Accepted { token, share }
+            }
             Err(e) => ShareOutcome::Unavailable {
                 reason: format!("cannot mint the share token: {e}"),
                 retry_after: None,
@@ -1221,6 +1276,57 @@ mod tests {
             serde_json::json!({"token": "sharetoken", "resourceId": {
                 "storageId": "storage-1", "spaceId": "space-1", "opaqueId": "resource-of-s-pw"}})
         );
+    }
+
+    #[tokio::test]
+    async fn the_minted_token_is_reused_until_a_quarter_of_its_lifetime_is_left() {
+        let fixture = ShareFixture::start().await;
+        fixture.add_share(FixtureShare::new("s-open", "open"));
+        let mut config = config(&fixture.url());
+        config.token_manager.token_lifetime = gatehouse_shared::config::GoDuration::secs(20);
+        // Whole seconds, as `iat` is.
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let clock = Arc::new(ManualClock::new(start));
+        let authn = PublicShareAuthenticator::from_config(&config)
+            .unwrap()
+            .with_clock(clock.clone());
+        let h = headers(&[(PUBLIC_TOKEN, "open")]);
+        let iat = |t: &HeaderValue| {
+            verify_at(
+                SECRET.as_bytes(),
+                t.to_str().unwrap(),
+                Duration::ZERO,
+                start,
+            )
+            .unwrap()
+            .iat
+        };
+
+        let (first, _) = accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        clock.advance(Duration::from_millis(14_999));
+        let (again, _) = accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        assert_eq!(again, first, "15 s of 20 not yet gone: the same token");
+
+        clock.advance(Duration::from_millis(1));
+        let (renewed, _) = accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        assert_ne!(renewed, first);
+        assert_eq!(iat(&renewed), iat(&first) + 15);
+        assert_eq!(
+            fixture.count(),
+            1,
+            "renewing the token does not ask the service"
+        );
+
+        // Another secret is another entry: its own verdict, its own token.
+        let other = headers(&[(PUBLIC_TOKEN, "open"), ("authorization", &basic("x"))]);
+        accepted(authn.authenticate(SHARE_PATH, &other, None).await);
+        assert_eq!(fixture.count(), 2);
+
+        // A new verdict starts without a token.
+        clock.advance(ACCEPTED_TTL);
+        let (fresh, _) = accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        assert_eq!(fixture.count(), 3);
+        assert_eq!(iat(&fresh), iat(&renewed) + ACCEPTED_TTL.as_secs());
     }
 
     #[tokio::test]
