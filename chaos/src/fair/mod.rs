@@ -358,12 +358,13 @@ pub async fn run(settings: Settings) -> Result<Results, String> {
     // accepted shares (30 s), so the share service is not part of what is measured.
     let shares = ShareFixture::start().await;
     shares.add_share(FixtureShare::new("s-bench", BENCH_SHARE));
-    let token = idp.user_token("einstein", TokenOptions::jwt()).await;
-    let bearer = format!("Bearer {}", token.access_token());
     let mut samples = Vec::new();
     let mut report = String::new();
     for &mode in &settings.modes {
         let stack = start_mode(mode, &idp, &upstream, &shares.url()).await?;
+        // The provider's tokens last 10 minutes, less than one mode of a long run.
+        let token = idp.user_token("einstein", TokenOptions::jwt()).await;
+        let bearer = format!("Bearer {}", token.access_token());
         let targets: Vec<Target> = targets(&stack, &bearer)
             .await?
             .into_iter()
