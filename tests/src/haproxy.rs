@@ -42,8 +42,10 @@ pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 impl HaProxy {
     pub async fn balance(backends: &[Backend]) -> HaProxy {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
-        let stats: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
+        // Chosen together: two separate choices can return the same port.
+        let ports = crate::process::free_ports(2);
+        let addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+        let stats: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
         let inter = CHECK_INTERVAL.as_millis();
         let servers: String = backends
             .iter()

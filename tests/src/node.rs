@@ -94,8 +94,10 @@ impl GatehouseNode {
 
     pub async fn start_with(opts: NodeOptions) -> GatehouseNode {
         let dir = tempfile::tempdir().expect("tempdir");
-        let http: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
-        let debug: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse().unwrap();
+        // Chosen together: two separate choices can return the same port.
+        let ports = crate::process::free_ports(2);
+        let http: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+        let debug: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
         std::fs::write(dir.path().join("proxy.yaml"), &opts.yaml).expect("write config");
         let proc = spawn(&opts, dir.path(), http, debug, "gatehouse.log").await;
         GatehouseNode {

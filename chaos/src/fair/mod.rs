@@ -412,17 +412,15 @@ async fn start_mode<'a>(
     upstream: &'a Nginx,
     shares: &str,
 ) -> Result<Stack<'a>, String> {
-    let workers = mode.workers();
-    let node = GatehouseNode::start_with(
-        NodeOptions::new(&node_yaml(
-            &upstream.url(""),
-            &idp.issuer(),
-            workers,
-            Some(shares),
-        ))
-        .env("PROXY_LOG_LEVEL", "error"),
-    )
-    .await;
+    // Every node of a mode runs the same configuration; the TLS and tracing ones add to it.
+    let yaml = node_yaml(
+        &upstream.url(""),
+        &idp.issuer(),
+        mode.workers(),
+        Some(shares),
+    );
+    let options = || NodeOptions::new(&yaml).env("PROXY_LOG_LEVEL", "error");
+    let node = GatehouseNode::start_with(options()).await;
     let probe = "/bench/hello";
     let from_node = get(&node.url(probe)).await;
     let direct = get(&upstream.url(probe)).await;
@@ -441,37 +439,25 @@ async fn start_mode<'a>(
     std::fs::write(&cert, &cert_pem).map_err(|e| e.to_string())?;
     std::fs::write(&key, ck.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
     let node_tls = GatehouseNode::start_with(
-        NodeOptions::new(&node_yaml(
-            &upstream.url(""),
-            &idp.issuer(),
-            workers,
-            Some(shares),
-        ))
-        .env("PROXY_LOG_LEVEL", "error")
-        .env("PROXY_TLS", "true")
-        .env("PROXY_TRANSPORT_TLS_CERT", &cert.display().to_string())
-        .env("PROXY_TRANSPORT_TLS_KEY", &key.display().to_string()),
+        options()
+            .env("PROXY_TLS", "true")
+            .env("PROXY_TRANSPORT_TLS_CERT", &cert.display().to_string())
+            .env("PROXY_TRANSPORT_TLS_KEY", &key.display().to_string()),
     )
     .await;
     let traced_otlp = OtlpReceiver::start_counting().await;
     let node_traced = GatehouseNode::start_with(
-        NodeOptions::new(&node_yaml(
-            &upstream.url(""),
-            &idp.issuer(),
-            workers,
-            Some(shares),
-        ))
-        .env("PROXY_LOG_LEVEL", "error")
-        .env("OCIS_TRACING_ENABLED", "true")
-        .env("OCIS_TRACING_TYPE", "otlp")
-        .env(
-            "OCIS_TRACING_ENDPOINT",
-            &format!("127.0.0.1:{}", traced_otlp.grpc_port()),
-        )
-        .env("OTEL_TRACES_SAMPLER_ARG", "0"),
+        options()
+            .env("OCIS_TRACING_ENABLED", "true")
+            .env("OCIS_TRACING_TYPE", "otlp")
+            .env(
+                "OCIS_TRACING_ENDPOINT",
+                &format!("127.0.0.1:{}", traced_otlp.grpc_port()),
+            )
+            .env("OTEL_TRACES_SAMPLER_ARG", "0"),
     )
     .await;
-    let nginx = nginx_alike(upstream.addr, workers, &add, &cert, &key).await;
+    let nginx = nginx_alike(upstream.addr, mode.workers(), &add, &cert, &key).await;
     let from_nginx = get(&nginx.nginx.url(probe)).await;
     let missing: Vec<&str> = add
         .iter()
