@@ -60,12 +60,7 @@ pub async fn bench(secs: u64, conns: u32) -> Result<(), String> {
     let base = || NodeOptions::new(&yaml).env("PROXY_LOG_LEVEL", "error");
     let traced = |ratio: &str, receiver: &OtlpReceiver| {
         base()
-            .env("OCIS_TRACING_ENABLED", "true")
-            .env("OCIS_TRACING_TYPE", "otlp")
-            .env(
-                "OCIS_TRACING_ENDPOINT",
-                &format!("127.0.0.1:{}", receiver.grpc_port()),
-            )
+            .traced_to(receiver)
             .env("OTEL_TRACES_SAMPLER_ARG", ratio)
             // Room for a full run's spans: the queue must not be what limits the measurement.
             .env("PROXY_TRACING_QUEUE_SIZE", "65536")

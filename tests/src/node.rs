@@ -75,6 +75,15 @@ impl NodeOptions {
         self.env.push((k.to_string(), v.to_string()));
         self
     }
+    /// Tracing on, exported over OTLP gRPC to `receiver` (oCIS's `OCIS_TRACING_*` settings).
+    pub fn traced_to(self, receiver: &crate::otlp::OtlpReceiver) -> Self {
+        self.env("OCIS_TRACING_ENABLED", "true")
+            .env("OCIS_TRACING_TYPE", "otlp")
+            .env(
+                "OCIS_TRACING_ENDPOINT",
+                &format!("127.0.0.1:{}", receiver.grpc_port()),
+            )
+    }
 }
 
 pub struct GatehouseNode {

@@ -44,12 +44,7 @@ async fn node_on(nats: &NatsCluster, otlp: &OtlpReceiver, up: &Upstream) -> Gate
             .env("OCIS_CACHE_STORE_NODES", &addresses)
             .env("OCIS_EVENTS_ENDPOINT", &addresses.replace("nats://", ""))
             .env("PROXY_BUILTIN_DEMO_USERS", "true")
-            .env("OCIS_TRACING_ENABLED", "true")
-            .env("OCIS_TRACING_TYPE", "otlp")
-            .env(
-                "OCIS_TRACING_ENDPOINT",
-                &format!("127.0.0.1:{}", otlp.grpc_port()),
-            )
+            .traced_to(otlp)
             .env("PROXY_NODE_ID", "metrics-node"),
     )
     .await

@@ -37,12 +37,7 @@ fn routes(backend: &str) -> String {
 /// A node exporting to `otlp` over gRPC, named `node_id`.
 fn traced(yaml: &str, otlp: &OtlpReceiver, node_id: &str) -> NodeOptions {
     NodeOptions::new(yaml)
-        .env("OCIS_TRACING_ENABLED", "true")
-        .env("OCIS_TRACING_TYPE", "otlp")
-        .env(
-            "OCIS_TRACING_ENDPOINT",
-            &format!("127.0.0.1:{}", otlp.grpc_port()),
-        )
+        .traced_to(otlp)
         .env("PROXY_NODE_ID", node_id)
 }
 

@@ -448,12 +448,7 @@ async fn start_mode<'a>(
     let traced_otlp = OtlpReceiver::start_counting().await;
     let node_traced = GatehouseNode::start_with(
         options()
-            .env("OCIS_TRACING_ENABLED", "true")
-            .env("OCIS_TRACING_TYPE", "otlp")
-            .env(
-                "OCIS_TRACING_ENDPOINT",
-                &format!("127.0.0.1:{}", traced_otlp.grpc_port()),
-            )
+            .traced_to(&traced_otlp)
             .env("OTEL_TRACES_SAMPLER_ARG", "0"),
     )
     .await;

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::FutureExt as _;
@@ -42,7 +42,7 @@ use gatehouse_shared::events::GoTime;
 use gatehouse_shared::store::{Clock, SystemClock};
 use gatehouse_shared::token::{
     Minter, PublicShareRole, ResourceId, RevaUser, RevaUserId, ScopedPublicShare, Scopes,
-    TokenError, UserType, public_share_scope,
+    TokenError, UserType, public_share_scope, truncate_to_seconds,
 };
 use gatehouse_shared::trace::{self, http as conv, propagate};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
@@ -230,7 +230,7 @@ impl Cache {
             let minted = entry
                 .minted
                 .as_ref()
-                .filter(|m| now < m.renew_at && now >= entry.stored)
+                .filter(|m| now < m.renew_at)
                 .map(|m| m.token.clone());
             return Some((entry.verdict.clone(), minted));
         }
@@ -436,9 +436,8 @@ impl Service {
         let now = self.clock.now();
         let remembered = lock(&self.cache).get(&key, now);
         let verdict = match remembered {
-            Some((Verdict::Accepted(share), Some(token)))
-                if share.expiration.is_none_or(|end| end > now) =>
-            {
+            // A fresh entry of an accepted share ends no later than the share.
+            Some((Verdict::Accepted(share), Some(token))) => {
                 return ShareOutcome::Accepted { token, share };
             }
             Some((verdict, _)) => verdict,
@@ -678,11 +677,8 @@ impl Service {
         match minted {
             Ok(token) => {
                 // `iat` is whole seconds: count the lifetime from there.
-                let issued = now.duration_since(UNIX_EPOCH).map_or(UNIX_EPOCH, |d| {
-                    UNIX_EPOCH + Duration::from_secs(d.as_secs())
-                });
                 let lifetime = self.minter.lifetime();
-                let renew_at = issued + (lifetime - lifetime / 4);
+                let renew_at = truncate_to_seconds(now) + (lifetime - lifetime / 4);
                 lock(&self.cache).keep_minted(key, token.clone(), renew_at);
                 ShareOutcome::Accepted { token, share }
             }

@@ -145,7 +145,8 @@ fn fingerprint(user: &RevaUser) -> Result<Fingerprint, TokenError> {
     Ok(Sha3_256::digest(&json).into())
 }
 
-fn truncate_to_seconds(t: SystemTime) -> SystemTime {
+/// `t` without its fraction of a second, as a token's `iat` and `exp` record it.
+pub fn truncate_to_seconds(t: SystemTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
 }
 

@@ -10,7 +10,7 @@ mod cache;
 mod jwt;
 mod user;
 
-pub use cache::MintCache;
+pub use cache::{MintCache, truncate_to_seconds};
 pub use jwt::{
     DEFAULT_LEEWAY, DEFAULT_LIFETIME, MAX_LIFETIME, Minter, REVA_AUDIENCE, RevaClaims, verify,
     verify_at,
