@@ -3,6 +3,8 @@
 # load generator's closed-loop spec. Expects to run from the repository root with `set -euo pipefail`.
 # Sets: gen (load generator), bins (node binaries: the arguments, or a fresh release build), work
 # (a temporary directory), up_port, proxy_port, http_port, debug_port.
+# GATEHOUSE_ROUTE=share measures a cached public share instead: a password-less link whose share
+# service is a fixed answer of the upstream nginx (asked once, then answered from the node's cache).
 
 cargo build --release --locked -p gatehouse-chaos
 gen=${CARGO_TARGET_DIR:-target}/release/gatehouse-chaos
@@ -32,8 +34,12 @@ http {
 CONF
 }
 
+route=${GATEHOUSE_ROUTE:-unprotected}
+share_token=benchsharetoken
+share_answer='{"share":{"id":"s-bench","token":"'$share_token'","role":"viewer","owner":{"id":"u-1","username":"einstein"}}}'
 nginx_conf upstream "" \
-  "server { listen 127.0.0.1:$up_port; location / { default_type text/plain; return 200 \"hello from upstream\\n\"; } }"
+  "server { listen 127.0.0.1:$up_port; location / { default_type text/plain; return 200 \"hello from upstream\\n\"; }
+    location = /v1/public-shares/authenticate { default_type application/json; return 200 '$share_answer'; } }"
 
 cat >"$work/proxy.yaml" <<CONF
 http:
@@ -44,10 +50,22 @@ policies:
       - endpoint: /bench
         backend: http://127.0.0.1:$up_port
         unprotected: true
+      - endpoint: /
+        backend: http://127.0.0.1:$up_port
+token_manager:
+  jwt_secret: bench-secret
+public_shares:
+  url: http://127.0.0.1:$up_port
 CONF
 
-# spec <port> <warm-up ms> <measured ms>: 8 connections, closed loop, GET /bench/hello.
-spec() { echo "{\"addr\":\"127.0.0.1:$1\",\"paths\":[\"/bench/hello\"],\"method\":\"GET\",\"headers\":[],\"body_bytes\":0,\"connections\":8,\"rate\":null,\"warmup_ms\":$2,\"measure_ms\":$3}"; }
+case $route in
+  unprotected) path=/bench/hello; headers='[]' ;;
+  share) path=/dav/public-files/$share_token/hello; headers="[[\"public-token\",\"$share_token\"]]" ;;
+  *) echo "GATEHOUSE_ROUTE: unknown route $route (unprotected, share)" >&2; exit 1 ;;
+esac
+
+# spec <port> <warm-up ms> <measured ms>: 8 connections, closed loop, GET $path.
+spec() { echo "{\"addr\":\"127.0.0.1:$1\",\"paths\":[\"$path\"],\"method\":\"GET\",\"headers\":$headers,\"body_bytes\":0,\"connections\":8,\"rate\":null,\"warmup_ms\":$2,\"measure_ms\":$3}"; }
 
 # start_node <command…>: starts a node (the command may be a wrapper such as valgrind) on http_port/debug_port; sets node_pid; waits until ready.
 start_node() {

@@ -119,6 +119,7 @@ pub fn build(
             .signed_url_epoch
             .clone()
             .map(IdentityMemo::with_epoch),
+        shares: IdentityMemo::new(),
     });
     ServiceBuilder::new()
         .layer(RequestIdLayer::default())

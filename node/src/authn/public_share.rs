@@ -15,8 +15,8 @@
 //!
 //! Each node remembers answers briefly — accepted shares for 30 s (never beyond the share's
 //! expiry), rejections for 5 s, which blunts password guessing and keeps a busy public link from
-//! loading the share service — keyed by a salted hash of token and secret, so no secret is kept
-//! in clear. Concurrent requests with the same token and secret share one call. An unavailable
+//! loading the share service — keyed by an HMAC-SHA256 of token and secret under a random key of
+//! the node, so no secret is kept in clear. Concurrent requests with the same token and secret share one call. An unavailable
 //! share service is not remembered: the next request asks again.
 //!
 //! Signing the guest's token costs more than proxying a small request, so an accepted answer
@@ -36,7 +36,6 @@ use futures::future::{BoxFuture, Shared};
 use gatehouse_shared::auth::challenge::is_public_path;
 use gatehouse_shared::auth::password::decode_basic;
 use gatehouse_shared::auth::query::Query;
-use gatehouse_shared::auth::token_hash::token_cache_key;
 use gatehouse_shared::config::Config;
 use gatehouse_shared::events::GoTime;
 use gatehouse_shared::store::{Clock, SystemClock};
@@ -50,6 +49,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::context::FutureExt as _;
+use ring::hmac;
 use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
 
@@ -139,10 +139,13 @@ pub enum ShareOutcome {
     /// A public path without a share token: pass on anonymously, the backend decides.
     Anonymous,
     /// The share token and secret are valid. `token` is the `x-access-token` for the backend;
-    /// it replaces whatever the client sent in that header.
+    /// it replaces whatever the client sent in that header. Until `reuse_until` the same
+    /// credentials are accepted with the same token (the remembered verdict has not ended and the
+    /// token still has a quarter of its lifetime left): how long a worker may memoise it.
     Accepted {
         token: HeaderValue,
         share: Arc<ValidatedShare>,
+        reuse_until: SystemTime,
     },
     /// Unknown token, wrong or missing secret, malformed credentials, no share service: 401.
     Rejected { reason: String },
@@ -168,26 +171,34 @@ enum Secret {
 }
 
 impl Secret {
-    /// An unambiguous byte string for the cache key (each variable part length-prefixed).
-    fn key_material(&self, out: &mut String) {
+    /// Feeds the secret to the cache key's MAC unambiguously: a kind byte, then each variable
+    /// part length-prefixed.
+    fn key_material(&self, mac: &mut hmac::Context) {
         match self {
             Secret::Password { password } => {
-                out.push_str(&format!("p{}:{password}", password.len()));
+                mac.update(b"p");
+                length_prefixed(mac, password);
             }
             Secret::Signature {
                 signature,
                 expiration,
             } => {
-                out.push_str(&format!(
-                    "s{}:{signature}{}:{expiration}",
-                    signature.len(),
-                    expiration.len()
-                ));
+                mac.update(b"s");
+                length_prefixed(mac, signature);
+                length_prefixed(mac, expiration);
             }
-            Secret::None => out.push('n'),
+            Secret::None => mac.update(b"n"),
         }
     }
 }
+
+fn length_prefixed(mac: &mut hmac::Context, part: &str) {
+    mac.update(&(part.len() as u64).to_le_bytes());
+    mac.update(part.as_bytes());
+}
+
+/// The cache key of one (token, secret): its HMAC-SHA256 under the node's random key.
+type CacheKey = [u8; 32];
 
 /// The service's verdict on one (token, secret), as remembered and shared between waiters.
 #[derive(Debug, Clone)]
@@ -212,7 +223,7 @@ struct Minted {
 
 /// Remembered verdicts, bounded by [`CACHE_CAPACITY`].
 struct Cache {
-    entries: HashMap<String, CacheEntry>,
+    entries: HashMap<CacheKey, CacheEntry>,
     capacity: usize,
 }
 
@@ -223,29 +234,45 @@ impl Cache {
             .is_ok_and(|age| age < entry.ttl)
     }
 
-    /// The remembered verdict, with the token minted for it while that may still be reused.
-    fn get(&mut self, key: &str, now: SystemTime) -> Option<(Verdict, Option<HeaderValue>)> {
+    /// The remembered verdict, with the token minted for it while that may still be reused
+    /// and until when (the earlier of its renewal and the entry's end).
+    fn get(
+        &mut self,
+        key: &CacheKey,
+        now: SystemTime,
+    ) -> Option<(Verdict, Option<(HeaderValue, SystemTime)>)> {
         let entry = self.entries.get(key)?;
         if Self::fresh(entry, now) {
             let minted = entry
                 .minted
                 .as_ref()
                 .filter(|m| now < m.renew_at)
-                .map(|m| m.token.clone());
+                .map(|m| (m.token.clone(), m.renew_at.min(entry.stored + entry.ttl)));
             return Some((entry.verdict.clone(), minted));
         }
         self.entries.remove(key);
         None
     }
 
-    /// Keeps `token` with the entry under `key`, if there still is one.
-    fn keep_minted(&mut self, key: &str, token: HeaderValue, renew_at: SystemTime) {
-        if let Some(entry) = self.entries.get_mut(key) {
-            entry.minted = Some(Minted { token, renew_at });
+    /// Keeps `token` with the entry under `key`, if there still is one; returns until when the
+    /// token is handed out again (`now` without an entry: not at all).
+    fn keep_minted(
+        &mut self,
+        key: &CacheKey,
+        token: HeaderValue,
+        renew_at: SystemTime,
+        now: SystemTime,
+    ) -> SystemTime {
+        match self.entries.get_mut(key) {
+            Some(entry) => {
+                entry.minted = Some(Minted { token, renew_at });
+                renew_at.min(entry.stored + entry.ttl)
+            }
+            None => now,
         }
     }
 
-    fn put(&mut self, key: String, verdict: Verdict, ttl: Duration, now: SystemTime) {
+    fn put(&mut self, key: CacheKey, verdict: Verdict, ttl: Duration, now: SystemTime) {
         if ttl.is_zero() {
             return;
         }
@@ -257,7 +284,7 @@ impl Cache {
                 .entries
                 .iter()
                 .min_by_key(|(_, e)| e.stored + e.ttl)
-                .map(|(k, _)| k.clone());
+                .map(|(k, _)| *k);
             if let Some(k) = soonest {
                 self.entries.remove(&k);
             }
@@ -281,10 +308,11 @@ struct Service {
     timeout: Duration,
     minter: Minter,
     clock: Arc<dyn Clock>,
-    salt: [u8; 32],
+    /// Random per node: the cache keys of a secret cannot be computed without it.
+    mac_key: hmac::Key,
     calls: AtomicU64,
     cache: Mutex<Cache>,
-    inflight: Mutex<HashMap<String, Shared<BoxFuture<'static, Verdict>>>>,
+    inflight: Mutex<HashMap<CacheKey, Shared<BoxFuture<'static, Verdict>>>>,
 }
 
 pub struct PublicShareAuthenticator {
@@ -411,15 +439,15 @@ impl Service {
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_timer(TokioTimer::new());
         builder.pool_idle_timeout(Duration::from_secs(90));
-        let mut salt = [0u8; 32];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut salt);
+        let mut mac_key = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut mac_key);
         Self {
             client: builder.build(Connector::new(tls, Some(timeout))),
             endpoint,
             timeout,
             minter,
             clock: Arc::new(SystemClock),
-            salt,
+            mac_key: hmac::Key::new(hmac::HMAC_SHA256, &mac_key),
             calls: AtomicU64::new(0),
             cache: Mutex::new(Cache {
                 entries: HashMap::new(),
@@ -437,11 +465,15 @@ impl Service {
         let remembered = lock(&self.cache).get(&key, now);
         let verdict = match remembered {
             // A fresh entry of an accepted share ends no later than the share.
-            Some((Verdict::Accepted(share), Some(token))) => {
-                return ShareOutcome::Accepted { token, share };
+            Some((Verdict::Accepted(share), Some((token, reuse_until)))) => {
+                return ShareOutcome::Accepted {
+                    token,
+                    share,
+                    reuse_until,
+                };
             }
             Some((verdict, _)) => verdict,
-            None => self.verdict(key.clone(), token, secret).await,
+            None => self.verdict(key, token, secret).await,
         };
         match verdict {
             Verdict::Accepted(share) => self.mint(&key, share),
@@ -453,21 +485,20 @@ impl Service {
         }
     }
 
-    /// Salted hash of (token, secret): the secret never sits in memory longer than the request.
-    fn cache_key(&self, token: &str, secret: &Secret) -> String {
-        let mut material = String::with_capacity(token.len() + 80);
-        for b in self.salt {
-            material.push(char::from(b'a' + (b & 0x0f)));
-            material.push(char::from(b'a' + (b >> 4)));
-        }
-        material.push_str(&format!("{}:{token}", token.len()));
-        secret.key_material(&mut material);
-        token_cache_key(&material)
+    /// Keyed hash of (token, secret): the secret never sits in memory longer than the request.
+    /// (A SHAKE-256 of salt, token and secret cost a third of a cached share request.)
+    fn cache_key(&self, token: &str, secret: &Secret) -> CacheKey {
+        let mut mac = hmac::Context::with_key(&self.mac_key);
+        length_prefixed(&mut mac, token);
+        secret.key_material(&mut mac);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(mac.sign().as_ref());
+        key
     }
 
     /// The verdict on the (token, secret) filed under `key` after a cache miss: remembered
     /// meanwhile, asked for by a call already under way, or asked for now.
-    async fn verdict(self: &Arc<Self>, key: String, token: String, secret: Secret) -> Verdict {
+    async fn verdict(self: &Arc<Self>, key: CacheKey, token: String, secret: Secret) -> Verdict {
         let call = {
             let mut inflight = lock(&self.inflight);
             if let Some((verdict, _)) = lock(&self.cache).get(&key, self.clock.now()) {
@@ -479,7 +510,7 @@ impl Service {
                 // Spawned, so the call finishes (and is remembered and removed from `inflight`)
                 // even when every request waiting for it has gone away.
                 let service = self.clone();
-                let task_key = key.clone();
+                let task_key = key;
                 let task = tokio::spawn(
                     async move {
                         let verdict = service.ask(&token, &secret).await;
@@ -503,7 +534,7 @@ impl Service {
         call.await
     }
 
-    fn remember(&self, key: &str, verdict: &Verdict) {
+    fn remember(&self, key: &CacheKey, verdict: &Verdict) {
         let now = self.clock.now();
         let ttl = match verdict {
             Verdict::Accepted(share) => match share.expiration {
@@ -516,7 +547,7 @@ impl Service {
             Verdict::Rejected(_) => REJECTED_TTL,
             Verdict::Unavailable(..) => return,
         };
-        lock(&self.cache).put(key.to_owned(), verdict.clone(), ttl, now);
+        lock(&self.cache).put(*key, verdict.clone(), ttl, now);
     }
 
     /// One call to the share service.
@@ -662,7 +693,7 @@ impl Service {
     }
 
     /// Mints the guest's token for `share` and keeps it with the verdict under `key`.
-    fn mint(&self, key: &str, share: Arc<ValidatedShare>) -> ShareOutcome {
+    fn mint(&self, key: &CacheKey, share: Arc<ValidatedShare>) -> ShareOutcome {
         let now = self.clock.now();
         if share.expiration.is_some_and(|end| end <= now) {
             return ShareOutcome::Rejected {
@@ -679,8 +710,12 @@ impl Service {
                 // `iat` is whole seconds: count the lifetime from there.
                 let lifetime = self.minter.lifetime();
                 let renew_at = truncate_to_seconds(now) + (lifetime - lifetime / 4);
-                lock(&self.cache).keep_minted(key, token.clone(), renew_at);
-                ShareOutcome::Accepted { token, share }
+                let reuse_until = lock(&self.cache).keep_minted(key, token.clone(), renew_at, now);
+                ShareOutcome::Accepted {
+                    token,
+                    share,
+                    reuse_until,
+                }
             }
             Err(e) => ShareOutcome::Unavailable {
                 reason: format!("cannot mint the share token: {e}"),
@@ -801,6 +836,31 @@ fn share_token(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String
     }
 }
 
+/// The share token of a request whose outcome depends on that token alone, so that a worker may
+/// memoise it (`layers::authenticate`): a path the share authenticator applies to, exactly one
+/// non-empty `public-token` header, no `Authorization` (no password, and no other scheme that
+/// decides first) and no `signature` query parameter (as the query parser reads names, so an
+/// encoded name counts). `None` for every other request: it takes the full path.
+pub fn memo_token<'a>(path: &str, headers: &'a HeaderMap, query: Option<&str>) -> Option<&'a str> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return None;
+    }
+    let mut values = headers.get_all(PUBLIC_TOKEN).iter();
+    let token = values.next()?.to_str().ok()?;
+    if values.next().is_some() || token.is_empty() || token.len() > MAX_CREDENTIAL_LEN {
+        return None;
+    }
+    if !(is_public_path(path) || TOKEN_PATH_PREFIXES.iter().any(|p| path.starts_with(p))) {
+        return None;
+    }
+    if let Some(query) = query
+        && Query::parse(query).all("signature").next().is_some()
+    {
+        return None;
+    }
+    Some(token)
+}
+
 /// The secret: query `signature` (with the required `expiration`), else the password of Basic
 /// credentials (the user name is ignored), else none.
 fn share_secret(headers: &HeaderMap, query: Option<&str>) -> Result<Secret, String> {
@@ -916,7 +976,14 @@ mod tests {
 
     fn accepted(outcome: ShareOutcome) -> (HeaderValue, Arc<ValidatedShare>) {
         match outcome {
-            ShareOutcome::Accepted { token, share } => (token, share),
+            ShareOutcome::Accepted { token, share, .. } => (token, share),
+            other => panic!("expected Accepted, got {other:?}"),
+        }
+    }
+
+    fn reuse_until(outcome: &ShareOutcome) -> SystemTime {
+        match outcome {
+            ShareOutcome::Accepted { reuse_until, .. } => *reuse_until,
             other => panic!("expected Accepted, got {other:?}"),
         }
     }
@@ -1298,13 +1365,23 @@ mod tests {
             .iat
         };
 
-        let (first, _) = accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert_eq!(reuse_until(&outcome), start + Duration::from_secs(15));
+        let (first, _) = accepted(outcome);
         clock.advance(Duration::from_millis(14_999));
-        let (again, _) = accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert_eq!(reuse_until(&outcome), start + Duration::from_secs(15));
+        let (again, _) = accepted(outcome);
         assert_eq!(again, first, "15 s of 20 not yet gone: the same token");
 
         clock.advance(Duration::from_millis(1));
-        let (renewed, _) = accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert_eq!(
+            reuse_until(&outcome),
+            start + ACCEPTED_TTL,
+            "the verdict ends before the renewed token's renewal"
+        );
+        let (renewed, _) = accepted(outcome);
         assert_ne!(renewed, first);
         assert_eq!(iat(&renewed), iat(&first) + 15);
         assert_eq!(
@@ -1339,7 +1416,13 @@ mod tests {
             .unwrap()
             .with_clock(clock.clone());
         let h = headers(&[(PUBLIC_TOKEN, "soon")]);
-        let (token, share) = accepted(authn.authenticate(SHARE_PATH, &h, None).await);
+        let outcome = authn.authenticate(SHARE_PATH, &h, None).await;
+        assert_eq!(
+            reuse_until(&outcome),
+            end,
+            "reused no longer than the share lasts"
+        );
+        let (token, share) = accepted(outcome);
         assert_eq!(share.expiration, Some(end));
         let claims = verify_at(
             SECRET.as_bytes(),
@@ -1396,6 +1479,37 @@ mod tests {
     }
 
     #[test]
+    fn only_requests_decided_by_the_share_token_alone_may_be_memoised() {
+        let token = |path: &str, h: &[(&str, &str)], query: Option<&str>| {
+            memo_token(path, &headers(h), query).map(str::to_owned)
+        };
+        let t = [(PUBLIC_TOKEN, "tok")];
+        assert_eq!(token(SHARE_PATH, &t, None).as_deref(), Some("tok"));
+        assert_eq!(token("/archiver", &t, Some("id=1")).as_deref(), Some("tok"));
+        assert_eq!(token(SHARE_PATH, &t, Some("signature=")), None);
+        assert_eq!(token(SHARE_PATH, &t, Some("sign%61ture=x")), None);
+        assert_eq!(token("/graph/v1.0/me", &t, None), None, "not a share path");
+        let with_password = [
+            (PUBLIC_TOKEN, "tok"),
+            ("authorization", "Basic cHVibGljOng="),
+        ];
+        assert_eq!(token(SHARE_PATH, &with_password, None), None);
+        let twice = [(PUBLIC_TOKEN, "a"), (PUBLIC_TOKEN, "b")];
+        assert_eq!(token(SHARE_PATH, &twice, None), None);
+        assert_eq!(
+            token(SHARE_PATH, &[(PUBLIC_TOKEN, "")], Some("public-token=q")),
+            None
+        );
+        assert_eq!(
+            token(SHARE_PATH, &[], Some("public-token=q")),
+            None,
+            "query token"
+        );
+        let long = "x".repeat(MAX_CREDENTIAL_LEN + 1);
+        assert_eq!(token(SHARE_PATH, &[(PUBLIC_TOKEN, &long)], None), None);
+    }
+
+    #[test]
     fn query_and_basic_parsing() {
         assert_eq!(
             single_query_value(Some("a=1&public-token=x%2By+z&b"), "public-token"),
@@ -1426,22 +1540,41 @@ mod tests {
     }
 
     #[test]
-    fn cache_keys_hide_the_secret_and_separate_fields() {
-        let service = Service::new(
-            "http://127.0.0.1:1/x".into(),
-            Duration::from_secs(1),
-            client_config(false, None).unwrap(),
-            Minter::new(b"k", Duration::from_secs(60)).unwrap(),
-        );
+    fn cache_keys_are_keyed_per_node_and_separate_fields() {
+        let service = || {
+            Service::new(
+                "http://127.0.0.1:1/x".into(),
+                Duration::from_secs(1),
+                client_config(false, None).unwrap(),
+                Minter::new(b"k", Duration::from_secs(60)).unwrap(),
+            )
+        };
+        let (service, other_node) = (service(), service());
         let pw = |p: &str| Secret::Password { password: p.into() };
         let a = service.cache_key("tok", &pw("hunter2"));
-        assert!(!a.contains("hunter2") && !a.contains("tok"));
         assert_eq!(a, service.cache_key("tok", &pw("hunter2")));
+        assert_ne!(
+            a,
+            other_node.cache_key("tok", &pw("hunter2")),
+            "another node's key"
+        );
         assert_ne!(a, service.cache_key("tok", &pw("hunter3")));
         assert_ne!(a, service.cache_key("tok", &Secret::None));
         assert_ne!(
             service.cache_key("ab", &pw("c")),
             service.cache_key("a", &pw("bc"))
+        );
+        let sig = |s: &str, e: &str| Secret::Signature {
+            signature: s.into(),
+            expiration: e.into(),
+        };
+        assert_ne!(
+            service.cache_key("t", &sig("ab", "c")),
+            service.cache_key("t", &sig("a", "bc"))
+        );
+        assert_ne!(
+            service.cache_key("t", &sig("", "")),
+            service.cache_key("t", &pw(""))
         );
     }
 
@@ -1454,7 +1587,7 @@ mod tests {
         };
         for (i, ttl) in [30, 5, 30, 30].into_iter().enumerate() {
             cache.put(
-                format!("k{i}"),
+                [i as u8; 32],
                 Verdict::Rejected(String::new()),
                 Duration::from_secs(ttl),
                 now,
@@ -1462,12 +1595,12 @@ mod tests {
         }
         assert_eq!(cache.entries.len(), 3);
         assert!(
-            cache.get("k1", now).is_none(),
+            cache.get(&[1; 32], now).is_none(),
             "the soonest to expire went first"
         );
-        assert!(cache.get("k3", now).is_some());
+        assert!(cache.get(&[3; 32], now).is_some());
         assert!(
-            cache.get("k0", now - Duration::from_secs(1)).is_none(),
+            cache.get(&[0; 32], now - Duration::from_secs(1)).is_none(),
             "clock went back"
         );
     }

@@ -73,9 +73,16 @@ pub struct IdentityMemo {
 /// signing-key store reports locally — a key written, rotated or deleted, a step-up record —
 /// before a reader can see the change, so a rotated or deleted key refuses its URLs at once, as
 /// without the memo. A store that cannot report changes that way gets no signed-URL memo.
+///
+/// A public share's outcome is memoised under its share token, for requests whose outcome
+/// depends on nothing else (`authn::public_share::memo_token`: no `Authorization`, no
+/// `signature`), for [`MEMO_TTL`] and never past the share's remembered verdict or the renewal
+/// of its minted token — so the memo changes nothing a request could observe: the share cache
+/// would have answered the same within that time.
 pub struct WorkerMemos {
     pub tokens: IdentityMemo,
     pub signed_urls: Option<IdentityMemo>,
+    pub shares: IdentityMemo,
 }
 
 /// The node-wide generation of memoised identities; cheap to clone, clones share the counter.

@@ -140,7 +140,7 @@ where
         }
         let identity = match req.extensions_mut().remove::<Identity>() {
             None => return futures::future::Either::Left(self.inner.call(req)),
-            Some(Identity::Share { token }) => {
+            Some(Identity::Share { token, .. }) => {
                 if routed.require_mfa {
                     return futures::future::Either::Right(Box::pin(std::future::ready(Err(
                         mfa_required(),

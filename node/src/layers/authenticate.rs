@@ -21,7 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use opentelemetry::trace::SpanKind;
@@ -36,7 +36,7 @@ use gatehouse_shared::auth::challenge::{
 use crate::accounts::Account;
 use crate::authn::basic::{BasicAuthenticator, BasicOutcome};
 use crate::authn::oidc::{Authenticated, OidcAuthenticator, OidcError};
-use crate::authn::public_share::{PublicShareAuthenticator, ShareOutcome};
+use crate::authn::public_share::{self, PublicShareAuthenticator, ShareOutcome};
 use crate::authn::signed_url::{SignedUrlAuthenticator, SignedUrlRejection};
 use crate::context::Body;
 use crate::error::GatewayError;
@@ -151,6 +151,21 @@ where
             return futures::future::Either::Left(self.inner.call(req));
         }
         let signed_memo = signed_memo.map(|(memo, key)| (key, memo.epoch()));
+        let share_memo = if self.auth.public_share.is_enabled() {
+            public_share::memo_token(req.uri().path(), req.headers(), req.uri().query())
+        } else {
+            None
+        };
+        if let Some(token) = share_memo
+            && let Some(hit) = self.memos.shares.get(token, Instant::now())
+        {
+            self.auth.metrics.authentication(AuthResult::Accepted);
+            trace::set_current(AUTH_METHOD, "memo");
+            req.extensions_mut().insert(MemoHit(hit));
+            return futures::future::Either::Left(self.inner.call(req));
+        }
+        let share_memo: Option<Box<str>> = share_memo.map(Into::into);
+        let memos = self.memos.clone();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
@@ -169,6 +184,19 @@ where
                     auth.metrics.authentication(AuthResult::Accepted);
                     match &mut identity {
                         Identity::Oidc(oidc) => oidc.memo_epoch = memo_epoch,
+                        Identity::Share { token, reuse_until } => {
+                            if let Some(key) = share_memo {
+                                let until = reuse_until
+                                    .duration_since(UNIX_EPOCH)
+                                    .ok()
+                                    .map(|d| d.as_secs());
+                                let prepared = Prepared {
+                                    token: token.clone(),
+                                    mfa: false,
+                                };
+                                memos.shares.put(&key, prepared, until, Instant::now());
+                            }
+                        }
                         Identity::Account {
                             scheme: Scheme::SignedUrl,
                             expires_at: Some(expires_at),
@@ -213,8 +241,12 @@ pub enum Identity {
         scheme: Scheme,
         expires_at: Option<SystemTime>,
     },
-    /// A public share: the backend receives this token, minted for the share.
-    Share { token: HeaderValue },
+    /// A public share: the backend receives this token, minted for the share, which the same
+    /// share credentials get again until `reuse_until`.
+    Share {
+        token: HeaderValue,
+        reuse_until: SystemTime,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -339,8 +371,10 @@ impl Authenticators {
             }
         }
         match self.public_share.authenticate(path, headers, query).await {
-            ShareOutcome::Accepted { token, .. } => {
-                return Outcome::Accepted(Identity::Share { token });
+            ShareOutcome::Accepted {
+                token, reuse_until, ..
+            } => {
+                return Outcome::Accepted(Identity::Share { token, reuse_until });
             }
             // As in oCIS: a public path without a share token passes on anonymously even when
             // another scheme's credentials failed; its backend decides.

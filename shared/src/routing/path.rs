@@ -49,6 +49,8 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         return Err(PathError::NotAbsolute);
     }
     let mut needs_decoding = false;
+    // A dot segment starts with `.` right after a slash; most paths have none to look for.
+    let mut dot_after_slash = false;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -69,11 +71,12 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
                 i += 3;
                 continue;
             }
+            b'.' => dot_after_slash |= bytes[i - 1] == b'/',
             _ => {}
         }
         i += 1;
     }
-    let has_dot_segment = raw[1..].split('/').any(|s| s == "." || s == "..");
+    let has_dot_segment = dot_after_slash && raw[1..].split('/').any(|s| s == "." || s == "..");
     if !needs_decoding && !has_dot_segment {
         return Ok(Cow::Borrowed(raw));
     }
