@@ -219,13 +219,15 @@ fn response_framing(
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Http1Error> {
     let mut found = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value.to_str().map_err(|_| Http1Error::ContentLength)?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = trim_ows(part);
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return Err(Http1Error::ContentLength);
             }
-            let len: u64 = part.parse().map_err(|_| Http1Error::ContentLength)?;
+            let len = part.iter().try_fold(0u64, |n, &d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            });
+            let len = len.ok_or(Http1Error::ContentLength)?;
             if found.is_some_and(|f| f != len) {
                 return Err(Http1Error::ContentLength);
             }
@@ -235,13 +237,22 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Http1Error> {
     Ok(found)
 }
 
+/// Whether a `Connection` value lists `token`. Compared byte-wise (cheaper than `str` splitting,
+/// this runs on every response): a value with non-ASCII bytes elsewhere still counts.
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| trim_ows(t).eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// `part` without the optional whitespace (spaces and tabs, RFC 9110 §5.6.3) around it.
+fn trim_ows(part: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = part.iter().position(|b| !ows(b)).unwrap_or(part.len());
+    let end = part.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &part[start..end]
 }
 
 /// Appends the framing of one chunk of a chunked body before its data.
@@ -499,6 +510,11 @@ mod tests {
                 false,
             ),
             (
+                "HTTP/1.1 200 OK\r\nContent-Length:  3 ,\t3\r\nConnection: foo,\tCLOSE \r\n\r\n",
+                ResponseFraming::Length(3),
+                false,
+            ),
+            (
                 "HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n",
                 ResponseFraming::Length(3),
                 false,
@@ -528,6 +544,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 3x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3,,3\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
         ] {
             assert_eq!(

@@ -241,9 +241,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
                     continue;
                 }
-                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                    headers.remove(name);
+                // `keep-alive` (the usual token) and the other fixed names go below. A name given
+                // as `&str` is looked up without building (and allocating) a `HeaderName`.
+                if FIXED_HOP_BY_HOP
+                    .iter()
+                    .any(|f| token.eq_ignore_ascii_case(f.as_str()))
+                {
+                    continue;
                 }
+                headers.remove(token);
             }
         }
     }
