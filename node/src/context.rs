@@ -13,7 +13,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the pipeline produces (upstream bodies are boxed into it).
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Set by the server on every request it reads from a connection.
+/// Set by the server on every request it reads from a connection. One extension for the
+/// connection's facts and the client address: every extension is an allocation, and a request
+/// that carries more than three makes the map grow (and allocate) again.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
     /// The TCP peer (a load balancer, or the client itself).
@@ -21,6 +23,9 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     /// The connection is TLS (this node terminated TLS).
     pub tls: bool,
+    /// The client address as the gateway believes it (after trusted-proxy evaluation of this
+    /// request's forwarding headers; the peer's address otherwise).
+    pub client: IpAddr,
 }
 
 /// The request id (from `X-Request-Id` or generated), set by the request-id layer.
@@ -41,6 +46,3 @@ pub struct RequestTrace {
 /// off, the access-log layer).
 pub type SharedTrace = Arc<RequestTrace>;
 
-/// The client address as the gateway believes it (after trusted-proxy evaluation).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub IpAddr);

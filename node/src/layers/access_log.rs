@@ -11,8 +11,8 @@
 //! dropped, and it moves from the response future into the body.
 //!
 //! This layer runs inside the request-id layer (it reads [`RequestId`]) and uses the
-//! [`SharedTrace`] the router and the proxy fill in (inserting it when the trace layer did not). `remote_addr` is the [`ClientAddr`] when the
-//! layer sees one on the request, else the TCP peer from [`ConnInfo`].
+//! [`SharedTrace`] the router and the proxy fill in (inserting it when the trace layer did not).
+//! `remote_addr` is the client address of the request's [`ConnInfo`].
 
 use std::fmt;
 use std::future::Future;
@@ -27,7 +27,7 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
-use crate::context::{ClientAddr, ConnInfo, RequestId, SharedTrace};
+use crate::context::{ConnInfo, RequestId, SharedTrace};
 
 /// The status logged for a request whose response was never produced.
 const CLIENT_CLOSED: u16 = 499;
@@ -70,10 +70,7 @@ where
             }
         };
         let ext = req.extensions();
-        let remote = ext
-            .get::<ClientAddr>()
-            .map(|c| c.0)
-            .or_else(|| ext.get::<ConnInfo>().map(|c| c.peer.ip()));
+        let remote = ext.get::<ConnInfo>().map(|c| c.client);
         let pending = Pending {
             start: Instant::now(),
             request_id: ext.get::<RequestId>().map(|r| Arc::clone(&r.0)),
@@ -284,12 +281,10 @@ mod tests {
             peer,
             local: peer,
             tls: false,
+            client: client.map_or(peer.ip(), |c| c.parse().unwrap()),
         });
         req.extensions_mut()
             .insert(RequestId(Arc::from("host/abc-000007")));
-        if let Some(c) = client {
-            req.extensions_mut().insert(ClientAddr(c.parse().unwrap()));
-        }
         req
     }
 

@@ -40,7 +40,7 @@ use crate::identity::events::{EVENT_CONTEXT, EventContext, IdentityEvents};
 use crate::identity::memo::{Prepared, WorkerMemos};
 use crate::identity::mfa_record;
 use crate::layers::authenticate::{Identity, MemoHit, OidcIdentity, SignedUrlMemo};
-use crate::layers::route::Routed;
+use crate::layers::route::{self, Routed};
 
 /// Opaque entry of the minted user carrying the role quota in bytes (as CreateHome sends it).
 pub const QUOTA_OPAQUE_KEY: &str = "quota";
@@ -119,7 +119,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let Some(routed) = req.extensions().get::<Routed>().cloned() else {
+        let Some(routed) = route::routed(&req).cloned() else {
             return futures::future::Either::Left(self.inner.call(req));
         };
         if routed.unprotected {

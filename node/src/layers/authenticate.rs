@@ -41,7 +41,7 @@ use crate::authn::signed_url::{SignedUrlAuthenticator, SignedUrlRejection};
 use crate::context::Body;
 use crate::error::GatewayError;
 use crate::identity::memo::{Prepared, WorkerMemos};
-use crate::layers::route::Routed;
+use crate::layers::route::routed;
 use crate::telemetry::{AuthResult, Metrics};
 
 /// How long clients are asked to wait when the IdP is unavailable and it named no time itself.
@@ -122,10 +122,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let protected = req
-            .extensions()
-            .get::<Routed>()
-            .is_some_and(|r| !r.unprotected);
+        let protected = routed(&req).is_some_and(|r| !r.unprotected);
         if !protected || skips_authentication(req.uri().path(), req.method()) {
             return futures::future::Either::Left(self.inner.call(req));
         }

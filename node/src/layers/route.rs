@@ -21,8 +21,16 @@ use crate::upstream::{UpstreamBase, UpstreamUrlError, backend_base};
 use gatehouse_shared::routing::{RouteMatch, RouteRequest, Router, Target, normalize_path};
 
 /// What the router decided for a request. Cheap to clone (one `Arc`).
+///
+/// It travels in the request's [`SharedTrace`] (which the access log and the server span read
+/// anyway), not as an extension of its own: see [`routed`].
 #[derive(Debug, Clone)]
 pub struct Routed(Arc<RouteInfo>);
+
+/// The route the route layer chose for `req`, if it has run.
+pub fn routed<B>(req: &Request<B>) -> Option<&Routed> {
+    req.extensions().get::<SharedTrace>()?.route.get()
+}
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct RouteInfo {
@@ -243,10 +251,17 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match self.shared.route(&mut req) {
             Ok(routed) => {
-                if let Some(trace) = req.extensions().get::<SharedTrace>() {
-                    let _ = trace.route.set(routed.clone());
+                match req.extensions().get::<SharedTrace>() {
+                    Some(trace) => {
+                        let _ = trace.route.set(routed);
+                    }
+                    // Only without the trace and access-log layers (a pipeline in a test).
+                    None => {
+                        let trace = SharedTrace::default();
+                        let _ = trace.route.set(routed);
+                        req.extensions_mut().insert(trace);
+                    }
                 }
-                req.extensions_mut().insert(routed);
                 Either::Right(self.inner.call(req))
             }
             Err(e) => Either::Left(ready(Err(e))),

@@ -37,7 +37,7 @@ use tower::{Layer, Service};
 use gatehouse_shared::trace::settings::Trust;
 use gatehouse_shared::trace::{self, http as conv, propagate};
 
-use crate::context::{ClientAddr, ConnInfo, RequestId, SharedTrace};
+use crate::context::{ConnInfo, RequestId, SharedTrace};
 use crate::proxy::forwarded::TrustedProxies;
 
 /// Attribute of the link to an untrusted caller's context.
@@ -208,11 +208,8 @@ fn request_attributes<B>(req: &Request<B>, conn: Option<&ConnInfo>) -> Vec<KeyVa
             _ => "1.1",
         },
     ));
-    let ext = req.extensions();
-    if let Some(client) = ext.get::<ClientAddr>() {
-        out.push(KeyValue::new(semconv::CLIENT_ADDRESS, client.0.to_string()));
-    }
     if let Some(conn) = conn {
+        out.push(KeyValue::new(semconv::CLIENT_ADDRESS, conn.client.to_string()));
         out.push(KeyValue::new(
             semconv::NETWORK_PEER_ADDRESS,
             conn.peer.ip().to_string(),
@@ -244,7 +241,7 @@ fn request_attributes<B>(req: &Request<B>, conn: Option<&ConnInfo>) -> Vec<KeyVa
     {
         out.push(KeyValue::new(semconv::USER_AGENT_ORIGINAL, ua.to_owned()));
     }
-    if let Some(id) = ext.get::<RequestId>() {
+    if let Some(id) = req.extensions().get::<RequestId>() {
         out.push(KeyValue::new("request_id", id.0.to_string()));
     }
     out

@@ -269,10 +269,12 @@ mod tests {
     use std::net::SocketAddr;
 
     fn conn(peer: &str, tls: bool) -> ConnInfo {
+        let peer: SocketAddr = peer.parse().unwrap();
         ConnInfo {
-            peer: peer.parse().unwrap(),
+            peer,
             local: "127.0.0.1:9200".parse::<SocketAddr>().unwrap(),
             tls,
+            client: peer.ip(),
         }
     }
 

@@ -33,7 +33,7 @@ use self::tls::{Connector, UpstreamTlsError};
 use crate::context::{Body, ConnInfo, SharedTrace};
 use crate::deadline::{Deadline, Deadlines};
 use crate::error::GatewayError;
-use crate::layers::route::{RouteUpstream, Routed};
+use crate::layers::route::{self, RouteUpstream, Routed};
 use crate::upstream::{Chosen, Resolver};
 use gatehouse_shared::routing::upstream_path_and_query;
 use gatehouse_shared::trace::{self, http as conv, propagate};
@@ -141,7 +141,7 @@ impl Service<Request<Incoming>> for Proxy {
 
 impl Inner {
     async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
-        let Some(routed) = req.extensions_mut().remove::<Routed>() else {
+        let Some(routed) = route::routed(&req).cloned() else {
             return Err(GatewayError::NoRoute {
                 path: req.uri().path().to_owned(),
                 reason: "request reached the proxy without a route".to_owned(),

@@ -1,5 +1,5 @@
 //! Per-connection plumbing between hyper and the pipeline: every request gets the connection's
-//! [`ConnInfo`] and the [`ClientAddr`], and the connection keeps count of requests in flight so
+//! [`ConnInfo`] with the client address, and the connection keeps count of requests in flight so
 //! that an idle keep-alive connection can be closed, and a client that owes a request head can be
 //! held to `header_read_timeout` (both watched by `watchdog.rs`).
 //!
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tower::Service;
 use tower::util::Oneshot;
 
-use crate::context::{Body, BoxError, ClientAddr, ConnInfo};
+use crate::context::{Body, BoxError, ConnInfo};
 use crate::proxy::forwarded::TrustedProxies;
 
 /// Requests in flight on one connection and since when it has had none.
@@ -144,9 +144,10 @@ where
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         let client = self.trusted.client_addr(req.headers(), self.info.peer.ip());
         let req_version = req.version();
-        let ext = req.extensions_mut();
-        ext.insert(self.info);
-        ext.insert(ClientAddr(client));
+        req.extensions_mut().insert(ConnInfo {
+            client,
+            ..self.info
+        });
         ConnFuture {
             inner: tower::ServiceExt::oneshot(self.inner.clone(), req),
             guard: Some(self.activity.start(req_version)),

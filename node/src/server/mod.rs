@@ -271,7 +271,7 @@ impl Server {
                             continue;
                         }
                     };
-                    let info = ConnInfo { peer, local, tls: self.tls.is_some() };
+                    let info = ConnInfo { peer, local, tls: self.tls.is_some(), client: peer.ip() };
                     next = next.wrapping_add(1);
                     dispatch(&workers, next, Accepted { tcp, info });
                 }
