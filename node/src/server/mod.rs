@@ -328,6 +328,10 @@ fn builder(limits: &Limits) -> Builder<TokioExecutor> {
         // The connection's own head deadline replaces hyper's (`conn.rs` says why); without
         // this hyper would still arm its default of 30 s for every head.
         h1.timer(TokioTimer::new()).header_read_timeout(None);
+        // A response head and a small body leave as one buffer rather than a queue of buffers
+        // for a vectored write: 500 fewer instructions per small request (callgrind), and 1 MiB
+        // downloads cost no more CPU (docs/performance.md).
+        h1.writev(false);
         if limits.max_header_bytes > 0 {
             h1.max_buf_size(limits.max_header_bytes.max(HYPER_MIN_BUF));
         }
