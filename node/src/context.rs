@@ -45,4 +45,3 @@ pub struct RequestTrace {
 /// Shared handle to a request's [`RequestTrace`], inserted by the trace layer (or, with tracing
 /// off, the access-log layer).
 pub type SharedTrace = Arc<RequestTrace>;
-

@@ -209,7 +209,10 @@ fn request_attributes<B>(req: &Request<B>, conn: Option<&ConnInfo>) -> Vec<KeyVa
         },
     ));
     if let Some(conn) = conn {
-        out.push(KeyValue::new(semconv::CLIENT_ADDRESS, conn.client.to_string()));
+        out.push(KeyValue::new(
+            semconv::CLIENT_ADDRESS,
+            conn.client.to_string(),
+        ));
         out.push(KeyValue::new(
             semconv::NETWORK_PEER_ADDRESS,
             conn.peer.ip().to_string(),
