@@ -853,9 +853,7 @@ pub fn memo_token<'a>(path: &str, headers: &'a HeaderMap, query: Option<&str>) -
     if !(is_public_path(path) || TOKEN_PATH_PREFIXES.iter().any(|p| path.starts_with(p))) {
         return None;
     }
-    if let Some(query) = query
-        && Query::parse(query).all("signature").next().is_some()
-    {
+    if query.is_some_and(|q| Query::first_raw(q, "signature").is_some()) {
         return None;
     }
     Some(token)

@@ -126,9 +126,7 @@ impl SignedUrlError {
 /// Whether the signed-URL authenticator is responsible for a request: `OC-Signature` is present
 /// and non-empty (whether the feature is enabled is the caller's business).
 pub fn applies(query: &str) -> bool {
-    Query::parse(query)
-        .first(OC_SIGNATURE)
-        .is_some_and(|v| !v.is_empty())
+    Query::first_raw(query, OC_SIGNATURE).is_some_and(|v| !v.is_empty())
 }
 
 /// The checks that need neither the user nor the key, in oCIS's order plus ours at the end.
