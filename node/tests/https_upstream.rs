@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gatehouse_node::health::Health;
 use gatehouse_node::identity::Identity as NodeIdentity;
-use gatehouse_node::pipeline::{self, PipelineParts};
-use gatehouse_node::server::{Server, ServerDeps, StartupError};
+use gatehouse_node::server::{ServerDeps, StartupError};
 use gatehouse_node::telemetry::Metrics;
 use gatehouse_shared::config::{Config, GoDuration};
 use gatehouse_shared::routing::{PolicyConfig, RouteConfig};
@@ -218,18 +217,8 @@ struct Gateway {
 
 async fn gateway(config: &Config) -> Gateway {
     let identity = NodeIdentity::standalone(config).await.unwrap();
-    let parts = PipelineParts::from_config(config, None, Metrics::new("test"), identity).unwrap();
-    let trusted = parts.trusted.clone();
-    let server = Server::bind(&config.http, trusted, Health::new())
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server.serve(move || pipeline::build(parts.clone()), shutdown.clone()));
-    Gateway {
-        addr,
-        _shutdown: shutdown.drop_guard(),
-    }
+    let (addr, _shutdown) = common::serve(config, identity).await;
+    Gateway { addr, _shutdown }
 }
 
 /// A gateway routing everything to `up` without verifying its certificate.

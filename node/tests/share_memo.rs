@@ -2,14 +2,12 @@
 //! answers for longer than the share cache would have (a share that ends is refused from its end
 //! on), and requests with other credentials (a share password) are decided afresh every time.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use gatehouse_node::health::Health;
 use gatehouse_node::identity::{Identity, IdentityStores};
-use gatehouse_node::pipeline::{self, PipelineParts};
-use gatehouse_node::proxy::forwarded::TrustedProxies;
-use gatehouse_node::server::Server;
 use gatehouse_node::telemetry::Metrics;
 use gatehouse_shared::config::parse_yaml;
 use gatehouse_shared::events::{GoTime, NoopSink};
@@ -17,7 +15,6 @@ use gatehouse_shared::store::MemoryStore;
 use gatehouse_tests::client::get_with;
 use gatehouse_tests::shares::{FixtureShare, ShareFixture};
 use gatehouse_tests::upstream::Upstream;
-use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "share-memo-test";
 
@@ -41,21 +38,11 @@ async fn gateway(up: &Upstream, shares: &ShareFixture) -> Gateway {
         signing_keys: None,
     };
     let metrics = Metrics::new("share-memo-test");
-    let identity = Identity::build(&config, stores, Arc::new(NoopSink), metrics.clone())
+    let identity = Identity::build(&config, stores, Arc::new(NoopSink), metrics)
         .await
         .unwrap();
-    let parts = PipelineParts::from_config(&config, None, metrics, identity).unwrap();
-    let trusted = Arc::new(TrustedProxies::parse(&[]).unwrap());
-    let server = Server::bind(&config.http, trusted, Health::new())
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server.serve(move || pipeline::build(parts.clone()), shutdown.clone()));
-    Gateway {
-        addr,
-        _shutdown: shutdown.drop_guard(),
-    }
+    let (addr, _shutdown) = common::serve(&config, identity).await;
+    Gateway { addr, _shutdown }
 }
 
 fn share_url(gw: &Gateway, token: &str) -> String {

@@ -2,16 +2,14 @@
 //! URL is answered without reading the signing-key store, and every change to that store (a key
 //! rotated or deleted) refuses the URLs it invalidates at once, exactly as without the memo.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use gatehouse_node::accounts::backend::NewUser;
-use gatehouse_node::health::Health;
 use gatehouse_node::identity::{Identity, IdentityStores};
-use gatehouse_node::pipeline::{self, PipelineParts};
-use gatehouse_node::proxy::forwarded::TrustedProxies;
-use gatehouse_node::server::Server;
 use gatehouse_node::telemetry::Metrics;
 use gatehouse_shared::config::parse_yaml;
 use gatehouse_shared::events::NoopSink;
@@ -19,7 +17,6 @@ use gatehouse_shared::store::testing::FaultyStore;
 use gatehouse_shared::store::{MemoryStore, Store};
 use gatehouse_tests::signing::{Link, sign};
 use gatehouse_tests::upstream::Upstream;
-use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "5e9f1a3c7b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a1c3e5b7d9f2a4c6e8b0d1f3a\
                    7c9e1b3d5f7a9c0e2b4d6f8a1c3e5b7d9f0a2c4e6b8d1f3a5c7e9b0d2f4a6c8e";
@@ -45,7 +42,7 @@ async fn gateway(up: &Upstream) -> Gateway {
         signing_keys: Some(keys.clone()),
     };
     let metrics = Metrics::new("memo-test");
-    let identity = Identity::build(&config, stores, Arc::new(NoopSink), metrics.clone())
+    let identity = Identity::build(&config, stores, Arc::new(NoopSink), metrics)
         .await
         .unwrap();
     let user = identity
@@ -64,19 +61,12 @@ async fn gateway(up: &Upstream) -> Gateway {
     keys.put(&user.id, Bytes::from_static(KEY.as_bytes()), None)
         .await
         .unwrap();
-    let parts = PipelineParts::from_config(&config, None, metrics, identity).unwrap();
-    let trusted = Arc::new(TrustedProxies::parse(&[]).unwrap());
-    let server = Server::bind(&config.http, trusted, Health::new())
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(server.serve(move || pipeline::build(parts.clone()), shutdown.clone()));
+    let (addr, _shutdown) = common::serve(&config, identity).await;
     Gateway {
         addr,
         keys,
         user_id: user.id,
-        _shutdown: shutdown.drop_guard(),
+        _shutdown,
     }
 }
 
