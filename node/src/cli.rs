@@ -412,6 +412,16 @@ async fn serve(config: Config) -> ExitCode {
     metrics.scrape().health(Arc::clone(&health));
     let shutdown = CancellationToken::new();
 
+    // First, before the stores and the debug server: see `server::listen`.
+    let listener = match server::listen(&config.http).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(error = %err, "start-up failed");
+            eprintln!("gatehouse: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+
     let state_store = match gatehouse_node::state::open(
         "state store",
         "state",
@@ -583,6 +593,7 @@ async fn serve(config: Config) -> ExitCode {
         // that `/readyz` reports it.
         shutdown: CancellationToken::new(),
         identity,
+        listener: Some(listener),
     };
     let result = server::run(Arc::new(config), deps).await;
     if let Some(p) = &publisher {

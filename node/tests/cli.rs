@@ -244,8 +244,21 @@ async fn server_serves_the_debug_endpoints_and_exits_0_on_sigterm() {
     let resp = fetch(&s.debug_addr, "/readyz", None, t).await.unwrap();
     assert_eq!(resp.status(), 200, "{:?}", resp.body());
 
-    // A second node on the same debug port fails clearly.
+    // A second node on the same ports fails clearly, naming the main listener (bound first);
+    // given a free main port, it names the debug port.
     let (code, _, err) = run(gatehouse(s.dir.path())
+        .arg("--config")
+        .arg(&s.config)
+        .arg("server"));
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("http.addr") && err.contains(&s.http_addr),
+        "{err}"
+    );
+    assert_no_panic(&err);
+    let other_http = format!("127.0.0.1:{}", free_port());
+    let (code, _, err) = run(gatehouse(s.dir.path())
+        .env("PROXY_HTTP_ADDR", &other_http)
         .arg("--config")
         .arg(&s.config)
         .arg("server"));

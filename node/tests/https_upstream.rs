@@ -369,6 +369,7 @@ async fn an_invalid_ca_file_stops_start_up_naming_the_setting() {
             registry: None,
             shutdown: CancellationToken::new(),
             identity: NodeIdentity::standalone(&c).await.unwrap(),
+            listener: None,
         };
         let err = tokio::time::timeout(DEADLINE, gatehouse_node::server::run(Arc::new(c), deps))
             .await

@@ -103,19 +103,35 @@ impl GatehouseNode {
 
     pub async fn start_with(opts: NodeOptions) -> GatehouseNode {
         let dir = tempfile::tempdir().expect("tempdir");
-        // Chosen together: two separate choices can return the same port.
-        let ports = crate::process::free_ports(2);
-        let http: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
-        let debug: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
         std::fs::write(dir.path().join("proxy.yaml"), &opts.yaml).expect("write config");
-        let proc = spawn(&opts, dir.path(), http, debug, "gatehouse.log").await;
-        GatehouseNode {
-            http,
-            debug,
-            proc,
-            opts,
-            runs: 1,
-            dir,
+        let mut runs = 0;
+        loop {
+            runs += 1;
+            // Chosen together: two separate choices can return the same port.
+            let ports = crate::process::free_ports(2);
+            let http: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+            let debug: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+            let log = log_name(runs);
+            match spawn(&opts, dir.path(), http, debug, &log).await {
+                Ok(proc) => {
+                    return GatehouseNode {
+                        http,
+                        debug,
+                        proc,
+                        opts,
+                        runs,
+                        dir,
+                    };
+                }
+                // Between `free_ports` and the node's bind, another process on this machine
+                // took a port: choose again.
+                Err(PortTaken(log)) if runs < PORT_ATTEMPTS => {
+                    eprintln!("gatehouse start {runs}: a chosen port was taken, retrying:\n{log}");
+                }
+                Err(PortTaken(log)) => {
+                    panic!("gatehouse: ports taken on {PORT_ATTEMPTS} attempts:\n{log}")
+                }
+            }
         }
     }
 
@@ -125,8 +141,10 @@ impl GatehouseNode {
     pub async fn restart(&mut self) {
         self.proc.kill();
         self.runs += 1;
-        let log = format!("gatehouse.{}.log", self.runs);
-        self.proc = spawn(&self.opts, self.dir.path(), self.http, self.debug, &log).await;
+        let log = log_name(self.runs);
+        self.proc = spawn(&self.opts, self.dir.path(), self.http, self.debug, &log)
+            .await
+            .unwrap_or_else(|PortTaken(log)| panic!("gatehouse restart: port taken:\n{log}"));
     }
 
     /// SIGKILL: the node is gone at once, its connections reset.
@@ -176,13 +194,30 @@ impl GatehouseNode {
     }
 }
 
+/// How many times [`GatehouseNode::start_with`] chooses ports.
+const PORT_ATTEMPTS: usize = 5;
+
+/// The node exited during start-up because one of its ports was bound by another process; the
+/// log it wrote.
+struct PortTaken(String);
+
+fn log_name(run: usize) -> String {
+    if run == 1 {
+        "gatehouse.log".to_owned()
+    } else {
+        format!("gatehouse.{run}.log")
+    }
+}
+
+/// Starts the node and waits for it; panics if it exits during start-up for any other reason than
+/// a taken port.
 async fn spawn(
     opts: &NodeOptions,
     dir: &std::path::Path,
     http: SocketAddr,
     debug: SocketAddr,
     log: &str,
-) -> ChildGuard {
+) -> Result<ChildGuard, PortTaken> {
     let mut cmd = Command::new(opts.bin.clone().unwrap_or_else(gatehouse_bin));
     cmd.env_clear()
         .envs(base_env(dir))
@@ -203,13 +238,17 @@ async fn spawn(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = proc.try_status() {
+            let text = proc.log_text();
+            if text.to_ascii_lowercase().contains("address already in use") {
+                return Err(PortTaken(text));
+            }
             panic!(
                 "gatehouse exited during start-up ({status}):\n{}",
                 proc.log_text()
             );
         }
         if probe_ok(debug, probe).await {
-            return proc;
+            return Ok(proc);
         }
         if tokio::time::Instant::now() >= deadline {
             panic!("gatehouse not ready after 30 s:\n{}", proc.log_text());

@@ -109,9 +109,15 @@ async fn address_in_use_is_a_clear_start_up_error() {
             ("PROXY_HTTP_ADDR", &addr),
             ("PROXY_DEBUG_ADDR", &debug),
             ("PROXY_TLS", "false"),
+            ("PROXY_LOG_LEVEL", "info"),
         ],
     );
-    assert_clean_failure(&out, &addr);
+    assert_clean_failure(&out, &format!("http.addr: cannot listen on {addr}"));
+    // The main listener is bound first: nothing (the debug server's `/healthz` would dial the
+    // port and reach the process holding it) has started when the conflict stops start-up.
+    let all = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(!all.contains("debug server listening"), "{all}");
+    assert!(!all.contains("connected successfully"), "{all}");
 }
 
 #[tokio::test]

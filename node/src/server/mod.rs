@@ -69,6 +69,9 @@ pub struct ServerDeps {
     pub shutdown: CancellationToken,
     /// Authenticators and account services, built once per node.
     pub identity: crate::identity::Identity,
+    /// `http.addr`, bound by `main` before anything else listens (see [`listen`]); `None`: [`run`]
+    /// binds it.
+    pub listener: Option<TcpListener>,
 }
 
 /// Why the node could not start serving. None of these is retryable without a change of
@@ -77,9 +80,11 @@ pub struct ServerDeps {
 pub enum StartupError {
     #[error("http.addr {addr:?} is not a valid socket address (host:port)")]
     InvalidAddr { addr: String },
-    #[error("cannot listen on {addr}: address already in use (another process is bound to it)")]
+    #[error(
+        "http.addr: cannot listen on {addr}: address already in use (another process is bound to it)"
+    )]
     AddrInUse { addr: String },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("http.addr: cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
         source: std::io::Error,
@@ -166,9 +171,17 @@ impl Server {
         trusted: Arc<TrustedProxies>,
         health: Arc<Health>,
     ) -> Result<Self, StartupError> {
-        let addr: SocketAddr = http.addr.parse().map_err(|_| StartupError::InvalidAddr {
-            addr: http.addr.clone(),
-        })?;
+        let listener = listen(http).await?;
+        Self::on(listener, http, trusted, health)
+    }
+
+    /// Serves on `listener`, already bound to `http.addr` by [`listen`], and prepares TLS.
+    pub fn on(
+        listener: TcpListener,
+        http: &Http,
+        trusted: Arc<TrustedProxies>,
+        health: Arc<Health>,
+    ) -> Result<Self, StartupError> {
         let tls = if http.tls {
             if http.tls_cert.is_empty() || http.tls_key.is_empty() {
                 return Err(StartupError::TlsPathsMissing);
@@ -180,18 +193,6 @@ impl Server {
         } else {
             None
         };
-        let listener = TcpListener::bind(addr).await.map_err(|source| {
-            if source.kind() == std::io::ErrorKind::AddrInUse {
-                StartupError::AddrInUse {
-                    addr: http.addr.clone(),
-                }
-            } else {
-                StartupError::Bind {
-                    addr: http.addr.clone(),
-                    source,
-                }
-            }
-        })?;
         Ok(Self {
             listener,
             tls,
@@ -423,6 +424,27 @@ impl<S: RequestService> Handler<S> {
     }
 }
 
+/// Binds `http.addr`. `main` calls it first, before the debug server starts: a port held by
+/// another process then stops start-up before `/healthz`, which dials `http.addr`, can be answered
+/// by that other process. Connections arriving before the workers start wait in the backlog.
+pub async fn listen(http: &Http) -> Result<TcpListener, StartupError> {
+    let addr: SocketAddr = http.addr.parse().map_err(|_| StartupError::InvalidAddr {
+        addr: http.addr.clone(),
+    })?;
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            StartupError::AddrInUse {
+                addr: http.addr.clone(),
+            }
+        } else {
+            StartupError::Bind {
+                addr: http.addr.clone(),
+                source,
+            }
+        }
+    })
+}
+
 /// Builds everything from configuration, serves until SIGTERM/SIGINT or `deps.shutdown`, drains,
 /// and returns `Ok(())`.
 pub async fn run(config: Arc<Config>, deps: ServerDeps) -> Result<(), StartupError> {
@@ -434,7 +456,10 @@ pub async fn run(config: Arc<Config>, deps: ServerDeps) -> Result<(), StartupErr
         deps.identity.clone(),
     )?;
     let trusted = parts.trusted.clone();
-    let server = Server::bind(&config.http, trusted, deps.health.clone()).await?;
+    let server = match deps.listener {
+        Some(listener) => Server::on(listener, &config.http, trusted, deps.health.clone())?,
+        None => Server::bind(&config.http, trusted, deps.health.clone()).await?,
+    };
     spawn_signal_watch(deps.shutdown.clone())?;
     server
         .serve(move || pipeline::build(parts.clone()), deps.shutdown)
