@@ -1,8 +1,8 @@
 //! Liveness and readiness state shared by the server (which drains) and the debug server (which
 //! reports).
 //!
-//! Readiness turns false the moment draining starts, and until every required dependency has
-//! come up (a configured NATS store has connected once, the service registry has loaded). A
+//! Neither liveness nor readiness holds until the server accepts connections. Readiness turns
+//! false the moment draining starts, and until every required dependency has come up (a configured NATS store has connected once, the service registry has loaded). A
 //! dependency lost *afterwards* only makes the node degraded — reported in `/readyz`'s body and
 //! in the metrics, not in its status. From inside one node a NATS outage of the whole cluster
 //! cannot be told from this node being cut off alone, and a load balancer that took every
@@ -17,6 +17,9 @@ type Check = Arc<dyn Fn() -> bool + Send + Sync>;
 
 #[derive(Default)]
 pub struct Health {
+    /// Set once the server accepts connections: the main listener is bound first thing at
+    /// start-up, so accepting a TCP connection alone does not mean the node serves.
+    serving: AtomicBool,
     draining: AtomicBool,
     dependencies: Checks,
     degraded_when: Checks,
@@ -25,6 +28,14 @@ pub struct Health {
 impl Health {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    pub fn start_serving(&self) {
+        self.serving.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
     }
 
     pub fn start_draining(&self) {
@@ -61,7 +72,7 @@ impl Health {
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.failing_dependencies().is_empty()
+        self.is_serving() && !self.is_draining() && self.failing_dependencies().is_empty()
     }
 }
 

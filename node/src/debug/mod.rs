@@ -4,7 +4,7 @@
 //!
 //! | path       | answer |
 //! |------------|--------|
-//! | `/healthz` | 200 `OK` when the main listener accepts a TCP connection within 3 s, else 500 with the reason |
+//! | `/healthz` | 200 `OK` when start-up has finished and the main listener accepts a TCP connection within 3 s, else 500 with the reason |
 //! | `/readyz`  | 200 `OK` when healthy, not draining and every required dependency has come up (`OK, degraded: …` while one is lost again), else 503 with the reason |
 //! | `/metrics` | Prometheus text format |
 //! | `/config`  | the effective configuration as JSON, secrets masked |
@@ -131,7 +131,7 @@ async fn state_lookup(state: &DebugState, key: &str) -> Response<Full<Bytes>> {
 
 async fn handle(state: &DebugState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let mut resp = match req.uri().path() {
-        "/healthz" => match check_listener(&state.http_addr).await {
+        "/healthz" => match serving(state).await {
             Ok(()) => text(StatusCode::OK, "OK".into()),
             Err(reason) => text(StatusCode::INTERNAL_SERVER_ERROR, reason),
         },
@@ -220,6 +220,14 @@ async fn readiness(state: &DebugState) -> Result<(), String> {
     let failing = state.health.failing_dependencies();
     if !failing.is_empty() {
         return Err(format!("dependencies down: {}", failing.join(", ")));
+    }
+    serving(state).await
+}
+
+/// Whether start-up has finished and the main listener accepts a connection.
+async fn serving(state: &DebugState) -> Result<(), String> {
+    if !state.health.is_serving() {
+        return Err("starting: the main listener does not serve yet".into());
     }
     check_listener(&state.http_addr).await
 }

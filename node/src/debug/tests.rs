@@ -18,6 +18,13 @@ struct Running {
 }
 
 async fn start(token: &str) -> Running {
+    let r = starting(token).await;
+    r.health.start_serving();
+    r
+}
+
+/// The debug server of a node whose main listener is bound but whose start-up has not finished.
+async fn starting(token: &str) -> Running {
     let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let debug = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = debug.local_addr().unwrap().to_string();
@@ -50,7 +57,16 @@ async fn get(r: &Running, path: &str, bearer: Option<&str>) -> Response<Bytes> {
 
 #[tokio::test]
 async fn healthz_follows_the_main_listener() {
-    let mut r = start("").await;
+    let mut r = starting("").await;
+    // Bound (it accepts a connection) but not serving yet.
+    let resp = get(&r, "/healthz", None).await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(String::from_utf8_lossy(resp.body()).contains("starting"));
+    let resp = get(&r, "/readyz", None).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(resp.body()).contains("starting"));
+
+    r.health.start_serving();
     let resp = get(&r, "/healthz", None).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.body(), "OK");

@@ -250,6 +250,7 @@ impl Server {
             }
         }
         tracing::info!(addr = %local, tls = self.tls.is_some(), workers = workers.len(), "listening");
+        self.health.start_serving();
         let mut next = 0usize;
         loop {
             tokio::select! {

@@ -213,6 +213,12 @@ mod tests {
         });
         let health = crate::health::Health::new();
         m.scrape().health(health.clone());
+        assert_eq!(
+            value_of(&m.encode(), "gatehouse_ready"),
+            Some(0.0),
+            "not ready before the server serves"
+        );
+        health.start_serving();
 
         let text = m.encode();
         for (series, want) in [
