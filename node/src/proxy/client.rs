@@ -160,12 +160,15 @@ impl UpstreamClient {
     /// Sends `req` (origin-form URI, `Host` set, no hop-by-hop fields) to `scheme://authority` on
     /// a pooled connection and returns the response head; the body streams from the same
     /// connection.
-    pub async fn send(
-        &self,
-        scheme: &Scheme,
-        authority: &Authority,
+    ///
+    /// The head is encoded before the future is returned, so that the future holds the encoded
+    /// head but neither the request nor its parts.
+    pub fn send<'a>(
+        &'a self,
+        scheme: &'a Scheme,
+        authority: &'a Authority,
         req: Request<Incoming>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
         let (parts, body) = req.into_parts();
         let ended = body.is_end_stream();
         let (framing, extra) = http1::request_framing(
@@ -185,28 +188,30 @@ impl UpstreamClient {
             body_started: false,
         };
         let (host, mut idle) = self.pool.take(scheme, authority);
-        loop {
-            let (mut conn, reused) = match self.checkout(host, idle.take()).await {
-                Some(conn) => (conn, true),
-                None => (self.connect(scheme, authority).await?, false),
-            };
-            match exchange.run(&mut conn).await {
-                Ok((head, request_done)) => {
-                    let reusable = head.keep_alive
-                        && request_done
-                        && head.status != StatusCode::SWITCHING_PROTOCOLS;
-                    let lease = Lease {
-                        conn,
-                        pool: self.pool.clone(),
-                        host,
-                        reusable,
-                    };
-                    return Ok(response(head, lease));
+        async move {
+            loop {
+                let (mut conn, reused) = match self.checkout(host, idle.take()).await {
+                    Some(conn) => (conn, true),
+                    None => (self.connect(scheme, authority).await?, false),
+                };
+                match exchange.run(&mut conn).await {
+                    Ok((head, request_done)) => {
+                        let reusable = head.keep_alive
+                            && request_done
+                            && head.status != StatusCode::SWITCHING_PROTOCOLS;
+                        let lease = Lease {
+                            conn,
+                            pool: self.pool.clone(),
+                            host,
+                            reusable,
+                        };
+                        return Ok(response(head, lease));
+                    }
+                    Err(failed) if reused && failed.before_answer && exchange.can_resend() => {
+                        tracing::debug!(error = %failed.error, "reused upstream connection failed; sending again on a new one");
+                    }
+                    Err(failed) => return Err(failed.error),
                 }
-                Err(failed) if reused && failed.before_answer && exchange.can_resend() => {
-                    tracing::debug!(error = %failed.error, "reused upstream connection failed; sending again on a new one");
-                }
-                Err(failed) => return Err(failed.error),
             }
         }
     }
@@ -258,12 +263,14 @@ impl UpstreamClient {
             .map_err(SendError::Connect)
     }
 
+    /// Boxed: a new connection (TCP, maybe TLS) is rare next to a pooled one, and its future is
+    /// the largest part of an exchange.
     async fn connect(
         &self,
         scheme: &Scheme,
         authority: &Authority,
     ) -> Result<Box<Conn>, SendError> {
-        Ok(Conn::new(self.open(scheme, authority).await?))
+        Ok(Conn::new(Box::pin(self.open(scheme, authority)).await?))
     }
 
     /// The first usable connection among `first` and the idle connections to `host`, most

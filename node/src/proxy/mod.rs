@@ -79,17 +79,30 @@ impl ProxyOptions {
 /// How late `response_header_timeout` may fire at most.
 const DEADLINE_TICK: Duration = Duration::from_millis(10);
 
-/// `Some` with `work`'s output, or `None` if `deadline` came first (`work` is polled first).
-async fn first_of<T>(work: impl Future<Output = T>, deadline: Deadline) -> Option<T> {
-    let mut work = std::pin::pin!(work);
-    let mut deadline = std::pin::pin!(deadline);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = work.as_mut().poll(cx) {
+pin_project_lite::pin_project! {
+    /// `Some` with `work`'s output, or `None` if `deadline` came first (`work` is polled first).
+    /// A struct rather than an `async fn`, which would hold `work` twice (the argument and its
+    /// pinned copy); and one await point whether or not there is a deadline.
+    struct FirstOf<F> {
+        #[pin]
+        work: F,
+        deadline: Option<Deadline>,
+    }
+}
+
+impl<F: Future> Future for FirstOf<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.work.poll(cx) {
             return Poll::Ready(Some(out));
         }
-        deadline.as_mut().poll(cx).map(|()| None)
-    })
-    .await
+        match this.deadline {
+            Some(deadline) => Pin::new(deadline).poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
+    }
 }
 
 /// The innermost service of the pipeline. Cheap to clone.
@@ -134,13 +147,19 @@ impl Service<Request<Incoming>> for Proxy {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> ProxyFuture {
-        let inner = self.inner.clone();
-        Box::pin(async move { inner.forward(req).await })
+        // `forward` is the future itself: an `async move` around it would hold the request twice.
+        let f = Inner::forward(self.inner.clone(), req);
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| eprintln!("SIZES forward={}", std::mem::size_of_val(&f)));
+        Box::pin(f)
     }
 }
 
 impl Inner {
-    async fn forward(&self, mut req: Request<Incoming>) -> Result<Response<Body>, GatewayError> {
+    async fn forward(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, GatewayError> {
         let Some(routed) = route::routed(&req).cloned() else {
             return Err(GatewayError::NoRoute {
                 path: req.uri().path().to_owned(),
@@ -162,39 +181,43 @@ impl Inner {
         }
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let mut out = self.rewrite(req, &routed, &chosen, upgrade)?;
+        self.rewrite(&mut req, &routed, &chosen, upgrade)?;
         let span = if trace::current_is_sampled() {
             let mut url = http::uri::Parts::default();
             url.scheme = Some(chosen.base.scheme.clone());
             url.authority = Some(chosen.base.authority.clone());
-            url.path_and_query = out.uri().path_and_query().cloned();
-            let url = Uri::from_parts(url).unwrap_or_else(|_| out.uri().clone());
-            conv::client_span(out.method(), &url, &target_name(&routed), None)
+            url.path_and_query = req.uri().path_and_query().cloned();
+            let url = Uri::from_parts(url).unwrap_or_else(|_| req.uri().clone());
+            conv::client_span(req.method(), &url, &target_name(&routed), None)
         } else {
             trace::Span::NONE
         };
         // The backend continues the upstream span's trace, or (unsampled) the server span's.
-        propagate::inject_span(&span, out.headers_mut());
+        propagate::inject_span(&span, req.headers_mut());
 
         let (scheme, authority) = (&chosen.base.scheme, &chosen.base.authority);
-        let sent = if upgrade {
-            Either::Left(span.instrument(self.client.send_upgrade(scheme, authority, out)))
-        } else {
-            Either::Right(span.instrument(self.client.send(scheme, authority, out)))
-        };
-        let result = match self.response_header_timeout {
-            Some(t) => match first_of(sent, self.deadlines.after(t)).await {
-                Some(r) => r,
-                None => {
-                    span.fail("timeout", format!("no response head within {t:?}"));
-                    return Err(GatewayError::UpstreamTimeout {
-                        route: routed.label.clone(),
-                        upstream: chosen.base.url.to_string(),
-                        after_ms: t.as_millis(),
-                    });
-                }
-            },
-            None => sent.await,
+        // Upgrades are rare: their exchange is boxed so that it does not widen every request's
+        // future. Built inside the `await` so that no moved-from copy stays in the future.
+        let deadline = self
+            .response_header_timeout
+            .map(|t| self.deadlines.after(t));
+        let result = FirstOf {
+            work: span.instrument(if upgrade {
+                Either::Left(Box::pin(self.client.send_upgrade(scheme, authority, req)))
+            } else {
+                Either::Right(self.client.send(scheme, authority, req))
+            }),
+            deadline,
+        }
+        .await;
+        let Some(result) = result else {
+            let t = self.response_header_timeout.unwrap_or_default();
+            span.fail("timeout", format!("no response head within {t:?}"));
+            return Err(GatewayError::UpstreamTimeout {
+                route: routed.label.clone(),
+                upstream: chosen.base.url.to_string(),
+                after_ms: t.as_millis(),
+            });
         };
         let mut resp = match result {
             Ok(r) => r,
@@ -250,37 +273,36 @@ impl Inner {
 
     fn rewrite(
         &self,
-        req: Request<Incoming>,
+        req: &mut Request<Incoming>,
         routed: &Routed,
         chosen: &Chosen,
         upgrade: bool,
-    ) -> Result<Request<Incoming>, GatewayError> {
-        let (mut parts, body) = req.into_parts();
+    ) -> Result<(), GatewayError> {
         let base = &chosen.base;
         let pq = upstream_path_and_query(
             &base.base_path,
             base.base_query.as_deref(),
-            parts.uri.path(),
-            parts.uri.query(),
+            req.uri().path(),
+            req.uri().query(),
         );
         let pq = PathAndQuery::try_from(pq)
             .map_err(|e| unavailable(routed, chosen, format!("upstream path: {e}")))?;
-        let client_host = match parts.headers.get(header::HOST) {
+        let client_host = match req.headers().get(header::HOST) {
             Some(h) => Some(h.clone()),
-            None => parts
-                .uri
+            None => req
+                .uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
         // Origin form: the client writes the URI as given on the request line.
-        parts.uri = Uri::from(pq);
-        parts.version = Version::HTTP_11;
+        *req.uri_mut() = Uri::from(pq);
+        *req.version_mut() = Version::HTTP_11;
 
-        let headers = &mut parts.headers;
+        let conn = req.extensions().get::<ConnInfo>().copied();
+        let headers = req.headers_mut();
         strip_hop_by_hop(headers, upgrade);
         // Forwarding headers, Host and User-Agent are added below: grown once, not per field.
         headers.reserve(6);
-        let conn = parts.extensions.get::<ConnInfo>().copied();
         if let Some(conn) = conn {
             rewrite_forwarded(headers, &self.trusted, &conn, client_host.as_ref());
         }
@@ -297,7 +319,7 @@ impl Inner {
         if !headers.contains_key(header::USER_AGENT) {
             headers.insert(header::USER_AGENT, HeaderValue::from_static(""));
         }
-        Ok(Request::from_parts(parts, body))
+        Ok(())
     }
 }
 

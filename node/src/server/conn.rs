@@ -18,6 +18,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::Either;
 use http::{Request, Response, Version};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use tokio::time::Instant;
@@ -148,8 +149,19 @@ where
             client,
             ..self.info
         });
+        // The pipeline is always ready (no layer holds back), so it is called at once; a
+        // `Oneshot` would keep the request and the pipeline's future in a state machine of its
+        // own and move both again. The fallback keeps `Service`'s contract should a layer ever
+        // report that it is not ready.
+        let mut service = self.inner.clone();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let inner = match service.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Either::Left(service.call(req)),
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => Either::Right(tower::ServiceExt::oneshot(service, req)),
+        };
         ConnFuture {
-            inner: tower::ServiceExt::oneshot(self.inner.clone(), req),
+            inner,
             guard: Some(self.activity.start(req_version)),
         }
     }
@@ -158,7 +170,7 @@ where
 pin_project_lite::pin_project! {
     pub(crate) struct ConnFuture<S: Service<Request<Incoming>>> {
         #[pin]
-        inner: Oneshot<S, Request<Incoming>>,
+        inner: Either<S::Future, Oneshot<S, Request<Incoming>>>,
         guard: Option<InFlight>,
     }
 }
