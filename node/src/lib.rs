@@ -15,6 +15,7 @@
 //! - [`context`] the per-connection and per-request facts the layers share.
 
 pub mod accounts;
+pub mod allocator;
 pub mod authn;
 pub mod context;
 pub mod deadline;

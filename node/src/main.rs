@@ -6,7 +6,7 @@ mod cli;
 /// mimalloc instead of glibc malloc: the proxy allocates and frees small buffers on every request,
 /// and glibc's arena consolidation showed up in profiles (docs/performance.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: gatehouse_node::allocator::Allocator = gatehouse_node::allocator::Allocator;
 
 fn main() -> std::process::ExitCode {
     cli::main()
