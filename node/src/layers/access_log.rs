@@ -62,13 +62,17 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let trace = match req.extensions().get::<SharedTrace>() {
-            Some(trace) => Arc::clone(trace),
-            None => {
-                let trace = SharedTrace::default();
-                req.extensions_mut().insert(Arc::clone(&trace));
-                trace
-            }
+            Some(trace) => trace,
+            None => req.extensions_mut().get_or_insert_default::<SharedTrace>(),
         };
+        // Off below `info` (the default level is `error`): then nothing is collected at all.
+        if !tracing::enabled!(target: "access_log", tracing::Level::INFO) {
+            return AccessLogFuture {
+                inner: self.inner.call(req),
+                pending: None,
+            };
+        }
+        let trace = Arc::clone(trace);
         let ext = req.extensions();
         let remote = ext.get::<ConnInfo>().map(|c| c.client);
         let pending = Pending {

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 use futures::future::Either;
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri, header};
+use http::{HeaderValue, Request, Response, Uri, header};
 use tower::{Layer, Service};
 
 use crate::context::{Body, SharedTrace};
@@ -221,19 +221,43 @@ fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
         (None, _) => Ok(()),
         (Some(_), Some(_)) => Err(bad("more than one Host header")),
         (Some(value), None) => {
-            let valid = value
-                .to_str()
-                .ok()
-                .filter(|v| !v.is_empty() && !v.contains('@'))
-                .and_then(|v| v.parse::<http::uri::Authority>().ok())
-                .is_some();
-            if valid {
+            if is_authority(value) {
                 Ok(())
             } else {
                 Err(bad("the Host header is not a valid authority"))
             }
         }
     }
+}
+
+/// Whether `host` is a valid authority without user info. Parsing one allocates, and a worker
+/// sees the same few `Host` values again and again, so the last valid one is remembered per
+/// thread (each HTTP worker is one thread).
+fn is_authority(value: &HeaderValue) -> bool {
+    /// Longer values are checked every time (a DNS name has at most 253 bytes).
+    const MEMO_MAX: usize = 262;
+    thread_local! {
+        static LAST_VALID: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let host = value.as_bytes();
+    if host.is_empty() || host.contains(&b'@') {
+        return false;
+    }
+    if LAST_VALID.with_borrow(|last| last.as_slice() == host) {
+        return true;
+    }
+    let valid = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<http::uri::Authority>().ok())
+        .is_some();
+    if valid && host.len() <= MEMO_MAX {
+        LAST_VALID.with_borrow_mut(|last| {
+            last.clear();
+            last.extend_from_slice(host);
+        });
+    }
+    valid
 }
 
 impl<S, B> Service<Request<B>> for Route<S>
@@ -266,5 +290,52 @@ where
             }
             Err(e) => Either::Left(ready(Err(e))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The remembered value answers only for itself: every answer is the uncached check's, in
+    /// any order, for invalid values around a valid one and for a new valid value replacing it.
+    #[test]
+    fn the_host_memo_never_changes_an_answer() {
+        let uncached = |v: &HeaderValue| {
+            v.to_str().is_ok_and(|s| {
+                !s.is_empty() && !s.contains('@') && s.parse::<http::uri::Authority>().is_ok()
+            })
+        };
+        let long = format!("{}.example", "a".repeat(300));
+        let hosts: Vec<HeaderValue> = [
+            "gw.example.com",
+            "gw.example.com",
+            "gw.example.com:9200",
+            "[::1]:9200",
+            "user@gw.example.com",
+            "gw.example.com/path",
+            "",
+            "gw example",
+            "[::1",
+            "gw.example.com:9200",
+            "gw.example.com:92a0",
+            long.as_str(),
+            long.as_str(),
+            "gw.example.com",
+        ]
+        .iter()
+        .map(|h| HeaderValue::from_str(h).unwrap())
+        .chain([HeaderValue::from_bytes(b"gw.\xe9xample").unwrap()])
+        .collect();
+        for round in 0..2 {
+            for value in hosts.iter().chain(hosts.iter().rev()) {
+                assert_eq!(is_authority(value), uncached(value), "{value:?} ({round})");
+            }
+        }
+        assert!(is_authority(&HeaderValue::from_static("gw.example.com")));
+        assert!(!is_authority(&HeaderValue::from_static(
+            "user@gw.example.com"
+        )));
+        assert!(!is_authority(&HeaderValue::from_static("gw example")));
     }
 }

@@ -9,6 +9,7 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
+use http::header::Entry;
 use http::header::{self, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
@@ -227,30 +228,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             present[i] = true;
         }
     }
-    if connection {
-        let named: Vec<HeaderValue> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .cloned()
-            .collect();
-        headers.remove(header::CONNECTION);
-        for v in &named {
-            let Ok(s) = v.to_str() else { continue };
-            for token in s.split(',') {
-                let token = token.trim();
-                if token.is_empty() || (keep_upgrade && token.eq_ignore_ascii_case("upgrade")) {
-                    continue;
-                }
-                // `keep-alive` (the usual token) and the other fixed names go below. A name given
-                // as `&str` is looked up without building (and allocating) a `HeaderName`.
-                if FIXED_HOP_BY_HOP
-                    .iter()
-                    .any(|f| token.eq_ignore_ascii_case(f.as_str()))
-                {
-                    continue;
-                }
-                headers.remove(token);
-            }
+    if connection && let Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+        // A name in `Connection` that the fixed list does not remove anyway (nor `upgrade`
+        // when kept). Usually there is none (`keep-alive`), and then the values are dropped
+        // without copying them first, which removing the names would need.
+        let extra = |token: &&str| {
+            let kept_upgrade = keep_upgrade && token.eq_ignore_ascii_case("upgrade");
+            let fixed = FIXED_HOP_BY_HOP
+                .iter()
+                .any(|f| token.eq_ignore_ascii_case(f.as_str()));
+            !(token.is_empty() || kept_upgrade || fixed)
+        };
+        let named: Vec<HeaderValue> = if entry.iter().flat_map(tokens).any(|t| extra(&t)) {
+            entry.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        drop(entry.remove_entry_mult());
+        for token in named.iter().flat_map(tokens).filter(extra) {
+            // Given as `&str`, the name is looked up without building a `HeaderName`.
+            headers.remove(token);
         }
     }
     for (name, _) in FIXED_HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
@@ -261,6 +258,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else if upgrade {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// The comma-separated tokens of a `Connection` value (none if it is not visible ASCII).
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .ok()
+        .into_iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ use crate::deadline::{Deadline, Deadlines};
 use crate::error::GatewayError;
 use crate::layers::route::{self, RouteUpstream, Routed};
 use crate::upstream::{Chosen, Resolver};
-use gatehouse_shared::routing::upstream_path_and_query;
+use gatehouse_shared::routing::{upstream_path_and_query, upstream_path_is_unchanged};
 use gatehouse_shared::trace::{self, http as conv, propagate};
 
 /// How the proxy talks to upstreams (the `upstream` configuration section, `insecure_backends`
@@ -279,14 +279,26 @@ impl Inner {
         upgrade: bool,
     ) -> Result<(), GatewayError> {
         let base = &chosen.base;
-        let pq = upstream_path_and_query(
-            &base.base_path,
-            base.base_query.as_deref(),
+        let (path, query, backend_query) = (
             req.uri().path(),
             req.uri().query(),
+            base.base_query.as_deref(),
         );
-        let pq = PathAndQuery::try_from(pq)
-            .map_err(|e| unavailable(routed, chosen, format!("upstream path: {e}")))?;
+        let own = req
+            .uri()
+            .path_and_query()
+            .filter(|_| upstream_path_is_unchanged(&base.base_path, backend_query, path, query));
+        let pq = match own {
+            // Shared with the request URI, validated when it was parsed.
+            Some(own) => own.clone(),
+            None => PathAndQuery::try_from(upstream_path_and_query(
+                &base.base_path,
+                backend_query,
+                path,
+                query,
+            ))
+            .map_err(|e| unavailable(routed, chosen, format!("upstream path: {e}")))?,
+        };
         let client_host = match req.headers().get(header::HOST) {
             Some(h) => Some(h.clone()),
             None => req

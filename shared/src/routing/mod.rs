@@ -23,4 +23,6 @@ pub use config::{
 pub use path::{PathError, normalize_path};
 pub use router::{Backend, ConfigIssue, RouteMatch, RouteRequest, Router, RoutingError, Target};
 pub use selector::{DEFAULT_SELECTOR_COOKIE_NAME, ROUTING_POLICY_CLAIM, UserProperties};
-pub use url::{cookie_value, single_joining_slash, upstream_path_and_query};
+pub use url::{
+    cookie_value, single_joining_slash, upstream_path_and_query, upstream_path_is_unchanged,
+};

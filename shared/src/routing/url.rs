@@ -133,6 +133,21 @@ pub fn upstream_path_and_query(
     out
 }
 
+/// Whether [`upstream_path_and_query`] returns the request's own path and query unchanged
+/// (`path`, then `?query` when there is one): the backend adds no base path and no query. The
+/// proxy then forwards the request's already validated path and query as they are.
+pub fn upstream_path_is_unchanged(
+    backend_base_path: &str,
+    backend_query: Option<&str>,
+    req_path: &str,
+    req_query: Option<&str>,
+) -> bool {
+    matches!(backend_base_path, "" | "/")
+        && backend_query.is_none_or(str::is_empty)
+        && req_path.starts_with('/')
+        && req_query != Some("")
+}
+
 fn is_valid_cookie_value_byte(b: u8) -> bool {
     (0x20..0x7f).contains(&b) && b != b'"' && b != b';' && b != b'\\'
 }
@@ -167,6 +182,35 @@ mod tests {
         }
         assert_eq!(single_joining_slash("", "/dav"), "/dav");
         assert_eq!(single_joining_slash("/", "/dav"), "/dav");
+    }
+
+    #[test]
+    fn an_unchanged_upstream_path_is_the_request_path_and_query() {
+        let bases = ["", "/", "/base", "/base/", "base"];
+        let backend_queries = [None, Some(""), Some("k=v")];
+        let paths = ["/", "/a/b", "/a/", "", "a", "//a"];
+        let queries = [None, Some(""), Some("x=1"), Some("x=1&y")];
+        for base in bases {
+            for bq in backend_queries {
+                for path in paths {
+                    for q in queries {
+                        let own = match q {
+                            Some(q) => format!("{path}?{q}"),
+                            None => path.to_owned(),
+                        };
+                        let joined = upstream_path_and_query(base, bq, path, q);
+                        if upstream_path_is_unchanged(base, bq, path, q) {
+                            assert_eq!(joined, own, "{base:?} {bq:?} {path:?} {q:?}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(upstream_path_is_unchanged("", None, "/a", Some("x=1")));
+        assert!(upstream_path_is_unchanged("/", Some(""), "/a", None));
+        assert!(!upstream_path_is_unchanged("/base", None, "/a", None));
+        assert!(!upstream_path_is_unchanged("", Some("k=v"), "/a", None));
+        assert!(!upstream_path_is_unchanged("", None, "/a", Some("")));
     }
 
     #[test]
