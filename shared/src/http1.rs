@@ -151,9 +151,12 @@ pub fn parse_response_head(
     // Offsets into `buf`, so that the values can share the head's bytes once it is split off.
     let base = buf.as_ptr() as usize;
     let mut spans = Vec::with_capacity(parsed.headers.len());
+    // Which framing fields are there, noted here so that absent ones are never looked up.
+    let mut present = Present::default();
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Http1Error::Head(format!("field name {:?}", field.name)))?;
+        present.note(&name);
         let start = field.value.as_ptr() as usize - base;
         spans.push((name, start, start + field.value.len()));
     }
@@ -166,13 +169,12 @@ pub fn parse_response_head(
             .map_err(|_| Http1Error::Head(format!("value of {name}")))?;
         headers.append(name, value);
     }
-    let framing = response_framing(request_method, status, &headers)?;
+    let framing = response_framing(request_method, status, &headers, present)?;
     let keep_alive = framing != ResponseFraming::UntilClose
-        && !(headers.contains_key(header::TRANSFER_ENCODING)
-            && headers.contains_key(header::CONTENT_LENGTH))
+        && !(present.transfer_encoding && present.content_length)
         && match version {
-            Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-            _ => !connection_has(&headers, "close"),
+            Version::HTTP_10 => present.connection && connection_has(&headers, "keep-alive"),
+            _ => !(present.connection && connection_has(&headers, "close")),
         };
     Ok(Some(ResponseHead {
         status,
@@ -183,10 +185,31 @@ pub fn parse_response_head(
     }))
 }
 
+/// The framing fields a response head carries.
+#[derive(Debug, Default, Clone, Copy)]
+struct Present {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+}
+
+impl Present {
+    fn note(&mut self, name: &HeaderName) {
+        if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == header::CONNECTION {
+            self.connection = true;
+        }
+    }
+}
+
 fn response_framing(
     method: &Method,
     status: StatusCode,
     headers: &HeaderMap,
+    present: Present,
 ) -> Result<ResponseFraming, Http1Error> {
     if *method == Method::HEAD
         || status.is_informational()
@@ -195,7 +218,7 @@ fn response_framing(
     {
         return Ok(ResponseFraming::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if present.transfer_encoding {
         let last = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
@@ -207,6 +230,9 @@ fn response_framing(
             Some(c) if c.eq_ignore_ascii_case("chunked") => ResponseFraming::Chunked,
             _ => ResponseFraming::UntilClose,
         });
+    }
+    if !present.content_length {
+        return Ok(ResponseFraming::UntilClose);
     }
     Ok(match content_length(headers)? {
         Some(len) => ResponseFraming::Length(len),
@@ -243,8 +269,14 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| trim_ows(t).eq_ignore_ascii_case(token.as_bytes()))
+        .flat_map(|v| list_items(v.as_bytes()))
+        .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The items of a comma-separated field value (RFC 9110 §5.6.1), each without the whitespace
+/// around it; empty items are kept.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim_ows)
 }
 
 /// `part` without the optional whitespace (spaces and tabs, RFC 9110 §5.6.3) around it.

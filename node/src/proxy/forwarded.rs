@@ -14,6 +14,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use crate::context::ConnInfo;
+use gatehouse_shared::http1;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -232,22 +233,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         // A name in `Connection` that the fixed list does not remove anyway (nor `upgrade`
         // when kept). Usually there is none (`keep-alive`), and then the values are dropped
         // without copying them first, which removing the names would need.
-        let extra = |token: &&str| {
-            let kept_upgrade = keep_upgrade && token.eq_ignore_ascii_case("upgrade");
+        let extra = |token: &[u8]| {
+            let kept_upgrade = keep_upgrade && token.eq_ignore_ascii_case(b"upgrade");
             let fixed = FIXED_HOP_BY_HOP
                 .iter()
-                .any(|f| token.eq_ignore_ascii_case(f.as_str()));
+                .any(|f| token.eq_ignore_ascii_case(f.as_str().as_bytes()));
             !(token.is_empty() || kept_upgrade || fixed)
         };
-        let named: Vec<HeaderValue> = if entry.iter().flat_map(tokens).any(|t| extra(&t)) {
+        let named: Vec<HeaderValue> = if entry.iter().flat_map(tokens).any(extra) {
             entry.iter().cloned().collect()
         } else {
             Vec::new()
         };
         drop(entry.remove_entry_mult());
-        for token in named.iter().flat_map(tokens).filter(extra) {
+        for token in named.iter().flat_map(tokens).filter(|t| extra(t)) {
             // Given as `&str`, the name is looked up without building a `HeaderName`.
-            headers.remove(token);
+            if let Ok(name) = std::str::from_utf8(token) {
+                headers.remove(name);
+            }
         }
     }
     for (name, _) in FIXED_HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
@@ -260,14 +263,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// The comma-separated tokens of a `Connection` value (none if it is not visible ASCII).
-fn tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+/// The comma-separated tokens of a `Connection` value; none if the value is not visible ASCII.
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
     value
         .to_str()
         .ok()
         .into_iter()
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
+        .flat_map(|s| http1::list_items(s.as_bytes()))
 }
 
 #[cfg(test)]
