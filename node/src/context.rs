@@ -28,9 +28,16 @@ pub struct ConnInfo {
     pub client: IpAddr,
 }
 
-/// The request id (from `X-Request-Id` or generated), set by the request-id layer.
+/// The request id (from `X-Request-Id` or generated), set by the request-id layer. It is the
+/// header's own value (shared, not copied): visible ASCII, as the layer accepts or makes it.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
+pub struct RequestId(pub http::HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
 
 /// Filled in while the request travels down the pipeline, read by the access log and the server
 /// span on the way back.

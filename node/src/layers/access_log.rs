@@ -77,7 +77,7 @@ where
         let remote = ext.get::<ConnInfo>().map(|c| c.client);
         let pending = Pending {
             start: Instant::now(),
-            request_id: ext.get::<RequestId>().map(|r| Arc::clone(&r.0)),
+            request_id: ext.get::<RequestId>().cloned(),
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
@@ -172,7 +172,7 @@ impl<B: Body> Body for AccessLogBody<B> {
 /// Everything the log line needs, collected on the way in; logs when dropped.
 pub struct Pending {
     start: Instant,
-    request_id: Option<Arc<str>>,
+    request_id: Option<RequestId>,
     method: Method,
     uri: Uri,
     version: Version,
@@ -198,7 +198,7 @@ impl Drop for Pending {
         let duration_ms = self.start.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
             target: "access_log",
-            request_id = self.request_id.as_deref().unwrap_or(""),
+            request_id = self.request_id.as_ref().map_or("", RequestId::as_str),
             method = self.method.as_str(),
             path = self.uri.path(),
             proto = ?self.version,
@@ -288,7 +288,7 @@ mod tests {
             client: client.map_or(peer.ip(), |c| c.parse().unwrap()),
         });
         req.extensions_mut()
-            .insert(RequestId(Arc::from("host/abc-000007")));
+            .insert(RequestId(http::HeaderValue::from_static("host/abc-000007")));
         req
     }
 

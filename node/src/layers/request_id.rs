@@ -76,12 +76,13 @@ impl IdGenerator {
             rest /= 10;
         }
         let start = at.min(digits.len() - 6);
-        let mut id = String::with_capacity(self.prefix.len() + 1 + digits.len() - start);
-        id.push_str(&self.prefix);
-        id.push('-');
-        id.push_str(std::str::from_utf8(&digits[start..]).unwrap_or("0"));
+        // Written once, into the buffer the header value then shares.
+        let mut id = bytes::BytesMut::with_capacity(self.prefix.len() + 1 + digits.len() - start);
+        id.extend_from_slice(self.prefix.as_bytes());
+        id.extend_from_slice(b"-");
+        id.extend_from_slice(&digits[start..]);
         // The prefix and the counter are visible ASCII by construction.
-        HeaderValue::from_str(&id)
+        HeaderValue::from_maybe_shared(id.freeze())
             .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
     }
 }
@@ -140,8 +141,7 @@ where
         // `insert` also collapses repeated X-Request-Id headers into the one we chose.
         req.headers_mut()
             .insert(X_REQUEST_ID.clone(), value.clone());
-        let id: Arc<str> = Arc::from(value.to_str().unwrap_or_default());
-        req.extensions_mut().insert(RequestId(id));
+        req.extensions_mut().insert(RequestId(value.clone()));
         RequestIdFuture {
             inner: self.inner.call(req),
             value: Some(value),
@@ -196,7 +196,7 @@ mod tests {
         let ext = req
             .extensions()
             .get::<RequestId>()
-            .map(|r| r.0.to_string())
+            .map(|r| r.as_str().to_owned())
             .unwrap_or_default();
         let mut resp = Response::new((header, ext));
         *resp.status_mut() = StatusCode::BAD_GATEWAY;

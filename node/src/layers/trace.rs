@@ -245,7 +245,7 @@ fn request_attributes<B>(req: &Request<B>, conn: Option<&ConnInfo>) -> Vec<KeyVa
         out.push(KeyValue::new(semconv::USER_AGENT_ORIGINAL, ua.to_owned()));
     }
     if let Some(id) = req.extensions().get::<RequestId>() {
-        out.push(KeyValue::new("request_id", id.0.to_string()));
+        out.push(KeyValue::new("request_id", id.as_str().to_owned()));
     }
     out
 }
