@@ -148,10 +148,7 @@ impl Service<Request<Incoming>> for Proxy {
 
     fn call(&mut self, req: Request<Incoming>) -> ProxyFuture {
         // `forward` is the future itself: an `async move` around it would hold the request twice.
-        let f = Inner::forward(self.inner.clone(), req);
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| eprintln!("SIZES forward={}", std::mem::size_of_val(&f)));
-        Box::pin(f)
+        Box::pin(Inner::forward(self.inner.clone(), req))
     }
 }
 
