@@ -2,8 +2,9 @@
 //! reports).
 //!
 //! Neither liveness nor readiness holds until the server accepts connections. Readiness turns
-//! false the moment draining starts, and until every required dependency has come up (a configured NATS store has connected once, the service registry has loaded). A
-//! dependency lost *afterwards* only makes the node degraded — reported in `/readyz`'s body and
+//! false the moment draining starts, and until every required dependency has come up (a
+//! configured NATS store has connected once, the service registry has loaded). A dependency lost
+//! *afterwards* only makes the node degraded — reported in `/readyz`'s body and
 //! in the metrics, not in its status. From inside one node a NATS outage of the whole cluster
 //! cannot be told from this node being cut off alone, and a load balancer that took every
 //! degraded node out would turn a shared outage (cached sessions still served everywhere) into a

@@ -242,10 +242,7 @@ async fn spawn(
             if text.to_ascii_lowercase().contains("address already in use") {
                 return Err(PortTaken(text));
             }
-            panic!(
-                "gatehouse exited during start-up ({status}):\n{}",
-                proc.log_text()
-            );
+            panic!("gatehouse exited during start-up ({status}):\n{text}");
         }
         if probe_ok(debug, probe).await {
             return Ok(proc);

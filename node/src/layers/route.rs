@@ -230,7 +230,7 @@ fn check_host<B>(req: &Request<B>) -> Result<(), GatewayError> {
     }
 }
 
-/// Whether `host` is a valid authority without user info. Parsing one allocates, and a worker
+/// Whether a `Host` value is a valid authority without user info. Parsing one allocates, and a worker
 /// sees the same few `Host` values again and again, so the last valid one is remembered per
 /// thread (each HTTP worker is one thread).
 fn is_authority(value: &HeaderValue) -> bool {
