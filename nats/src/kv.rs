@@ -9,6 +9,8 @@
 //!   message TTLs; it only lets the server reclaim space early — correctness never depends on it.
 //! - `create`/`update` are compare-and-set on the subject's last sequence. `create` over an entry
 //!   that is deleted, purged or expired (by envelope) replaces it with a CAS on that revision.
+//! - Reads are direct gets, which any current replica answers; when none is subscribed yet (a
+//!   fresh bucket) the read asks the stream leader instead (`read_last`).
 //! - `changes()` is fed by one ordered watch over the bucket. The ordered consumer itself resumes
 //!   after reconnects and re-fetches from its last sequence when it detects a gap (at the next
 //!   message or idle heartbeat, at most 5 s later). If the watch fails anyway it is re-created
@@ -299,6 +301,60 @@ fn map_publish_error(key: &str, e: &jetstream::context::PublishError) -> StoreEr
     }
 }
 
+/// One read of the key's last message. Buckets allow direct gets, which any current replica
+/// answers; right after a bucket is created, or while its replicas catch up, none may be
+/// subscribed yet ("no responders", seen for over 300 ms on a fresh R3 bucket), and the read
+/// then asks the stream leader through the JetStream API (`STREAM.MSG.GET`) instead.
+async fn read_last(kv: &kv::Store, nkey: &str) -> StoreResult<Option<kv::Entry>> {
+    use jetstream::stream::LastRawMessageErrorKind as K;
+    match kv.entry(nkey).await {
+        Err(e) if no_direct_responder(&e) => {}
+        other => return other.map_err(|e| map_entry_error(&e)),
+    }
+    tracing::debug!("no replica answers direct gets, asking the stream leader");
+    let subject = format!("{}{nkey}", kv.prefix);
+    match kv.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => Ok(Some(kv::Entry {
+            bucket: kv.name.clone(),
+            key: nkey.to_owned(),
+            operation: operation_of(&m.headers),
+            value: m.payload,
+            revision: m.sequence,
+            created: m.time,
+            delta: 0,
+            seen_current: false,
+        })),
+        Err(e) if e.kind() == K::NoMessageFound => Ok(None),
+        Err(e) if e.kind() == K::InvalidSubject => Err(StoreError::Invalid(e.to_string())),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "reading from the stream leader: {e}"
+        ))),
+    }
+}
+
+/// A direct get that no replica was subscribed to answer.
+fn no_direct_responder(e: &kv::EntryError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::stream::DirectGetError>())
+        .is_some_and(|d| {
+            matches!(d.kind(), jetstream::stream::DirectGetErrorKind::ErrorResponse(code, _)
+                if code == async_nats::StatusCode::NO_RESPONDERS)
+        })
+}
+
+/// The KV operation a stored message records: the `KV-Operation` header, or for a marker the
+/// server wrote itself, its reason; a message with neither is a put.
+fn operation_of(headers: &HeaderMap) -> kv::Operation {
+    if let Some(op) = headers.get("KV-Operation") {
+        return op.as_str().parse().unwrap_or(kv::Operation::Put);
+    }
+    match headers.get(header::NATS_MARKER_REASON).map(|r| r.as_str()) {
+        Some("Remove") => kv::Operation::Delete,
+        Some(_) => kv::Operation::Purge,
+        None => kv::Operation::Put,
+    }
+}
+
 fn map_entry_error(e: &kv::EntryError) -> StoreError {
     match e.kind() {
         kv::EntryErrorKind::InvalidKey => StoreError::Invalid(e.to_string()),
@@ -383,7 +439,8 @@ impl Inner {
                 let Some(s) = suspicion.upgrade() else {
                     return;
                 };
-                if let Ok(Ok(_)) = tokio::time::timeout(op_timeout, kv.get(PROBE_KEY)).await {
+                if let Ok(Ok(_)) = tokio::time::timeout(op_timeout, read_last(&kv, PROBE_KEY)).await
+                {
                     s.suspect.store(false, Ordering::Release);
                     s.probing.store(false, Ordering::Release);
                     return;
@@ -483,13 +540,13 @@ impl Inner {
         }
     }
 
-    /// Reads the last message for the key. Reads are idempotent, so transient failures (no
-    /// replica answering yet, a leader election) are retried until the caller's deadline cuts
+    /// Reads the last message for the key. Reads are idempotent, so transient failures (a
+    /// leader election, no replica reachable) are retried until the caller's deadline cuts
     /// them off.
     async fn get_entry(&self, nkey: &str) -> StoreResult<Option<kv::Entry>> {
         let mut backoff = Duration::from_millis(10);
         loop {
-            match self.kv.entry(nkey).await.map_err(|e| map_entry_error(&e)) {
+            match read_last(&self.kv, nkey).await {
                 Err(e) if e.is_retryable() => {
                     tracing::debug!(error = %e, "KV read failed, retrying");
                     tokio::time::sleep(backoff).await;

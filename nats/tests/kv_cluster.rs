@@ -132,6 +132,46 @@ async fn crud_and_compare_and_set_on_r3_bucket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_ask_the_stream_leader_when_no_replica_answers_direct_gets() {
+    init_logs();
+    let cluster = NatsCluster::start(1);
+    let mut o = opts(&cluster, 0, "nodirect");
+    o.replicas = 1;
+    let store = NatsKvStore::connect(o).await.unwrap();
+    store.put("kept", b("v1"), None).await.unwrap();
+    store.put("gone", b("v2"), None).await.unwrap();
+    store.delete("gone").await.unwrap();
+
+    // The store bound the bucket as direct-get enabled; the server stops answering those.
+    let js = jetstream::new(async_nats::connect(cluster.client_urls()).await.unwrap());
+    let mut config = js
+        .get_stream("KV_nodirect")
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone();
+    assert!(config.allow_direct, "buckets are created for direct gets");
+    config.allow_direct = false;
+    js.update_stream(config).await.unwrap();
+
+    let t = Instant::now();
+    let kept = store.get("kept").await.unwrap().expect("a live entry");
+    assert_eq!(&kept.value[..], b"v1");
+    assert!(kept.expires_at.is_some(), "bucket max-age still applies");
+    assert_eq!(store.get("gone").await.unwrap(), None, "a delete marker");
+    assert_eq!(store.get("never").await.unwrap(), None);
+    // `create` over a deleted key reads the marker's revision the same way.
+    store.create("gone", b("v3"), None).await.unwrap();
+    assert_eq!(&store.get("gone").await.unwrap().unwrap().value[..], b"v3");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "reads waited {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_is_checked_on_read_while_the_server_still_holds_the_entry() {
     init_logs();
     let cluster = NatsCluster::start(3);
@@ -392,7 +432,7 @@ async fn survives_the_crash_of_the_stream_leader() {
         .index_of(&leader_name)
         .expect("leader is one of ours");
 
-    // A request-path store whose connection goes to the node about to die.
+    // A request-path store, connected to any of the three (the client shuffles its list).
     let op_timeout = Duration::from_millis(300);
     let mut o = opts(&cluster, leader, "failover");
     o.op_timeout = op_timeout;
