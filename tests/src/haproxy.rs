@@ -4,7 +4,7 @@
 //! statistics say which servers it considers up.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -40,71 +40,53 @@ pub struct HaProxy {
 pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 impl HaProxy {
+    /// HAProxy in front of `backends`. It counts as started when its CLI socket (in this
+    /// instance's own directory) answers `show info`, which HAProxy serves only after binding every
+    /// listener: a TCP connect could be answered by another process holding the port. When another
+    /// process took a port between `free_ports` and HAProxy's bind, new ones are chosen.
     pub async fn balance(backends: &[Backend]) -> HaProxy {
+        const ATTEMPTS: usize = 5;
         let dir = tempfile::tempdir().expect("tempdir");
-        // Chosen together: two separate choices can return the same port.
-        let ports = crate::process::free_ports(2);
-        let addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
-        let stats: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
-        let inter = CHECK_INTERVAL.as_millis();
-        let servers: String = backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                format!(
-                    "  server gw{i} {} check port {} inter {inter}ms fall 2 rise 1\n",
-                    b.http,
-                    b.debug.port()
-                )
-            })
-            .collect();
-        let conf = format!(
-            "global
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  retries 2
-  option redispatch 1
-  retry-on conn-failure empty-response 503
-frontend gateway
-  bind {addr}
-  default_backend nodes
-backend nodes
-  balance roundrobin
-  option httpchk GET /readyz
-  http-check expect status 200
-{servers}listen stats
-  bind {stats}
-  stats enable
-  stats uri /stats
-"
-        );
-        let conf_path = dir.path().join("haproxy.cfg");
-        std::fs::write(&conf_path, conf).expect("write haproxy.cfg");
-        let mut cmd = Command::new(haproxy_bin());
-        cmd.arg("-db").arg("-f").arg(&conf_path);
-        let mut proc = ChildGuard::spawn("haproxy", cmd, &dir.path().join("haproxy.log"));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            if let Some(s) = proc.try_status() {
-                panic!("haproxy exited ({s}): {}", proc.log_text());
+        let cli = dir.path().join("haproxy.sock");
+        for attempt in 1..=ATTEMPTS {
+            // Chosen together: two separate choices can return the same port.
+            let ports = crate::process::free_ports(2);
+            let addr: SocketAddr = ([127, 0, 0, 1], ports[0]).into();
+            let stats: SocketAddr = ([127, 0, 0, 1], ports[1]).into();
+            let conf_path = dir.path().join("haproxy.cfg");
+            std::fs::write(&conf_path, config(backends, addr, stats, &cli))
+                .expect("write haproxy.cfg");
+            let mut cmd = Command::new(haproxy_bin());
+            cmd.arg("-db").arg("-f").arg(&conf_path);
+            let log = dir.path().join(format!("haproxy.{attempt}.log"));
+            let mut proc = ChildGuard::spawn("haproxy", cmd, &log);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if answers_show_info(&cli).await {
+                    return HaProxy {
+                        addr,
+                        stats,
+                        proc,
+                        _dir: dir,
+                    };
+                }
+                if let Some(s) = proc.try_status() {
+                    let text = proc.log_text();
+                    if text.contains("Address already in use") && attempt < ATTEMPTS {
+                        eprintln!("haproxy start {attempt}: a port was taken, retrying");
+                        break;
+                    }
+                    panic!("haproxy exited ({s}): {text}");
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "haproxy did not start within 10 s:\n{}",
+                    proc.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "haproxy did not listen within 10 s:\n{}",
-                proc.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        HaProxy {
-            addr,
-            stats,
-            proc,
-            _dir: dir,
-        }
+        unreachable!("the last attempt returns or panics")
     }
 
     pub fn url(&self, path_and_query: &str) -> String {
@@ -169,4 +151,59 @@ impl Drop for HaProxy {
     fn drop(&mut self) {
         self.proc.terminate(Duration::from_secs(5));
     }
+}
+
+/// The configuration: the gateway frontend on `addr`, node health from `/readyz`, statistics on
+/// `stats`, the CLI on the unix socket `cli`.
+fn config(backends: &[Backend], addr: SocketAddr, stats: SocketAddr, cli: &Path) -> String {
+    let inter = CHECK_INTERVAL.as_millis();
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            format!(
+                "  server gw{i} {} check port {} inter {inter}ms fall 2 rise 1\n",
+                b.http,
+                b.debug.port()
+            )
+        })
+        .collect();
+    let cli = cli.display();
+    format!(
+        "global
+  maxconn 4096
+  stats socket {cli} mode 600
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  retries 2
+  option redispatch 1
+  retry-on conn-failure empty-response 503
+frontend gateway
+  bind {addr}
+  default_backend nodes
+backend nodes
+  balance roundrobin
+  option httpchk GET /readyz
+  http-check expect status 200
+{servers}listen stats
+  bind {stats}
+  stats enable
+  stats uri /stats
+"
+    )
+}
+
+/// Whether an HAProxy answers `show info` on the CLI socket `cli`.
+async fn answers_show_info(cli: &Path) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut conn) = tokio::net::UnixStream::connect(cli).await else {
+        return false;
+    };
+    let mut info = String::new();
+    conn.write_all(b"show info\n").await.is_ok()
+        && conn.read_to_string(&mut info).await.is_ok()
+        && info.contains("Name: HAProxy")
 }

@@ -51,7 +51,6 @@ impl Nginx {
 
     pub async fn start(backends: &[SocketAddr], opts: LbOptions) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = crate::free_port();
         let location = if backends.is_empty() {
             "default_type text/plain; return 200 \"hello from upstream\\n\";"
         } else {
@@ -63,8 +62,17 @@ impl Nginx {
             .collect();
         let user = if is_root() { "user root root;\n" } else { "" };
         let preamble = Self::preamble(dir.path(), opts.workers);
-        let conf = format!(
-            r#"{user}{preamble}
+        let upstream = if backends.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  upstream gw {{\n{servers}    keepalive {};\n  }}",
+                opts.keepalive
+            )
+        };
+        Self::spawn(dir, |port| {
+            format!(
+                r#"{user}{preamble}
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
 {upstream}
   server {{
@@ -82,17 +90,10 @@ impl Nginx {
     location / {{ {location} }}
   }}
 }}
-"#,
-            upstream = if backends.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "  upstream gw {{\n{servers}    keepalive {};\n  }}",
-                    opts.keepalive
-                )
-            },
-        );
-        Self::spawn(dir, &conf, port).await
+"#
+            )
+        })
+        .await
     }
 
     /// nginx terminating TLS in front of an OTLP receiver, with `cert`/`key` (PEM files): gRPC
@@ -106,12 +107,12 @@ impl Nginx {
         http_port: u16,
     ) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = crate::free_port();
         let user = if is_root() { "user root root;\n" } else { "" };
         let (cert, key) = (cert.display(), key.display());
         let preamble = Self::preamble(dir.path(), 1);
-        let conf = format!(
-            r#"{user}{preamble}
+        Self::spawn(dir, |port| {
+            format!(
+                r#"{user}{preamble}
   ssl_certificate {cert};
   ssl_certificate_key {key};
   server {{
@@ -124,8 +125,9 @@ impl Nginx {
   }}
 }}
 "#
-        );
-        Self::spawn(dir, &conf, port).await
+            )
+        })
+        .await
     }
 
     /// The start of every configuration here: `workers` worker processes in the foreground, pid,
@@ -148,43 +150,61 @@ http {{
     /// nginx with a whole configuration of the caller's: `conf` gets the prefix directory (for
     /// `pid`, logs and temp paths) and the port to listen on, and returns `nginx.conf`. The `user`
     /// line is prepended when running as root.
-    pub async fn with_conf(conf: impl FnOnce(&std::path::Path, u16) -> String) -> Nginx {
+    pub async fn with_conf(conf: impl Fn(&std::path::Path, u16) -> String) -> Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = crate::free_port();
         let user = if is_root() { "user root root;\n" } else { "" };
-        let conf = format!("{user}{}", conf(dir.path(), port));
-        Self::spawn(dir, &conf, port).await
+        let path = dir.path().to_owned();
+        Self::spawn(dir, |port| format!("{user}{}", conf(&path, port))).await
     }
 
-    async fn spawn(dir: tempfile::TempDir, conf: &str, port: u16) -> Nginx {
+    /// Starts nginx on a port chosen here, with the configuration `conf` makes for it. nginx
+    /// writes its pid file only after it has bound every listener, so that file (not a TCP
+    /// connect, which any process holding the port would answer) says it is up. When another
+    /// process took the port between `free_port` and nginx's bind, a new one is chosen.
+    async fn spawn(dir: tempfile::TempDir, conf: impl Fn(u16) -> String) -> Nginx {
+        const ATTEMPTS: usize = 5;
         let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let mut cmd = Command::new(nginx_bin());
-        cmd.arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.path().join("error.log"));
-        let mut proc = ChildGuard::spawn("nginx", cmd, &dir.path().join("nginx.out"));
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            if let Some(s) = proc.try_status() {
-                let err = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-                panic!("nginx exited ({s}): {}\n{err}", proc.log_text());
+        let (pid_file, error_log) = (dir.path().join("nginx.pid"), dir.path().join("error.log"));
+        for attempt in 1..=ATTEMPTS {
+            let port = crate::free_port();
+            std::fs::write(&conf_path, conf(port)).expect("write nginx.conf");
+            let _ = std::fs::remove_file(&error_log);
+            let mut cmd = Command::new(nginx_bin());
+            cmd.arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-e")
+                .arg(&error_log);
+            let out = dir.path().join(format!("nginx.{attempt}.out"));
+            let mut proc = ChildGuard::spawn("nginx", cmd, &out);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+                if pid.trim() == proc.pid().to_string() {
+                    return Nginx {
+                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                        proc,
+                        _dir: dir,
+                    };
+                }
+                if let Some(s) = proc.try_status() {
+                    let err = std::fs::read_to_string(&error_log).unwrap_or_default();
+                    if err.contains("Address already in use") && attempt < ATTEMPTS {
+                        eprintln!("nginx start {attempt}: port {port} was taken, retrying");
+                        break;
+                    }
+                    panic!("nginx exited ({s}): {}\n{err}", proc.log_text());
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "nginx did not start within 10 s: {}",
+                    proc.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nginx did not listen within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Nginx {
-            addr,
-            proc,
-            _dir: dir,
-        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// nginx answering every request itself with a small 200 (a fast upstream for benchmarks).
