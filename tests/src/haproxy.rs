@@ -60,9 +60,11 @@ impl HaProxy {
             cmd.arg("-db").arg("-f").arg(&conf_path);
             let log = dir.path().join(format!("haproxy.{attempt}.log"));
             let mut proc = ChildGuard::spawn("haproxy", cmd, &log);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                if answers_show_info(&cli).await {
+            match proc
+                .started(ChildGuard::log_text, || answers_show_info(&cli))
+                .await
+            {
+                Ok(()) => {
                     return HaProxy {
                         addr,
                         stats,
@@ -70,20 +72,10 @@ impl HaProxy {
                         _dir: dir,
                     };
                 }
-                if let Some(s) = proc.try_status() {
-                    let text = proc.log_text();
-                    if text.contains("Address already in use") && attempt < ATTEMPTS {
-                        eprintln!("haproxy start {attempt}: a port was taken, retrying");
-                        break;
-                    }
-                    panic!("haproxy exited ({s}): {text}");
+                Err(_) if attempt < ATTEMPTS => {
+                    eprintln!("haproxy start {attempt}: a port was taken, retrying");
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "haproxy did not start within 10 s:\n{}",
-                    proc.log_text()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(log) => panic!("haproxy: ports taken on {ATTEMPTS} attempts:\n{log}"),
             }
         }
         unreachable!("the last attempt returns or panics")

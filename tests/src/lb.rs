@@ -178,30 +178,27 @@ http {{
                 .arg(&error_log);
             let out = dir.path().join(format!("nginx.{attempt}.out"));
             let mut proc = ChildGuard::spawn("nginx", cmd, &out);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
-                if pid.trim() == proc.pid().to_string() {
+            let pid = proc.pid().to_string();
+            let written = || {
+                let now = std::fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == pid);
+                async move { now }
+            };
+            let log = |p: &ChildGuard| {
+                let err = std::fs::read_to_string(&error_log).unwrap_or_default();
+                format!("{}\n{err}", p.log_text())
+            };
+            match proc.started(log, written).await {
+                Ok(()) => {
                     return Nginx {
                         addr: SocketAddr::from(([127, 0, 0, 1], port)),
                         proc,
                         _dir: dir,
                     };
                 }
-                if let Some(s) = proc.try_status() {
-                    let err = std::fs::read_to_string(&error_log).unwrap_or_default();
-                    if err.contains("Address already in use") && attempt < ATTEMPTS {
-                        eprintln!("nginx start {attempt}: port {port} was taken, retrying");
-                        break;
-                    }
-                    panic!("nginx exited ({s}): {}\n{err}", proc.log_text());
+                Err(_) if attempt < ATTEMPTS => {
+                    eprintln!("nginx start {attempt}: port {port} was taken, retrying");
                 }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "nginx did not start within 10 s: {}",
-                    proc.log_text()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(log) => panic!("nginx: ports taken on {ATTEMPTS} attempts:\n{log}"),
             }
         }
         unreachable!("the last attempt returns or panics")

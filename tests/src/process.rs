@@ -88,6 +88,41 @@ impl ChildGuard {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Waits for a process just started on ports from [`free_ports`]: `Ok` once `ready` holds,
+    /// `Err(log)` when it exited because one of them was taken meanwhile ("Address already in
+    /// use" in `log`, read on exit), so that the caller chooses again. Any other exit, or 10 s
+    /// without `ready`, panics.
+    pub async fn started<F, Fut>(
+        &mut self,
+        log: impl Fn(&ChildGuard) -> String,
+        mut ready: F,
+    ) -> Result<(), String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if ready().await {
+                return Ok(());
+            }
+            if let Some(status) = self.try_status() {
+                let text = log(self);
+                if text.contains("Address already in use") {
+                    return Err(text);
+                }
+                panic!("{} exited ({status}): {text}", self.name);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not start within 10 s:\n{}",
+                self.name,
+                log(self)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
