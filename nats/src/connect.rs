@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+use gatehouse_shared::config::NatsSecurity;
 use gatehouse_shared::store::StoreError;
 use tokio::sync::Notify;
+
+use crate::security;
 
 /// Connection attempts and bucket creation at start-up are bounded by this, independently of
 /// the (much shorter) per-operation deadline.
@@ -60,6 +63,9 @@ struct Events {
     /// restarted cluster elects its leaders first).
     regained: Notify,
     connected_once: AtomicBool,
+    /// The server refused a publish or subscription (a permission violation).
+    denied: Notify,
+    last_denial: std::sync::Mutex<String>,
 }
 
 impl ConnectionEvents {
@@ -76,11 +82,44 @@ impl ConnectionEvents {
         self.0.regained.notified()
     }
 
-    fn on(&self, event: &async_nats::Event) {
+    /// Resolves at the next permission violation the server reports that concerns `bucket`,
+    /// with the server's text. Registered when created, as [`Self::next_loss`].
+    pub(crate) async fn next_denial(&self, bucket: &str) -> String {
+        loop {
+            let mut notified = Box::pin(self.0.denied.notified());
+            notified.as_mut().enable();
+            notified.await;
+            let text = self
+                .0
+                .last_denial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if text.contains(&format!("KV_{bucket}")) || text.contains(&format!("$KV.{bucket}.")) {
+                return text;
+            }
+        }
+    }
+
+    fn on(&self, event: &async_nats::Event, section: &str) {
         match event {
             async_nats::Event::Disconnected => self.0.lost.notify_waiters(),
             async_nats::Event::Connected if self.0.connected_once.swap(true, Ordering::AcqRel) => {
                 self.0.regained.notify_waiters();
+            }
+            async_nats::Event::ServerError(err) => {
+                if let Some(text) = security::permission_violation(err) {
+                    tracing::warn!(
+                        section,
+                        error = %text,
+                        "NATS refused an operation: the NATS user of {section} lacks a permission \
+                         (docs/operations.md lists the permissions a gateway needs)"
+                    );
+                    *self.0.last_denial.lock().unwrap_or_else(|e| e.into_inner()) = text.to_owned();
+                    self.0.denied.notify_waiters();
+                } else {
+                    tracing::warn!(section, error = %err, "NATS reported an error");
+                }
             }
             _ => {}
         }
@@ -90,8 +129,7 @@ impl ConnectionEvents {
 pub(crate) async fn client(
     servers: &[String],
     name: &str,
-    username: Option<&str>,
-    password: Option<&str>,
+    security: &NatsSecurity,
 ) -> Result<(async_nats::Client, ConnectionEvents), StoreError> {
     if servers.is_empty() {
         return Err(StoreError::Invalid(ConnectError::NoServers.to_string()));
@@ -119,16 +157,15 @@ pub(crate) async fn client(
         .max_reconnects(None::<usize>);
     let events = ConnectionEvents::default();
     let told = events.clone();
+    let section = security.section.clone();
     opts = opts.event_callback(move |event| {
-        told.on(&event);
+        told.on(&event, &section);
         std::future::ready(())
     });
-    if let Some(user) = username {
-        opts = opts.user_and_password(user.to_owned(), password.unwrap_or_default().to_owned());
-    }
+    opts = security::apply(opts, security).await?;
     match tokio::time::timeout(STARTUP_TIMEOUT, opts.connect(addrs)).await {
         Ok(Ok(client)) => Ok((client, events)),
-        Ok(Err(e)) => Err(StoreError::Unavailable(format!("connecting to NATS: {e}"))),
+        Ok(Err(e)) => Err(security::connect_error(security, &e)),
         Err(_) => Err(StoreError::Timeout {
             op: "connect",
             after: STARTUP_TIMEOUT,

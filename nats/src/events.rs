@@ -26,14 +26,13 @@
 //!   both use one stream.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
-use gatehouse_shared::config::Events as EventsConfig;
+use gatehouse_shared::config::{Events as EventsConfig, NatsAuth, NatsSecurity};
 use gatehouse_shared::events::{EventSink, MAIN_QUEUE, OutgoingEvent, PublishError};
 use gatehouse_shared::trace::{self, propagate};
 use opentelemetry::KeyValue;
@@ -41,6 +40,8 @@ use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt as _};
 use opentelemetry_semantic_conventions::attribute as semconv;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::security;
 
 /// Default bound of the outgoing queue.
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -57,15 +58,6 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the task re-checks the connection while waiting for it.
 const CONNECTION_POLL: Duration = Duration::from_millis(250);
-
-/// TLS towards the event bus.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct EventTls {
-    /// PEM file of the CA that signed the server certificate; system roots when `None`.
-    pub root_ca: Option<PathBuf>,
-    /// Skip server certificate verification (ignored when `root_ca` is set, as in oCIS).
-    pub insecure: bool,
-}
 
 /// What to do about the JetStream stream behind `main-queue`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,9 +91,8 @@ impl Default for StreamSetup {
 pub struct EventPublisherOptions {
     /// Server addresses (`host:port`, `nats://…`, `tls://…`).
     pub servers: Vec<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub tls: Option<EventTls>,
+    /// TLS and credentials (section `events`).
+    pub security: NatsSecurity,
     /// Most events waiting for the bus; more are dropped.
     pub capacity: usize,
     pub stream: StreamSetup,
@@ -113,9 +104,11 @@ impl Default for EventPublisherOptions {
     fn default() -> Self {
         Self {
             servers: vec!["nats://127.0.0.1:9233".to_owned()],
-            username: None,
-            password: None,
-            tls: None,
+            security: NatsSecurity {
+                section: "events".to_owned(),
+                tls: None,
+                auth: NatsAuth::None,
+            },
             capacity: DEFAULT_CAPACITY,
             stream: StreamSetup::default(),
             ack_timeout: DEFAULT_ACK_TIMEOUT,
@@ -138,15 +131,9 @@ impl EventPublisherOptions {
         if servers.is_empty() {
             return None;
         }
-        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         Some(Self {
             servers,
-            username: non_empty(&config.username),
-            password: non_empty(&config.password),
-            tls: config.enable_tls.then(|| EventTls {
-                root_ca: non_empty(&config.tls_root_ca_certificate).map(PathBuf::from),
-                insecure: config.tls_insecure,
-            }),
+            security: config.nats_security(),
             stream: match StreamSetup::default() {
                 StreamSetup::Ensure {
                     name,
@@ -176,6 +163,9 @@ pub enum EventPublisherError {
     InvalidAddress(String),
     #[error("the event publisher must be started inside a tokio runtime")]
     NoRuntime,
+    /// A certificate, key or credentials file that cannot be used; the message names the setting.
+    #[error("{0}")]
+    Security(String),
 }
 
 struct Queued {
@@ -290,6 +280,8 @@ impl EventPublisher {
                 .map_err(|_| EventPublisherError::InvalidAddress(s.clone()))?;
             addrs.push(addr);
         }
+        security::check_files(&opts.security)
+            .map_err(|e| EventPublisherError::Security(e.to_string()))?;
         let handle =
             tokio::runtime::Handle::try_current().map_err(|_| EventPublisherError::NoRuntime)?;
         let capacity = opts.capacity.max(1);
@@ -452,22 +444,42 @@ fn connect_options(opts: &EventPublisherOptions) -> async_nats::ConnectOptions {
             let exp = u32::try_from(attempts).unwrap_or(u32::MAX).min(6);
             Duration::from_millis(50u64.saturating_mul(1 << exp)).min(Duration::from_secs(2))
         });
-    if let Some(user) = &opts.username {
-        o = o.user_and_password(user.clone(), opts.password.clone().unwrap_or_default());
-    }
-    if let Some(tls) = &opts.tls {
-        o = o.require_tls(true);
-        match &tls.root_ca {
-            Some(ca) => o = o.add_root_certificates(ca.clone()),
-            None if tls.insecure => o = o.tls_client_config(insecure::client_config()),
-            None => {}
+    let section = opts.security.section.clone();
+    o = o.event_callback(move |event| {
+        match event {
+            async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+                tracing::error!(
+                    section,
+                    "NATS refused the credentials of the event bus client; events are not \
+                     delivered until they are fixed"
+                );
+            }
+            async_nats::Event::ServerError(err) => {
+                if let Some(text) = security::permission_violation(&err) {
+                    tracing::warn!(
+                        section,
+                        error = %text,
+                        "NATS refused an event bus operation: the NATS user of {section} lacks a \
+                         permission (docs/operations.md lists the permissions a gateway needs)"
+                    );
+                }
+            }
+            _ => {}
         }
-    }
+        std::future::ready(())
+    });
     o
 }
 
 async fn run(shared: Arc<Shared>, opts: EventPublisherOptions, addrs: Vec<async_nats::ServerAddr>) {
-    let client = match connect_options(&opts).connect(addrs).await {
+    let options = match security::apply(connect_options(&opts), &opts.security).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up the event bus client; events will not be delivered");
+            return;
+        }
+    };
+    let client = match options.connect(addrs).await {
         Ok(c) => c,
         Err(e) => {
             // With retry_on_initial_connect only option errors (e.g. an unreadable CA file) end
@@ -618,84 +630,6 @@ async fn ensure_stream(js: &jetstream::Context, setup: &StreamSetup) -> Result<(
     }
 }
 
-/// A TLS client configuration that accepts any server certificate (`tls_insecure`).
-mod insecure {
-    use std::sync::Arc;
-
-    use async_nats::rustls::client::danger::{
-        HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-    };
-    use async_nats::rustls::crypto::{CryptoProvider, ring};
-    use async_nats::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use async_nats::rustls::{self, DigitallySignedStruct, SignatureScheme};
-
-    #[derive(Debug)]
-    struct AcceptAny(Arc<CryptoProvider>);
-
-    impl ServerCertVerifier for AcceptAny {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
-    pub(super) fn client_config() -> rustls::ClientConfig {
-        let provider = Arc::new(ring::default_provider());
-        rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map(|b| {
-                b.dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-                    .with_no_client_auth()
-            })
-            .unwrap_or_else(|_| {
-                // The ring provider supports the default protocol versions; this is unreachable
-                // in practice, and falls back to verifying certificates.
-                rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,8 +655,8 @@ mod tests {
         let o = EventPublisherOptions::from_config(&c).unwrap();
         assert_eq!(o.servers, ["127.0.0.1:9233"]);
         assert_eq!(o.capacity, DEFAULT_CAPACITY);
-        assert_eq!(o.tls, None);
-        assert_eq!(o.username, None);
+        assert_eq!(o.security.tls, None);
+        assert_eq!(o.security.auth, NatsAuth::None);
         c.endpoint = "nats://a:4222, nats://b:4222".into();
         c.username = "u".into();
         c.password = "p".into();
@@ -730,14 +664,15 @@ mod tests {
         c.tls_insecure = true;
         let o = EventPublisherOptions::from_config(&c).unwrap();
         assert_eq!(o.servers, ["nats://a:4222", "nats://b:4222"]);
-        assert_eq!(o.username.as_deref(), Some("u"));
         assert_eq!(
-            o.tls,
-            Some(EventTls {
-                root_ca: None,
-                insecure: true
-            })
+            o.security.auth,
+            NatsAuth::UserPassword {
+                user: "u".into(),
+                password: "p".into()
+            }
         );
+        let tls = o.security.tls.unwrap();
+        assert!(tls.insecure && tls.root_ca.is_none());
         c.stream_replicas = 3;
         let o = EventPublisherOptions::from_config(&c).unwrap();
         assert!(
@@ -777,10 +712,5 @@ mod tests {
                 Some(EventPublisherError::InvalidAddress(_))
             ));
         });
-    }
-
-    #[test]
-    fn insecure_tls_config_builds() {
-        let _ = insecure::client_config();
     }
 }

@@ -49,6 +49,7 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 use tokio::sync::broadcast;
 
 use crate::connect::{self, ConnectionEvents, ConnectionStats};
+use gatehouse_shared::config::{NatsAuth, NatsSecurity};
 
 const FEED_CAPACITY: usize = 4096;
 /// How long a server-side delete marker (from a TTL or max-age expiry) stays in the bucket.
@@ -69,8 +70,8 @@ pub struct NatsKvOptions {
     pub memory_storage: bool,
     /// Bucket max-age when this store creates the bucket; zero for unlimited.
     pub max_age: Duration,
-    pub username: Option<String>,
-    pub password: Option<String>,
+    /// TLS and credentials, with the configuration section they come from.
+    pub security: NatsSecurity,
     /// Deadline of every store operation.
     pub op_timeout: Duration,
     /// Create the bucket with per-message TTL support (server ≥ 2.11) and send `Nats-TTL` on
@@ -89,8 +90,11 @@ impl Default for NatsKvOptions {
             replicas: 1,
             memory_storage: false,
             max_age: Duration::ZERO,
-            username: None,
-            password: None,
+            security: NatsSecurity {
+                section: "store".to_owned(),
+                tls: None,
+                auth: NatsAuth::None,
+            },
             op_timeout: Duration::from_millis(500),
             per_key_ttl: true,
         }
@@ -137,13 +141,8 @@ const WATCH_RETRY: Duration = Duration::from_millis(100);
 impl NatsKvStore {
     /// Connects, opens (or creates) the bucket and starts the change watch.
     pub async fn connect(opts: NatsKvOptions) -> Result<NatsKvStore, StoreError> {
-        let (client, events) = connect::client(
-            &opts.servers,
-            "gatehouse-kv",
-            opts.username.as_deref(),
-            opts.password.as_deref(),
-        )
-        .await?;
+        let (client, events) =
+            connect::client(&opts.servers, "gatehouse-kv", &opts.security).await?;
         let js = jetstream::new(client.clone());
         let ttl_capable = connect::server_at_least(&client.server_info().version, 2, 11);
         let config = kv::Config {
@@ -395,23 +394,30 @@ impl Inner {
                     KeyValue::new(semconv::DB_OPERATION_NAME, op),
                 ])
         });
-        let result = tokio::select! {
+        // A refusal of the server (a permission violation) is an answer: NATS is not suspect.
+        let (result, refused) = tokio::select! {
             r = tokio::time::timeout(self.op_timeout, span.instrument(fut)) => match r {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Timeout {
+                Ok(r) => (r, false),
+                Err(_) => (Err(StoreError::Timeout {
                     op,
                     after: self.op_timeout,
-                }),
+                }), false),
             },
-            () = lost => Err(StoreError::Unavailable(format!(
+            () = lost => (Err(StoreError::Unavailable(format!(
                 "connection to NATS lost during {op} {}",
                 self.kv.name
-            ))),
+            ))), false),
+            denial = self.events.next_denial(&self.kv.name) => (Err(StoreError::Unavailable(format!(
+                "NATS refused {op} {}: {denial} (the NATS user lacks a permission)",
+                self.kv.name
+            ))), true),
         };
-        if matches!(
-            result,
-            Err(StoreError::Timeout { .. } | StoreError::Unavailable(_))
-        ) {
+        if !refused
+            && matches!(
+                result,
+                Err(StoreError::Timeout { .. } | StoreError::Unavailable(_))
+            )
+        {
             self.suspect();
         }
         match &result {

@@ -12,11 +12,12 @@ mod connect;
 mod events;
 mod kv;
 pub mod registry;
+mod security;
 
 pub use connect::{ConnectError, ConnectionStats};
 pub use events::{
     DEFAULT_ACK_TIMEOUT, DEFAULT_CAPACITY, EventPublisher, EventPublisherError,
-    EventPublisherOptions, EventTls, StreamSetup,
+    EventPublisherOptions, StreamSetup,
 };
 pub use kv::{NatsKvOptions, NatsKvStore};
 pub use registry::ServiceRegistry;

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
+use gatehouse_shared::config::{NatsAuth, NatsSecurity};
 use gatehouse_shared::store::{StoreError, decode_key, decode_value};
 use serde::Deserialize;
 
@@ -148,22 +149,21 @@ impl ServiceRegistry {
         servers: Vec<String>,
         bucket: &str,
     ) -> Result<ServiceRegistry, StoreError> {
-        Self::connect_with_auth(servers, bucket, None, None).await
+        let plain = NatsSecurity {
+            section: "service_registry".to_owned(),
+            tls: None,
+            auth: NatsAuth::None,
+        };
+        Self::connect_with(servers, bucket, &plain).await
     }
 
-    pub async fn connect_with_auth(
+    /// [`Self::connect`] with TLS and credentials.
+    pub async fn connect_with(
         servers: Vec<String>,
         bucket: &str,
-        username: Option<String>,
-        password: Option<String>,
+        security: &NatsSecurity,
     ) -> Result<ServiceRegistry, StoreError> {
-        let (client, _) = connect::client(
-            &servers,
-            "gatehouse-registry",
-            username.as_deref(),
-            password.as_deref(),
-        )
-        .await?;
+        let (client, _) = connect::client(&servers, "gatehouse-registry", security).await?;
         let shared = Arc::new(Shared {
             client,
             state: RwLock::new(Mirror::default()),

@@ -32,10 +32,9 @@ fn opts(cluster: &NatsCluster, node: usize, bucket: &str) -> NatsKvOptions {
         replicas: 3,
         memory_storage: false,
         max_age: Duration::from_secs(3600),
-        username: None,
-        password: None,
         op_timeout: Duration::from_secs(2),
         per_key_ttl: true,
+        ..NatsKvOptions::default()
     }
 }
 

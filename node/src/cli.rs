@@ -347,14 +347,18 @@ async fn connect_registry(
         return Ok(None);
     }
     let slot = Arc::new(LateRegistry::default());
-    match ServiceRegistry::connect(settings.addresses.clone(), &settings.bucket).await {
+    let security = settings.nats_security();
+    match ServiceRegistry::connect_with(settings.addresses.clone(), &settings.bucket, &security)
+        .await
+    {
         Ok(registry) => slot.install(registry),
         Err(err) if err.is_retryable() => {
             tracing::warn!(error = %err, "cannot reach the service registry; the node starts unready and keeps trying");
-            tokio::spawn(
-                Arc::clone(&slot)
-                    .keep_connecting(settings.addresses.clone(), settings.bucket.clone()),
-            );
+            tokio::spawn(Arc::clone(&slot).keep_connecting(
+                settings.addresses.clone(),
+                settings.bucket.clone(),
+                security,
+            ));
         }
         Err(err) => {
             return Err(format!(
@@ -424,6 +428,7 @@ async fn serve(config: Config) -> ExitCode {
 
     let state_store = match gatehouse_node::state::open(
         "state store",
+        "state_store",
         "state",
         &config.state_store,
         &metrics,
@@ -486,6 +491,7 @@ async fn serve(config: Config) -> ExitCode {
     userinfo_cfg.ttl.0 = userinfo_cfg.ttl.0.max(USERINFO_BUCKET_MIN_AGE);
     let userinfo_store = match gatehouse_node::state::open(
         "user-info cache",
+        "oidc.user_info_cache",
         "userinfo",
         &userinfo_cfg,
         &metrics,
@@ -506,8 +512,15 @@ async fn serve(config: Config) -> ExitCode {
     };
     let signing_keys = if needs_signing_keys(&config) {
         let cfg = signing_key_store_config(&config);
-        match gatehouse_node::state::open("signing keys", "signing-keys", &cfg, &metrics, &health)
-            .await
+        match gatehouse_node::state::open(
+            "signing keys",
+            "pre_signed_url.signing_keys",
+            "signing-keys",
+            &cfg,
+            &metrics,
+            &health,
+        )
+        .await
         {
             Ok(store) => Some(store),
             Err(err) => {

@@ -22,9 +22,11 @@ use crate::telemetry::Metrics;
 /// Entries one node keeps locally per near-cache.
 const NEAR_CACHE_CAPACITY: usize = 100_000;
 
-/// Opens the store `name` (for readiness) whose NATS connection metrics call `client`.
+/// Opens the store `name` (for readiness), configured in `section` (for errors), whose NATS
+/// connection metrics call `client`.
 pub async fn open(
     name: &str,
+    section: &str,
     client: &'static str,
     cfg: &StoreConfig,
     metrics: &Arc<Metrics>,
@@ -40,8 +42,7 @@ pub async fn open(
                 replicas: cfg.replicas,
                 memory_storage: cfg.disable_persistence,
                 max_age: cfg.ttl.0,
-                username: Some(cfg.username.clone()).filter(|u| !u.is_empty()),
-                password: Some(cfg.password.clone()).filter(|p| !p.is_empty()),
+                security: cfg.nats_security(section),
                 op_timeout: cfg.op_timeout.0,
                 ..NatsKvOptions::default()
             };

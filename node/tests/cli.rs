@@ -360,3 +360,99 @@ async fn requests_through_the_listener_get_an_id_a_log_line_and_a_count() {
         "{text}"
     );
 }
+
+/// A node against a nats-server with TLS and users: with the documented least-privilege user
+/// (its password read from a file) it becomes ready; with a wrong password it exits at once with
+/// a message naming the settings, and never prints the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_and_tls_are_checked_at_start_up() {
+    use gatehouse_shared::config::{NatsAuth, NatsSecurity, NatsTls};
+    use gatehouse_tests::nats::{NatsCluster, NatsOptions};
+    use gatehouse_tests::pki::Pki;
+
+    let s = setup();
+    let pki = Pki::create(s.dir.path(), "nats");
+    let permissions = include_str!("../../nats/conf/gateway-permissions.conf");
+    let nats = NatsCluster::start_with(
+        1,
+        NatsOptions {
+            extra_config: format!(
+                "{}authorization {{ users: [\n\
+                 {{ user: gatehouse, password: \"gw-pass-1\", permissions: {{\n{permissions}\n}} }}\n\
+                 {{ user: admin, password: \"admin-pass\" }} ] }}\n",
+                pki.nats_tls_block(false)
+            ),
+            ..NatsOptions::default()
+        },
+    );
+    // The oCIS ocs service creates the signing-key bucket; the proxy only reads it.
+    gatehouse_nats::NatsKvStore::connect(gatehouse_nats::NatsKvOptions {
+        servers: nats.client_urls(),
+        bucket: "proxy".into(),
+        security: NatsSecurity {
+            section: "admin".into(),
+            tls: Some(NatsTls {
+                root_ca: Some(pki.ca.clone()),
+                client_certificate: None,
+                insecure: false,
+            }),
+            auth: NatsAuth::UserPassword {
+                user: "admin".into(),
+                password: "admin-pass".into(),
+            },
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let password_file = s.dir.path().join("nats-password");
+    let node = |password: &str| {
+        std::fs::write(&password_file, format!("{password}\n")).unwrap();
+        let mut cmd = gatehouse(s.dir.path());
+        cmd.arg("--config")
+            .arg(&s.config)
+            .arg("server")
+            .env("OCIS_CACHE_STORE", "nats-js-kv")
+            .env("OCIS_CACHE_STORE_NODES", nats.client_urls().join(","))
+            .env("OCIS_CACHE_ENABLE_TLS", "true")
+            .env("OCIS_CACHE_TLS_ROOT_CA_CERTIFICATE", &pki.ca)
+            .env("OCIS_CACHE_AUTH_USERNAME", "gatehouse")
+            .env("OCIS_CACHE_AUTH_PASSWORD_FILE", &password_file)
+            .env("OCIS_EVENTS_ENDPOINT", "")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+
+    let mut wrong = Node(node("not-the-password").spawn().unwrap());
+    let code = wait_for_exit(&mut wrong, Duration::from_secs(20)).await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(wrong.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("NATS refused the credentials")
+            && stderr.contains(".username and ")
+            && stderr.contains(".password"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+    assert_no_panic(&stderr);
+
+    let _good = Node(node("gw-pass-1").spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = fetch(&s.debug_addr, "/readyz", None, Duration::from_secs(2))
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready:\n{}", nats.log(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = nats.log(0);
+    assert!(
+        !log.contains("Publish Violation") && !log.contains("Subscription Violation"),
+        "the documented permissions were not enough for a node:\n{log}"
+    );
+}

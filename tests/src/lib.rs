@@ -28,6 +28,7 @@ pub mod nats;
 pub mod node;
 pub mod otlp;
 pub mod partition;
+pub mod pki;
 pub mod process;
 pub mod relay;
 pub mod shares;

@@ -36,7 +36,7 @@ struct Node {
 }
 
 /// How a cluster is run beyond the defaults.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct NatsOptions {
     /// `sync_interval: always`: every write flushed to disk before it is acknowledged, as the
     /// repository's cluster configurations run.
@@ -44,6 +44,8 @@ pub struct NatsOptions {
     /// Accept clients on every local address (so a test can reach a server through
     /// `127.0.77.x` and cut or slow just that path), and advertise no other server URLs to them.
     pub any_loopback_address: bool,
+    /// Appended to every node's configuration: `tls { … }`, `authorization { … }`, `accounts`.
+    pub extra_config: String,
 }
 
 pub struct NatsCluster {
@@ -65,7 +67,7 @@ impl NatsCluster {
         let binary = nats_server_binary();
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Self::try_start(&binary, n, opts) {
+            match Self::try_start(&binary, n, &opts) {
                 Ok(cluster) => return cluster,
                 // A port taken between choosing and binding it: choose again.
                 Err(e) => last_failure = e,
@@ -74,7 +76,7 @@ impl NatsCluster {
         panic!("nats cluster did not start after {START_ATTEMPTS} attempts: {last_failure}");
     }
 
-    fn try_start(binary: &Path, n: usize, opts: NatsOptions) -> Result<NatsCluster, String> {
+    fn try_start(binary: &Path, n: usize, opts: &NatsOptions) -> Result<NatsCluster, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let ports = procs::free_ports(3 * n);
         let (clients, rest) = ports.split_at(n);
@@ -115,6 +117,8 @@ impl NatsCluster {
                     opts.any_loopback_address
                 ));
             }
+            text.push_str(&opts.extra_config);
+            text.push('\n');
             std::fs::write(&config, text).map_err(|e| e.to_string())?;
             let log = dir.path().join(format!("{name}.log"));
             let process = spawn(binary, &config, &log)?;

@@ -85,6 +85,7 @@ impl Cluster {
             NatsOptions {
                 sync_always: true,
                 any_loopback_address: true,
+                ..NatsOptions::default()
             },
         );
         let idp = Idp::start();

@@ -107,6 +107,7 @@ async fn one(sync_always: bool, writes: usize) -> Result<Durability, String> {
         NatsOptions {
             sync_always,
             any_loopback_address: false,
+            ..NatsOptions::default()
         },
     );
     let client = async_nats::connect(servers(&nats)?)

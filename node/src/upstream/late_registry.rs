@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use gatehouse_nats::ServiceRegistry;
+use gatehouse_shared::config::NatsSecurity;
 
 use super::ServiceNodes;
 use crate::reconnect::until_connected;
@@ -25,9 +26,14 @@ impl LateRegistry {
     }
 
     /// Connects until it succeeds, then installs the registry.
-    pub async fn keep_connecting(self: Arc<Self>, servers: Vec<String>, bucket: String) {
+    pub async fn keep_connecting(
+        self: Arc<Self>,
+        servers: Vec<String>,
+        bucket: String,
+        security: NatsSecurity,
+    ) {
         let registry = until_connected("service registry", || {
-            ServiceRegistry::connect(servers.clone(), &bucket)
+            ServiceRegistry::connect_with(servers.clone(), &bucket, &security)
         })
         .await;
         self.install(registry);

@@ -60,8 +60,24 @@ Later sources win: **built-in defaults → `proxy.yaml` → environment variable
   `redis-sentinel`, `etcd`, `ocmem` and `nats-js` are refused with an error (oCIS falls back to
   memory for unknown kinds; Gatehouse stops).
 * **Secrets** (`debug.token`, `machine_auth_api_key`, `service_account.service_account_secret`,
-  every store and events `password`, credentials in `services` URLs) are shown as `***` by
-  `gatehouse config dump` and the debug server.
+  `token_manager.jwt_secret`, every NATS `password`, `token` and `nkey_seed`, credentials in
+  `services` URLs) are shown as `***` by `gatehouse config dump` and the debug server, and never
+  logged.
+* **Secrets from files.** Any secret can be read from a file, as container platforms mount them:
+  set `<VARIABLE>_FILE=/run/secrets/x` instead of one of its variables (it has that variable's
+  precedence; with both set, the `_FILE` one wins), or give `file:/run/secrets/x` as the value, in
+  `proxy.yaml` or in a variable. One trailing line break is removed; an unreadable or empty file
+  stops start-up naming the setting.
+* **NATS connections.** Five sections open one each: `state_store`, `oidc.user_info_cache`,
+  `pre_signed_url.signing_keys`, `service_registry` and `events`. Each takes the oCIS TLS settings
+  (`enable_tls`, `tls_insecure`, `tls_root_ca_certificate`) and one way to authenticate
+  (`username`/`password`, or the Gatehouse additions `token`, `nkey_seed`, `credentials_file`),
+  plus `tls_certificate`/`tls_key` for mutual TLS; the `PROXY_NATS_*` variables set the additions
+  for all five at once. TLS is on with `enable_tls` or a `tls://` address, and then required: a
+  server without TLS fails the connection, never a plaintext fallback. Certificate files, keys and
+  credentials files are read at start-up; refused credentials, a certificate that does not verify
+  or a server without TLS stop start-up naming the settings to fix (docs/operations.md, "NATS
+  users and permissions").
 "#;
 
 const ADDITIONS_INTRO: &str = "## Gatehouse additions\n\n\

@@ -1,7 +1,7 @@
 //! Showing the effective configuration (`gatehouse config dump`, the debug server's `/config`)
 //! without leaking secrets into terminals, logs or metrics scrapes.
 
-use super::schema::{Config, StoreConfig};
+use super::schema::Config;
 
 /// What a non-empty secret is replaced with.
 pub const MASK: &str = "***";
@@ -10,10 +10,6 @@ fn mask(secret: &mut String) {
     if !secret.is_empty() {
         *secret = MASK.to_owned();
     }
-}
-
-fn mask_store(store: &mut StoreConfig) {
-    mask(&mut store.password);
 }
 
 /// Replaces the `user:password@` part of a URL, if any.
@@ -32,19 +28,14 @@ fn mask_userinfo(url: &mut String) {
 
 impl Config {
     /// A copy with every secret replaced by `***` (empty secrets stay empty, so a dump still
-    /// shows whether one is set): the debug token, the machine-auth key, the service-account
-    /// secret, every store and events password, the values of the trace exporter's headers, and
+    /// shows whether one is set): every setting of the secrets list (tokens, keys, NATS
+    /// passwords, tokens and NKey seeds), the values of the trace exporter's headers, and
     /// credentials embedded in service and collector URLs.
     pub fn masked(&self) -> Config {
         let mut c = self.clone();
-        mask(&mut c.debug.token);
-        mask(&mut c.machine_auth_api_key);
-        mask(&mut c.service_account.service_account_secret);
-        mask(&mut c.events.password);
-        mask(&mut c.token_manager.jwt_secret);
-        mask_store(&mut c.oidc.user_info_cache);
-        mask_store(&mut c.pre_signed_url.signing_keys);
-        mask_store(&mut c.state_store);
+        for (_, secret) in super::secrets::secrets_mut(&mut c) {
+            mask(secret);
+        }
         for urls in c.services.values_mut() {
             urls.iter_mut().for_each(mask_userinfo);
         }

@@ -206,6 +206,22 @@ pub static SECTIONS: &[Section] = &[
                 string!(oidc.user_info_cache.username), "NATS user name."),
             set("oidc.user_info_cache.password", &["OCIS_CACHE_AUTH_PASSWORD", "PROXY_OIDC_USERINFO_CACHE_AUTH_PASSWORD"],
                 string!(oidc.user_info_cache.password), "NATS password. Secret: masked in dumps."),
+            set("oidc.user_info_cache.enable_tls", &["OCIS_CACHE_ENABLE_TLS", "PROXY_OIDC_USERINFO_CACHE_ENABLE_TLS"],
+                boolean!(oidc.user_info_cache.enable_tls), "Connect to NATS with TLS (also on when an address starts with `tls://`); TLS required means TLS or no connection."),
+            set("oidc.user_info_cache.tls_insecure", &["OCIS_CACHE_TLS_INSECURE", "PROXY_OIDC_USERINFO_CACHE_TLS_INSECURE"],
+                boolean!(oidc.user_info_cache.tls_insecure), "Accept any server certificate (development only: a warning is logged). Ignored when a root CA is set."),
+            set("oidc.user_info_cache.tls_root_ca_certificate", &["OCIS_CACHE_TLS_ROOT_CA_CERTIFICATE", "PROXY_OIDC_USERINFO_CACHE_TLS_ROOT_CA_CERTIFICATE"],
+                string!(oidc.user_info_cache.tls_root_ca_certificate), "PEM file of the CA that signs the NATS servers' certificates; empty uses the system roots."),
+            set("oidc.user_info_cache.tls_certificate", &["PROXY_NATS_TLS_CERTIFICATE", "PROXY_OIDC_USERINFO_CACHE_TLS_CERTIFICATE"],
+                string!(oidc.user_info_cache.tls_certificate), "Gatehouse: client certificate (PEM) for NATS servers that verify clients (mutual TLS); needs `tls_key`."),
+            set("oidc.user_info_cache.tls_key", &["PROXY_NATS_TLS_KEY", "PROXY_OIDC_USERINFO_CACHE_TLS_KEY"],
+                string!(oidc.user_info_cache.tls_key), "Gatehouse: private key (PEM) of `tls_certificate`."),
+            set("oidc.user_info_cache.token", &["PROXY_NATS_AUTH_TOKEN", "PROXY_OIDC_USERINFO_CACHE_AUTH_TOKEN"],
+                string!(oidc.user_info_cache.token), "Gatehouse: NATS authentication token, instead of a user name and password. Secret: masked in dumps."),
+            set("oidc.user_info_cache.nkey_seed", &["PROXY_NATS_AUTH_NKEY_SEED", "PROXY_OIDC_USERINFO_CACHE_AUTH_NKEY_SEED"],
+                string!(oidc.user_info_cache.nkey_seed), "Gatehouse: NKey seed (`SU…`) of a NATS NKey user. Secret: masked in dumps."),
+            set("oidc.user_info_cache.credentials_file", &["PROXY_NATS_AUTH_CREDENTIALS_FILE", "PROXY_OIDC_USERINFO_CACHE_AUTH_CREDENTIALS_FILE"],
+                string!(oidc.user_info_cache.credentials_file), "Gatehouse: NATS `.creds` file (user JWT and NKey seed, decentralised authentication)."),
         ],
     },
     Section {
@@ -238,6 +254,22 @@ pub static SECTIONS: &[Section] = &[
             set("pre_signed_url.signing_keys.password",
                 &["OCIS_CACHE_AUTH_PASSWORD", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_AUTH_PASSWORD"],
                 string!(pre_signed_url.signing_keys.password), "NATS password. Secret: masked in dumps."),
+            set("pre_signed_url.signing_keys.enable_tls", &["OCIS_CACHE_ENABLE_TLS", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_ENABLE_TLS"],
+                boolean!(pre_signed_url.signing_keys.enable_tls), "Connect to NATS with TLS (also on when an address starts with `tls://`); TLS required means TLS or no connection."),
+            set("pre_signed_url.signing_keys.tls_insecure", &["OCIS_CACHE_TLS_INSECURE", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_TLS_INSECURE"],
+                boolean!(pre_signed_url.signing_keys.tls_insecure), "Accept any server certificate (development only: a warning is logged). Ignored when a root CA is set."),
+            set("pre_signed_url.signing_keys.tls_root_ca_certificate", &["OCIS_CACHE_TLS_ROOT_CA_CERTIFICATE", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_TLS_ROOT_CA_CERTIFICATE"],
+                string!(pre_signed_url.signing_keys.tls_root_ca_certificate), "PEM file of the CA that signs the NATS servers' certificates; empty uses the system roots."),
+            set("pre_signed_url.signing_keys.tls_certificate", &["PROXY_NATS_TLS_CERTIFICATE", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_TLS_CERTIFICATE"],
+                string!(pre_signed_url.signing_keys.tls_certificate), "Gatehouse: client certificate (PEM) for NATS servers that verify clients (mutual TLS); needs `tls_key`."),
+            set("pre_signed_url.signing_keys.tls_key", &["PROXY_NATS_TLS_KEY", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_TLS_KEY"],
+                string!(pre_signed_url.signing_keys.tls_key), "Gatehouse: private key (PEM) of `tls_certificate`."),
+            set("pre_signed_url.signing_keys.token", &["PROXY_NATS_AUTH_TOKEN", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_AUTH_TOKEN"],
+                string!(pre_signed_url.signing_keys.token), "Gatehouse: NATS authentication token, instead of a user name and password. Secret: masked in dumps."),
+            set("pre_signed_url.signing_keys.nkey_seed", &["PROXY_NATS_AUTH_NKEY_SEED", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_AUTH_NKEY_SEED"],
+                string!(pre_signed_url.signing_keys.nkey_seed), "Gatehouse: NKey seed (`SU…`) of a NATS NKey user. Secret: masked in dumps."),
+            set("pre_signed_url.signing_keys.credentials_file", &["PROXY_NATS_AUTH_CREDENTIALS_FILE", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_AUTH_CREDENTIALS_FILE"],
+                string!(pre_signed_url.signing_keys.credentials_file), "Gatehouse: NATS `.creds` file (user JWT and NKey seed, decentralised authentication)."),
         ],
     },
     Section {
@@ -340,6 +372,16 @@ pub static SECTIONS: &[Section] = &[
                 string!(events.username), "NATS user name."),
             set("events.password", &["OCIS_EVENTS_AUTH_PASSWORD", "PROXY_EVENTS_AUTH_PASSWORD"],
                 string!(events.password), "NATS password. Secret: masked in dumps."),
+            set("events.tls_certificate", &["PROXY_NATS_TLS_CERTIFICATE", "PROXY_EVENTS_TLS_CERTIFICATE"],
+                string!(events.tls_certificate), "Gatehouse: client certificate (PEM) for NATS servers that verify clients (mutual TLS); needs `tls_key`."),
+            set("events.tls_key", &["PROXY_NATS_TLS_KEY", "PROXY_EVENTS_TLS_KEY"],
+                string!(events.tls_key), "Gatehouse: private key (PEM) of `tls_certificate`."),
+            set("events.token", &["PROXY_NATS_AUTH_TOKEN", "PROXY_EVENTS_AUTH_TOKEN"],
+                string!(events.token), "Gatehouse: NATS authentication token, instead of a user name and password. Secret: masked in dumps."),
+            set("events.nkey_seed", &["PROXY_NATS_AUTH_NKEY_SEED", "PROXY_EVENTS_AUTH_NKEY_SEED"],
+                string!(events.nkey_seed), "Gatehouse: NKey seed (`SU…`) of a NATS NKey user. Secret: masked in dumps."),
+            set("events.credentials_file", &["PROXY_NATS_AUTH_CREDENTIALS_FILE", "PROXY_EVENTS_AUTH_CREDENTIALS_FILE"],
+                string!(events.credentials_file), "Gatehouse: NATS `.creds` file (user JWT and NKey seed, decentralised authentication)."),
             set("csp_config_file_location", &["PROXY_CSP_CONFIG_FILE_LOCATION"], string!(csp_config_file_location),
                 "YAML file with the Content-Security-Policy directives. When empty and `<base>/proxy/csp.yaml` exists, that file is used; otherwise the built-in policy."),
         ],
@@ -395,6 +437,26 @@ pub static SECTIONS: &[Section] = &[
                 list!(service_registry.addresses), "NATS servers (`host:port`) of the registry."),
             set("service_registry.bucket", &["PROXY_SERVICE_REGISTRY_BUCKET"], string!(service_registry.bucket),
                 "Key-value bucket the oCIS services register in."),
+            set("service_registry.username", &["MICRO_REGISTRY_AUTH_USERNAME", "PROXY_SERVICE_REGISTRY_AUTH_USERNAME"],
+                string!(service_registry.username), "NATS user name."),
+            set("service_registry.password", &["MICRO_REGISTRY_AUTH_PASSWORD", "PROXY_SERVICE_REGISTRY_AUTH_PASSWORD"],
+                string!(service_registry.password), "NATS password. Secret: masked in dumps."),
+            set("service_registry.enable_tls", &["MICRO_REGISTRY_ENABLE_TLS", "PROXY_SERVICE_REGISTRY_ENABLE_TLS"],
+                boolean!(service_registry.enable_tls), "Connect to NATS with TLS (also on when an address starts with `tls://`); TLS required means TLS or no connection."),
+            set("service_registry.tls_insecure", &["MICRO_REGISTRY_TLS_INSECURE", "PROXY_SERVICE_REGISTRY_TLS_INSECURE"],
+                boolean!(service_registry.tls_insecure), "Accept any server certificate (development only: a warning is logged). Ignored when a root CA is set."),
+            set("service_registry.tls_root_ca_certificate", &["MICRO_REGISTRY_TLS_ROOT_CA_CERTIFICATE", "PROXY_SERVICE_REGISTRY_TLS_ROOT_CA_CERTIFICATE"],
+                string!(service_registry.tls_root_ca_certificate), "PEM file of the CA that signs the NATS servers' certificates; empty uses the system roots."),
+            set("service_registry.tls_certificate", &["PROXY_NATS_TLS_CERTIFICATE", "PROXY_SERVICE_REGISTRY_TLS_CERTIFICATE"],
+                string!(service_registry.tls_certificate), "Gatehouse: client certificate (PEM) for NATS servers that verify clients (mutual TLS); needs `tls_key`."),
+            set("service_registry.tls_key", &["PROXY_NATS_TLS_KEY", "PROXY_SERVICE_REGISTRY_TLS_KEY"],
+                string!(service_registry.tls_key), "Gatehouse: private key (PEM) of `tls_certificate`."),
+            set("service_registry.token", &["PROXY_NATS_AUTH_TOKEN", "PROXY_SERVICE_REGISTRY_AUTH_TOKEN"],
+                string!(service_registry.token), "Gatehouse: NATS authentication token, instead of a user name and password. Secret: masked in dumps."),
+            set("service_registry.nkey_seed", &["PROXY_NATS_AUTH_NKEY_SEED", "PROXY_SERVICE_REGISTRY_AUTH_NKEY_SEED"],
+                string!(service_registry.nkey_seed), "Gatehouse: NKey seed (`SU…`) of a NATS NKey user. Secret: masked in dumps."),
+            set("service_registry.credentials_file", &["PROXY_NATS_AUTH_CREDENTIALS_FILE", "PROXY_SERVICE_REGISTRY_AUTH_CREDENTIALS_FILE"],
+                string!(service_registry.credentials_file), "Gatehouse: NATS `.creds` file (user JWT and NKey seed, decentralised authentication)."),
             set("upstream.connect_timeout", &["PROXY_UPSTREAM_CONNECT_TIMEOUT"], duration!(upstream.connect_timeout),
                 "Time allowed to open a connection to a backend: name resolution, TCP connect and, for https backends, the TLS handshake. Must be positive."),
             set("upstream.response_header_timeout", &["PROXY_UPSTREAM_RESPONSE_HEADER_TIMEOUT"],
@@ -427,6 +489,22 @@ pub static SECTIONS: &[Section] = &[
                 string!(state_store.username), "NATS user name."),
             set("state_store.password", &["OCIS_CACHE_AUTH_PASSWORD", "PROXY_STATE_STORE_AUTH_PASSWORD"],
                 string!(state_store.password), "NATS password. Secret: masked in dumps."),
+            set("state_store.enable_tls", &["OCIS_CACHE_ENABLE_TLS", "PROXY_STATE_STORE_ENABLE_TLS"],
+                boolean!(state_store.enable_tls), "Connect to NATS with TLS (also on when an address starts with `tls://`); TLS required means TLS or no connection."),
+            set("state_store.tls_insecure", &["OCIS_CACHE_TLS_INSECURE", "PROXY_STATE_STORE_TLS_INSECURE"],
+                boolean!(state_store.tls_insecure), "Accept any server certificate (development only: a warning is logged). Ignored when a root CA is set."),
+            set("state_store.tls_root_ca_certificate", &["OCIS_CACHE_TLS_ROOT_CA_CERTIFICATE", "PROXY_STATE_STORE_TLS_ROOT_CA_CERTIFICATE"],
+                string!(state_store.tls_root_ca_certificate), "PEM file of the CA that signs the NATS servers' certificates; empty uses the system roots."),
+            set("state_store.tls_certificate", &["PROXY_NATS_TLS_CERTIFICATE", "PROXY_STATE_STORE_TLS_CERTIFICATE"],
+                string!(state_store.tls_certificate), "Gatehouse: client certificate (PEM) for NATS servers that verify clients (mutual TLS); needs `tls_key`."),
+            set("state_store.tls_key", &["PROXY_NATS_TLS_KEY", "PROXY_STATE_STORE_TLS_KEY"],
+                string!(state_store.tls_key), "Gatehouse: private key (PEM) of `tls_certificate`."),
+            set("state_store.token", &["PROXY_NATS_AUTH_TOKEN", "PROXY_STATE_STORE_AUTH_TOKEN"],
+                string!(state_store.token), "Gatehouse: NATS authentication token, instead of a user name and password. Secret: masked in dumps."),
+            set("state_store.nkey_seed", &["PROXY_NATS_AUTH_NKEY_SEED", "PROXY_STATE_STORE_AUTH_NKEY_SEED"],
+                string!(state_store.nkey_seed), "Gatehouse: NKey seed (`SU…`) of a NATS NKey user. Secret: masked in dumps."),
+            set("state_store.credentials_file", &["PROXY_NATS_AUTH_CREDENTIALS_FILE", "PROXY_STATE_STORE_AUTH_CREDENTIALS_FILE"],
+                string!(state_store.credentials_file), "Gatehouse: NATS `.creds` file (user JWT and NKey seed, decentralised authentication)."),
             set("state_store.replicas", &["PROXY_STATE_STORE_REPLICAS"], usize!(state_store.replicas),
                 "JetStream replicas of the bucket when Gatehouse creates it (1 to 5; use 3 on a 3-node NATS cluster)."),
             set("state_store.op_timeout", &["PROXY_STATE_STORE_OP_TIMEOUT"], duration!(state_store.op_timeout),
@@ -666,15 +744,20 @@ pub fn overlay(
     problems: &mut Vec<ConfigProblem>,
 ) {
     for setting in settings() {
-        let Some((name, value)) = setting
-            .env
-            .iter()
-            .rev()
-            .find_map(|name| env.get(*name).map(|v| (*name, v)))
-        else {
+        let found = if super::secrets::is_secret(setting.key) {
+            super::secrets::from_env(setting.env, env)
+        } else {
+            setting
+                .env
+                .iter()
+                .rev()
+                .find_map(|name| env.get(*name).map(|v| ((*name).to_owned(), Ok(v.clone()))))
+        };
+        let Some((name, value)) = found else {
             continue;
         };
-        if let Err(message) = setting.setter.apply(config, value) {
+        let applied = value.and_then(|value| setting.setter.apply(config, &value));
+        if let Err(message) = applied {
             problems.push(ConfigProblem::new(
                 name,
                 format!("{message} (sets {})", setting.key),

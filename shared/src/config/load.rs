@@ -16,6 +16,7 @@ use serde_yaml_ng::{Mapping, Value};
 use super::env;
 use super::error::{ConfigErrors, ConfigProblem};
 use super::schema::Config;
+use super::secrets;
 use super::validate;
 
 /// Where the configuration comes from.
@@ -135,6 +136,7 @@ fn overlay_and_validate(
     mut problems: Vec<ConfigProblem>,
 ) -> Result<Config, ConfigErrors> {
     env::overlay(&mut config, env, &mut problems);
+    secrets::resolve_files(&mut config, &mut problems);
     resolve_paths(&mut config, &base_data_path(env));
     validate::sanitize_and_validate(&mut config, &mut problems);
     if problems.is_empty() {

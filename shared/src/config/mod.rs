@@ -10,7 +10,9 @@ mod duration;
 mod env;
 mod error;
 mod load;
+mod nats;
 mod schema;
+mod secrets;
 mod validate;
 
 #[cfg(test)]
@@ -25,4 +27,6 @@ pub use load::{
     CONFIG_FILE_ENV, ConfigSource, Loaded, base_data_path, config_file_candidates, load, load_text,
     parse_yaml,
 };
+pub use nats::{NatsAuth, NatsSecurity, NatsTls};
 pub use schema::*;
+pub use secrets::FILE_PREFIX;

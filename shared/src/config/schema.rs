@@ -234,7 +234,17 @@ pub struct StoreConfig {
     pub disable_persistence: bool,
     pub username: String,
     pub password: String,
+    pub enable_tls: bool,
+    pub tls_insecure: bool,
+    pub tls_root_ca_certificate: String,
     // Gatehouse additions
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub tls_certificate: String,
+    pub tls_key: String,
+    /// NATS token, NKey seed or `.creds` file: alternatives to `username`/`password`.
+    pub token: String,
+    pub nkey_seed: String,
+    pub credentials_file: String,
     /// JetStream replicas of the bucket (1, 3 or 5).
     pub replicas: usize,
     /// Deadline of one store operation on the request path.
@@ -341,7 +351,13 @@ pub struct Events {
     pub enable_tls: bool,
     pub username: String,
     pub password: String,
-    /// Gatehouse addition: replicas of the `main-queue` stream when Gatehouse creates it.
+    // Gatehouse additions
+    pub tls_certificate: String,
+    pub tls_key: String,
+    pub token: String,
+    pub nkey_seed: String,
+    pub credentials_file: String,
+    /// Replicas of the `main-queue` stream when Gatehouse creates it.
     pub stream_replicas: usize,
 }
 
@@ -384,6 +400,16 @@ pub struct ServiceRegistry {
     pub enabled: bool,
     pub addresses: Vec<String>,
     pub bucket: String,
+    pub username: String,
+    pub password: String,
+    pub enable_tls: bool,
+    pub tls_insecure: bool,
+    pub tls_root_ca_certificate: String,
+    pub tls_certificate: String,
+    pub tls_key: String,
+    pub token: String,
+    pub nkey_seed: String,
+    pub credentials_file: String,
 }
 
 /// How the reverse proxy talks to upstreams.
@@ -528,6 +554,14 @@ impl Default for StoreConfig {
             disable_persistence: false,
             username: String::new(),
             password: String::new(),
+            enable_tls: false,
+            tls_insecure: false,
+            tls_root_ca_certificate: String::new(),
+            tls_certificate: String::new(),
+            tls_key: String::new(),
+            token: String::new(),
+            nkey_seed: String::new(),
+            credentials_file: String::new(),
             replicas: 1,
             op_timeout: GoDuration::millis(200),
         }
@@ -632,6 +666,11 @@ impl Default for Events {
             enable_tls: false,
             username: String::new(),
             password: String::new(),
+            tls_certificate: String::new(),
+            tls_key: String::new(),
+            token: String::new(),
+            nkey_seed: String::new(),
+            credentials_file: String::new(),
             stream_replicas: 1,
         }
     }
@@ -662,6 +701,16 @@ impl Default for ServiceRegistry {
             enabled: false,
             addresses: strings(&[DEFAULT_NATS_ADDRESS]),
             bucket: "service-registry".into(),
+            username: String::new(),
+            password: String::new(),
+            enable_tls: false,
+            tls_insecure: false,
+            tls_root_ca_certificate: String::new(),
+            tls_certificate: String::new(),
+            tls_key: String::new(),
+            token: String::new(),
+            nkey_seed: String::new(),
+            credentials_file: String::new(),
         }
     }
 }

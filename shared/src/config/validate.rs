@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use ipnet::IpNet;
 
 use super::error::ConfigProblem;
+use super::nats;
 use super::schema::{Config, MAX_HTTP_WORKERS, StoreConfig};
 
 struct Problems<'a>(&'a mut Vec<ConfigProblem>);
@@ -134,6 +135,7 @@ fn store(prefix: &str, store: &mut StoreConfig, p: &mut Problems<'_>) {
             if store.database.is_empty() {
                 p.add(format!("{prefix}.database"), "nats-js-kv needs a bucket name");
             }
+            nats::check_store(prefix, store, p.0);
         }
         other if UNIMPLEMENTED_STORES.contains(&other) => p.add(
             format!("{prefix}.store"),
@@ -324,6 +326,7 @@ fn services(config: &mut Config, p: &mut Problems<'_>) {
         if registry.bucket.is_empty() {
             p.add("service_registry.bucket", "must not be empty when enabled");
         }
+        nats::check_registry(registry, p.0);
     }
     let up = &config.upstream;
     for (key, value) in [
@@ -365,6 +368,14 @@ fn misc(config: &mut Config, p: &mut Problems<'_>) {
         if let Err(e) = check_host_port(server, Allow::NatsUrl) {
             p.add("events.endpoint", e);
         }
+    }
+    if config
+        .events
+        .endpoint
+        .split(',')
+        .any(|s| !s.trim().is_empty())
+    {
+        nats::check_events(&config.events, p.0);
     }
     // The exporter settings are checked only when tracing is on (`OTEL_*` variables meant for
     // other programs must not stop a node that does not trace); the trust rule applies always.
