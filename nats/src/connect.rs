@@ -219,8 +219,11 @@ pub(crate) async fn lookup_bucket(
 pub(crate) async fn open_or_create_bucket(
     js: &jetstream::Context,
     config: kv::Config,
+    events: &ConnectionEvents,
 ) -> Result<kv::Store, StoreError> {
     let bucket = config.bucket.clone();
+    // A refused look-up or creation does not go away by retrying: stop start-up with it.
+    let denied = events.next_denial(&bucket);
     let attempt = async {
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -246,12 +249,18 @@ pub(crate) async fn open_or_create_bucket(
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     };
-    match tokio::time::timeout(STARTUP_TIMEOUT, attempt).await {
-        Ok(r) => r,
-        Err(_) => Err(StoreError::Timeout {
-            op: "open bucket",
-            after: STARTUP_TIMEOUT,
-        }),
+    tokio::select! {
+        r = tokio::time::timeout(STARTUP_TIMEOUT, attempt) => match r {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout {
+                op: "open bucket",
+                after: STARTUP_TIMEOUT,
+            }),
+        },
+        text = denied => Err(StoreError::Invalid(format!(
+            "NATS refused to open or create the bucket {bucket}: {text} (grant the permission, \
+             or create the bucket beforehand; docs/operations.md)"
+        ))),
     }
 }
 

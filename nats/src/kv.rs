@@ -159,7 +159,7 @@ impl NatsKvStore {
             limit_markers: (opts.per_key_ttl && ttl_capable).then_some(MARKER_TTL),
             ..Default::default()
         };
-        let kv = connect::open_or_create_bucket(&js, config).await?;
+        let kv = connect::open_or_create_bucket(&js, config, &events).await?;
         let stream_config = &kv.stream.cached_info().config;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         let inner = Arc::new(Inner {

@@ -376,6 +376,25 @@ async fn a_missing_permission_is_reported_as_such_without_waiting() {
     );
     // NATS answered: the store is not suspected of being down, reads go on.
     assert_eq!(value(limited.get("k").await.unwrap()), Some(b"v".to_vec()));
+
+    // A bucket the gateway may not create stops start-up at once, saying why.
+    let started = Instant::now();
+    let refused = connect_err(store_options(
+        &nats,
+        "someone-elses",
+        security(tls(&pki), user("gatehouse", "gw-pass")),
+    ))
+    .await;
+    assert!(
+        refused.contains("NATS refused to open or create the bucket someone-elses")
+            && refused.contains("KV_someone-elses"),
+        "{refused}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

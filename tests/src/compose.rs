@@ -158,9 +158,22 @@ impl ComposeCluster {
             &[],
         );
 
+        // compose/nats.conf serves TLS with these; the gateways trust the CA.
+        let certs = dir("certs");
+        let made = tempfile::tempdir().expect("tempdir");
+        crate::pki::Pki::create_for(
+            made.path(),
+            "compose",
+            &["nats-1", "nats-2", "nats-3", "localhost", "127.0.0.1"],
+        )
+        .install_for_compose(&certs);
+
         let cluster = ComposeCluster {
             file: compose.join("docker-compose.test.yml"),
-            env: vec![("GATEHOUSE_TEST_OTLP".into(), otlp.into())],
+            env: vec![
+                ("GATEHOUSE_TEST_OTLP".into(), otlp.into()),
+                ("GATEHOUSE_TEST_CERTS".into(), certs.display().to_string()),
+            ],
             _stage: stage,
         };
         cluster.down();

@@ -17,8 +17,14 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// Creates the files in `dir`; `name` tells two authorities apart in their subjects.
+    /// Creates the files in `dir`; `name` tells two authorities apart in their subjects. The
+    /// server certificate names the loopback host.
     pub fn create(dir: &Path, name: &str) -> Pki {
+        Self::create_for(dir, name, &["localhost", "127.0.0.1"])
+    }
+
+    /// [`Pki::create`] with a server certificate for `server_names` (host names or addresses).
+    pub fn create_for(dir: &Path, name: &str, server_names: &[&str]) -> Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params
@@ -37,7 +43,7 @@ impl Pki {
             (cert.pem(), key.serialize_pem())
         };
         let (server_pem, server_key_pem) = leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
+            server_names.iter().map(|n| (*n).to_owned()).collect(),
             ExtendedKeyUsagePurpose::ServerAuth,
             "nats",
         );
@@ -55,6 +61,23 @@ impl Pki {
             client_cert: write("client.pem", &client_pem),
             client_key: write("client-key.pem", &client_key_pem),
         }
+    }
+
+    /// The CA and server files under the names compose/nats.conf expects (`ca.pem`,
+    /// `server.pem`, `server-key.pem`), readable by the containers' users.
+    pub fn install_for_compose(&self, dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir).unwrap();
+        for (from, to) in [
+            (&self.ca, "ca.pem"),
+            (&self.server_cert, "server.pem"),
+            (&self.server_key, "server-key.pem"),
+        ] {
+            let target = dir.join(to);
+            std::fs::copy(from, &target).unwrap();
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
     /// A nats-server `tls` block with this server certificate; `verify` demands client

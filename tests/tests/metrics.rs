@@ -130,8 +130,9 @@ async fn cluster_metrics_follow_the_node_and_its_nats_connections() {
 
     // Draining is visible before the node is gone: a slow request keeps the drain open.
     let slow_url = node.url("/m/slow?gh_sleep_ms=3000");
-    let slow = tokio::spawn(async move { get(&slow_url).await.status });
+    // Counted before the request is sent: it may reach the upstream before this task runs again.
     let before = up.count();
+    let slow = tokio::spawn(async move { get(&slow_url).await.status });
     assert!(wait_until(SETTLE, || async { up.count() > before }).await);
     node.sigterm();
     assert!(
