@@ -93,7 +93,10 @@ pub fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check) => config_check(cli.config),
         Command::Config(ConfigCommand::Dump) => match load_config(cli.config) {
             Ok(loaded) => {
-                print!("{}", loaded.config.masked().to_yaml());
+                print!(
+                    "{}",
+                    loaded.config.with_effective_policies().masked().to_yaml()
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -461,7 +464,7 @@ async fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let config_json = match serde_json::to_string(&config.masked()) {
+        let config_json = match serde_json::to_string(&config.with_effective_policies().masked()) {
             Ok(json) => json,
             Err(err) => {
                 eprintln!("gatehouse: cannot serialise the configuration: {err}");

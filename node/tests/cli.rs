@@ -456,3 +456,34 @@ async fn nats_credentials_and_tls_are_checked_at_start_up() {
         "the documented permissions were not enough for a node:\n{log}"
     );
 }
+
+/// With no `policies` configured, the dump shows the default `ocis` policy route by route, and
+/// the dump is itself a configuration that routes the same way.
+#[test]
+fn config_dump_lists_the_route_table_in_force() {
+    let s = setup();
+    let (code, out, err) = run(gatehouse(s.dir.path())
+        .arg("--config")
+        .arg(&s.config)
+        .args(["config", "dump"]));
+    assert_eq!(code, 0, "{err}");
+    let dumped: serde_yaml_ng::Value = serde_yaml_ng::from_str(&out).unwrap();
+    let policies = dumped["policies"].as_sequence().expect("policies listed");
+    assert_eq!(policies.len(), 1, "{out}");
+    assert_eq!(policies[0]["name"].as_str(), Some("ocis"));
+    let routes = policies[0]["routes"].as_sequence().unwrap();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r["endpoint"].as_str() == Some("/remote.php/")),
+        "{out}"
+    );
+    // The dump loads back (secrets masked, so only its shape is checked).
+    let again = s.dir.path().join("dumped.yaml");
+    std::fs::write(&again, &out).unwrap();
+    let (code, _, err) = run(gatehouse(s.dir.path())
+        .arg("--config")
+        .arg(&again)
+        .args(["config", "check"]));
+    assert_eq!(code, 0, "{err}");
+}

@@ -41,6 +41,11 @@ Later sources win: **built-in defaults → `proxy.yaml` → environment variable
   does not know, including unknown `PROXY_*` ones, are ignored, as in oCIS. A known variable with
   an invalid value stops start-up with a message naming the variable (oCIS silently ignores
   unparsable booleans, numbers and durations; Gatehouse does not).
+* **Environment references in the file.** `${VAR}` and `${VAR|default}` inside a string value
+  are replaced by the variable (or the default when it is unset or empty), after the file is
+  parsed, so a value cannot change the file's structure; a value that is one reference takes
+  the setting's type (`workers: ${WORKERS|2}`). An undefined variable without a default stops
+  start-up naming the key and the variable (oCIS substitutes an empty string). `$${` is a literal `${`.
 * **Value syntax.**
   * Lists (environment): comma separated, items trimmed, empty items dropped: `a, b,,c` → `[a, b, c]`.
   * Booleans (environment): as Go's `strconv.ParseBool`: `1`, `t`, `T`, `TRUE`, `true`, `True`,
@@ -63,6 +68,10 @@ Later sources win: **built-in defaults → `proxy.yaml` → environment variable
   `token_manager.jwt_secret`, every NATS `password`, `token` and `nkey_seed`, credentials in
   `services` URLs) are shown as `***` by `gatehouse config dump` and the debug server, and never
   logged.
+* **What is in force.** `gatehouse config dump` (and the debug server's `/config`) prints the
+  effective configuration, secrets masked, with the route table in force under `policies`: with no
+  `policies` configured that is the default `ocis` policy, route by route, with any
+  `additional_policies` merged in. The dump is itself a configuration that routes the same way.
 * **Secrets from files.** Any secret can be read from a file, as container platforms mount them:
   set `<VARIABLE>_FILE=/run/secrets/x` instead of one of its variables (it has that variable's
   precedence; with both set, the `_FILE` one wins), or give `file:/run/secrets/x` as the value, in

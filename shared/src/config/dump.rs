@@ -45,6 +45,16 @@ impl Config {
         c
     }
 
+    /// A copy whose `policies` is the route table in force: the default `ocis` policy with the
+    /// `additional_policies` merged in when no `policies` are configured (spec §1.1). It routes
+    /// exactly as `self` does, and shows an operator what is routed where.
+    pub fn with_effective_policies(&self) -> Config {
+        let mut c = self.clone();
+        c.policies = crate::routing::effective_policies(&self.policies, &self.additional_policies);
+        c.additional_policies.clear();
+        c
+    }
+
     /// The configuration as `proxy.yaml` text; it loads back to the same configuration.
     /// Call [`Config::masked`] first when the output leaves the process.
     pub fn to_yaml(&self) -> String {

@@ -17,6 +17,7 @@ use super::env;
 use super::error::{ConfigErrors, ConfigProblem};
 use super::schema::Config;
 use super::secrets;
+use super::subst;
 use super::validate;
 
 /// Where the configuration comes from.
@@ -101,7 +102,7 @@ pub fn load(src: &ConfigSource) -> Result<Loaded, ConfigErrors> {
     let mut config = Config::default();
     if let Some(path) = &file {
         match std::fs::read_to_string(path) {
-            Ok(text) => match parse_yaml(&text, path) {
+            Ok(text) => match parse_yaml_in(&text, path, &src.env) {
                 Ok(parsed) => config = parsed,
                 Err(mut found) => problems.append(&mut found),
             },
@@ -123,7 +124,7 @@ pub fn load_text(
     origin: &Path,
     env: &BTreeMap<String, String>,
 ) -> Result<Config, ConfigErrors> {
-    let (config, problems) = match parse_yaml(text, origin) {
+    let (config, problems) = match parse_yaml_in(text, origin, env) {
         Ok(config) => (config, Vec::new()),
         Err(problems) => (Config::default(), problems),
     };
@@ -147,8 +148,17 @@ fn overlay_and_validate(
 }
 
 /// Parses a `proxy.yaml` text onto the defaults (no environment, no validation).
-/// `origin` names the file in problems that have no key path.
+/// `origin` names the file in problems that have no key path. `${VAR}` references must have
+/// defaults (there is no environment); [`load`] and [`load_text`] expand them from theirs.
 pub fn parse_yaml(text: &str, origin: &Path) -> Result<Config, Vec<ConfigProblem>> {
+    parse_yaml_in(text, origin, &BTreeMap::new())
+}
+
+fn parse_yaml_in(
+    text: &str,
+    origin: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<Config, Vec<ConfigProblem>> {
     let origin = origin.display().to_string();
     let mut file_value: Value = serde_yaml_ng::from_str(text)
         .map_err(|e| vec![ConfigProblem::new(&origin, format!("invalid YAML: {e}"))])?;
@@ -169,10 +179,20 @@ pub fn parse_yaml(text: &str, origin: &Path) -> Result<Config, Vec<ConfigProblem
         }
     };
     let defaults = defaults_value();
+    let mut file_value = Value::Mapping(file_map);
+    let mut problems = Vec::new();
+    subst::expand_tree(&mut file_value, Some(&defaults), "", env, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    // Expansion replaces scalars only: the mapping stays one.
+    let file_map = match file_value {
+        Value::Mapping(m) => m,
+        _ => Mapping::new(),
+    };
 
     // Each top-level key is checked on its own so that mistakes in different sections are all
     // reported; serde stops at the first error of one deserialization.
-    let mut problems = Vec::new();
     for (key, value) in &file_map {
         let mut single = Mapping::new();
         single.insert(key.clone(), value.clone());

@@ -13,6 +13,7 @@ mod load;
 mod nats;
 mod schema;
 mod secrets;
+mod subst;
 mod validate;
 
 #[cfg(test)]

@@ -568,3 +568,25 @@ fn the_events_endpoint_is_a_list_of_nats_servers() {
     assert!(p.message.contains("\"nats-2\""), "{}", p.message);
     assert_eq!(err.0.len(), 1, "{err}");
 }
+
+#[test]
+fn environment_references_in_the_file_are_expanded_and_undefined_ones_named() {
+    let f = Fixture::new()
+        .set("NATS_HOST", "nats.internal")
+        .set("WORKERS", "3");
+    let loaded = f
+        .load_text(
+            "http:\n  workers: ${WORKERS}\n  addr: ${LISTEN|127.0.0.1:9200}\n\
+             state_store:\n  store: nats-js-kv\n  addresses: [\"${NATS_HOST}:4222\"]\n",
+        )
+        .unwrap()
+        .config;
+    assert_eq!(loaded.http.workers, 3);
+    assert_eq!(loaded.http.addr, "127.0.0.1:9200");
+    assert_eq!(loaded.state_store.addresses, ["nats.internal:4222"]);
+    let err = f
+        .load_text("state_store:\n  password: ${NATS_PASSWORD}\n")
+        .unwrap_err();
+    let p = problem(&err, "state_store.password");
+    assert!(p.message.contains("NATS_PASSWORD"), "{err}");
+}
