@@ -469,3 +469,140 @@ async fn mutual_tls_and_tokens() {
     .await;
     assert!(wrong.contains("state_store.token"), "{wrong}");
 }
+
+/// A NATS JWT (`ed25519-nkey`) with `claims` about `subject`, signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{name}-{now}"),
+        "iat": now,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let payload = b64.encode(claims.to_string());
+    let signed = format!("{header}.{payload}");
+    let signature = b64.encode(issuer.sign(signed.as_bytes()).unwrap());
+    format!("{signed}.{signature}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentials_file_authenticates_in_operator_mode() {
+    init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::create(dir.path(), "main");
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true,
+        "conn": -1, "leaf": -1, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "gatehouse",
+        serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        "gateway",
+        serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    // JetStream needs a system account in operator mode.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let nats = NatsCluster::start_with(
+        1,
+        NatsOptions {
+            extra_config: format!(
+                "{}operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+                 resolver_preload: {{\n  {}: {account_jwt}\n  {sys}: {system_jwt}\n}}\n",
+                pki.nats_tls_block(false),
+                account.public_key(),
+                sys = system.public_key(),
+            ),
+            ..NatsOptions::default()
+        },
+    );
+    let creds = dir.path().join("gateway.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    let store = NatsKvStore::connect(store_options(
+        &nats,
+        "gatehouse-state",
+        security(tls(&pki), NatsAuth::CredentialsFile(creds.clone())),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", nats.log(0)));
+    store
+        .put("k", Bytes::from_static(b"v"), None)
+        .await
+        .unwrap();
+    assert_eq!(value(store.get("k").await.unwrap()), Some(b"v".to_vec()));
+
+    // A user the account did not sign is refused, naming the setting.
+    let stranger = nkeys::KeyPair::new_user();
+    let forged = nats_jwt(
+        &nkeys::KeyPair::new_account(),
+        &stranger.public_key(),
+        "stranger",
+        serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    let forged_creds = dir.path().join("stranger.creds");
+    std::fs::write(
+        &forged_creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{forged}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            stranger.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    let refused = connect_err(store_options(
+        &nats,
+        "gatehouse-state",
+        security(tls(&pki), NatsAuth::CredentialsFile(forged_creds)),
+    ))
+    .await;
+    assert!(
+        refused.contains("state_store.credentials_file"),
+        "{refused}"
+    );
+    // Not a credentials file at all: refused before connecting.
+    let junk = dir.path().join("junk.creds");
+    std::fs::write(&junk, "hello").unwrap();
+    let err = connect_err(store_options(
+        &nats,
+        "gatehouse-state",
+        security(tls(&pki), NatsAuth::CredentialsFile(junk)),
+    ))
+    .await;
+    assert!(err.contains("is not a NATS credentials file"), "{err}");
+}
