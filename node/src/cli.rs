@@ -490,8 +490,11 @@ async fn serve(config: Config) -> ExitCode {
 
     // The user-info bucket outlives the oCIS cache TTL: every entry carries its own expiry (the
     // token's), so the bucket's max-age only bounds what servers without per-key TTL keep.
+    // A zero TTL is a bucket without max-age, as for every oCIS store.
     let mut userinfo_cfg = config.oidc.user_info_cache.clone();
-    userinfo_cfg.ttl.0 = userinfo_cfg.ttl.0.max(USERINFO_BUCKET_MIN_AGE);
+    if !userinfo_cfg.ttl.is_zero() {
+        userinfo_cfg.ttl.0 = userinfo_cfg.ttl.0.max(USERINFO_BUCKET_MIN_AGE);
+    }
     let userinfo_store = match gatehouse_node::state::open(
         "user-info cache",
         "oidc.user_info_cache",

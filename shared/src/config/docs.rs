@@ -68,6 +68,17 @@ Later sources win: **built-in defaults → `proxy.yaml` → environment variable
   `token_manager.jwt_secret`, every NATS `password`, `token` and `nkey_seed`, credentials in
   `services` URLs) are shown as `***` by `gatehouse config dump` and the debug server, and never
   logged.
+* **Zero durations.** Where oCIS reads `0` as "none" or "no limit", so does Gatehouse:
+  `oidc.jwks.refresh_interval` (no periodic refresh), `oidc.jwks.refresh_limit` (no rate limit),
+  `oidc.jwks.refresh_timeout` (the default of oCIS's JWKS library, 60 s), the `ttl` of every store
+  (no bucket max-age; `state_store.ttl` defaults to it). `oidc.user_info_cache.ttl: 0` caches the
+  answers of tokens without `exp` not at all (they have no lifetime to keep). Most timeouts and
+  lifetimes Gatehouse adds (`http.header_read_timeout`, `http.idle_timeout`,
+  `upstream.connect_timeout`, `upstream.response_header_timeout`, `upstream.pool_idle_timeout`,
+  every `op_timeout`, `oidc.request_timeout`, `graph.timeout`, `public_shares.timeout`,
+  `token_manager.token_lifetime`, `mfa.session_duration`) must be positive: each bounds something
+  a client or a backend could otherwise hold open, or a zero would make every operation fail; a
+  zero is refused at start-up naming the setting. The rest say in their description what `0` does.
 * **What is in force.** `gatehouse config dump` (and the debug server's `/config`) prints the
   effective configuration, secrets masked, with the route table in force under `policies`: with no
   `policies` configured that is the default `ocis` policy, route by route, with any

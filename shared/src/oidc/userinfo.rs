@@ -215,6 +215,12 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_ttl_keeps_an_answer_without_exp_no_longer_than_now() {
+        let (_, exp) = merge_claims(&Claims::new(), None, now(), Duration::ZERO);
+        assert_eq!(exp, NOW as i64);
+    }
+
+    #[test]
     fn exp_defaults_to_now_plus_ttl() {
         let (merged, exp) = merge_claims(
             &Claims::new(),

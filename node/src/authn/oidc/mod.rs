@@ -115,9 +115,9 @@ impl OidcSettings {
                 .collect(),
             skip_user_info: o.skip_user_info,
             jwks_refresh_interval: Duration::from_secs(o.jwks.refresh_interval.saturating_mul(60)),
-            // A zero timeout would fail every fetch; fall back to the per-call deadline.
+            // Zero is keyfunc's (oCIS's JWKS library) default of one minute.
             jwks_refresh_timeout: Duration::from_secs(match o.jwks.refresh_timeout {
-                0 => 10,
+                0 => 60,
                 t => t,
             }),
             jwks_refresh_limit: Duration::from_secs(o.jwks.refresh_limit),

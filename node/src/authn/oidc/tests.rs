@@ -810,6 +810,14 @@ fn settings_come_from_the_config() {
     assert_eq!(s.jwks_refresh_interval, Duration::from_secs(120));
     assert_eq!(s.jwks_refresh_limit, Duration::from_secs(7));
     assert_eq!(s.jwks_refresh_timeout, Duration::from_secs(10));
+    // Zero means what it means in oCIS: keyfunc's default timeout, no rate limit, no interval.
+    config.oidc.jwks.refresh_timeout = 0;
+    config.oidc.jwks.refresh_limit = 0;
+    config.oidc.jwks.refresh_interval = 0;
+    let zero = OidcSettings::from_config(&config);
+    assert_eq!(zero.jwks_refresh_timeout, Duration::from_secs(60));
+    assert_eq!(zero.jwks_refresh_limit, Duration::ZERO);
+    assert_eq!(zero.jwks_refresh_interval, Duration::ZERO);
     assert_eq!(s.user_info_ttl, Duration::from_secs(10));
     assert_eq!(s.verify_method, VerifyMethod::None);
     assert_eq!(s.request_timeout, Duration::from_millis(1500));
