@@ -21,7 +21,7 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
   -subj "/CN=nats" -keyout server-key.pem -out server.csr 2>/dev/null
 sans=""
 for n in $names; do sans="${sans}DNS:$n,"; done
-printf 'subjectAltName=%sDNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' "$sans" > ext.cnf
+printf 'subjectAltName=%sDNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' "$sans" > ext.cnf
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 825 \
   -extfile ext.cnf -out server.pem 2>/dev/null
 rm -f server.csr ext.cnf ca.srl ca-key.pem

@@ -34,21 +34,25 @@ impl Pki {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
 
-        let leaf = |sans: Vec<String>, purpose: ExtendedKeyUsagePurpose, cn: &str| {
+        let leaf = |sans: Vec<String>, purposes: Vec<ExtendedKeyUsagePurpose>, cn: &str| {
             let key = KeyPair::generate().unwrap();
             let mut params = CertificateParams::new(sans).unwrap();
             params.distinguished_name.push(DnType::CommonName, cn);
-            params.extended_key_usages = vec![purpose];
+            params.extended_key_usages = purposes;
             let cert = params.signed_by(&key, &issuer).unwrap();
             (cert.pem(), key.serialize_pem())
         };
         let (server_pem, server_key_pem) = leaf(
             server_names.iter().map(|n| (*n).to_owned()).collect(),
-            ExtendedKeyUsagePurpose::ServerAuth,
+            // Cluster routes present the server certificate as a client too.
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
             "nats",
         );
         let (client_pem, client_key_pem) =
-            leaf(vec![], ExtendedKeyUsagePurpose::ClientAuth, "gateway");
+            leaf(vec![], vec![ExtendedKeyUsagePurpose::ClientAuth], "gateway");
         let write = |file: &str, text: &str| {
             let path = dir.join(format!("{name}-{file}"));
             std::fs::write(&path, text).unwrap();
