@@ -132,12 +132,14 @@ pub(crate) async fn client(
     security: &NatsSecurity,
 ) -> Result<(async_nats::Client, ConnectionEvents), StoreError> {
     if servers.is_empty() {
-        return Err(StoreError::Invalid(ConnectError::NoServers.to_string()));
+        return Err(StoreError::Misconfigured(
+            ConnectError::NoServers.to_string(),
+        ));
     }
     let mut addrs = Vec::with_capacity(servers.len());
     for s in servers {
         let addr: async_nats::ServerAddr = s.parse().map_err(|_| {
-            StoreError::Invalid(ConnectError::InvalidAddress(s.clone()).to_string())
+            StoreError::Misconfigured(ConnectError::InvalidAddress(s.clone()).to_string())
         })?;
         addrs.push(addr);
     }
@@ -257,7 +259,7 @@ pub(crate) async fn open_or_create_bucket(
                 after: STARTUP_TIMEOUT,
             }),
         },
-        text = denied => Err(StoreError::Invalid(format!(
+        text = denied => Err(StoreError::Misconfigured(format!(
             "NATS refused to open or create the bucket {bucket}: {text} (grant the permission, \
              or create the bucket beforehand; docs/operations.md)"
         ))),

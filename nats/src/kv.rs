@@ -426,6 +426,7 @@ impl Inner {
             Err(e @ StoreError::Timeout { .. }) => span.fail("timeout", e.to_string()),
             Err(e @ StoreError::Unavailable(_)) => span.fail("unavailable", e.to_string()),
             Err(e @ StoreError::Invalid(_)) => span.fail("invalid", e.to_string()),
+            Err(e @ StoreError::Misconfigured(_)) => span.fail("misconfigured", e.to_string()),
         }
         span.end();
         result

@@ -5,7 +5,7 @@
 //! read here, before any connection, so that a missing or malformed file stops start-up with the
 //! setting's name rather than surfacing later as a handshake error. Connection failures that no
 //! retry can fix — refused credentials, a certificate that does not verify, a server without TLS
-//! when TLS is required — become [`StoreError::Invalid`] naming the settings to look at; the rest
+//! when TLS is required — become [`StoreError::Misconfigured`] naming the settings to look at; the rest
 //! stay retryable.
 //!
 //! TLS required means TLS or nothing: `require_tls` makes the client upgrade every connection
@@ -33,13 +33,13 @@ pub(crate) fn check_files(sec: &NatsSecurity) -> Result<(), StoreError> {
     }
     if let NatsAuth::CredentialsFile(path) = &sec.auth {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            StoreError::Invalid(format!(
+            StoreError::Misconfigured(format!(
                 "{s}.credentials_file: cannot read {}: {e}",
                 path.display()
             ))
         })?;
         if !text.contains("-----BEGIN NATS USER JWT-----") {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Misconfigured(format!(
                 "{s}.credentials_file: {} is not a NATS credentials file (no user JWT)",
                 path.display()
             )));
@@ -88,7 +88,7 @@ pub(crate) async fn apply(
         NatsAuth::Token(token) => opts.token(token.clone()),
         NatsAuth::NKeySeed(seed) => opts.nkey(seed.clone()),
         NatsAuth::CredentialsFile(path) => opts.credentials_file(path).await.map_err(|e| {
-            StoreError::Invalid(format!(
+            StoreError::Misconfigured(format!(
                 "{s}.credentials_file: cannot use {}: {e}",
                 path.display()
             ))
@@ -104,10 +104,10 @@ fn read_certificates(
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| {
-            StoreError::Invalid(format!("{setting}: cannot read {}: {e}", path.display()))
+            StoreError::Misconfigured(format!("{setting}: cannot read {}: {e}", path.display()))
         })?;
     if certs.is_empty() {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::Misconfigured(format!(
             "{setting}: {} holds no PEM certificate",
             path.display()
         )));
@@ -117,7 +117,7 @@ fn read_certificates(
 
 fn read_key(path: &Path, setting: &str) -> Result<PrivateKeyDer<'static>, StoreError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| {
-        StoreError::Invalid(format!(
+        StoreError::Misconfigured(format!(
             "{setting}: cannot read a private key from {}: {e}",
             path.display()
         ))
@@ -130,12 +130,12 @@ pub(crate) fn connect_error(sec: &NatsSecurity, e: &async_nats::ConnectError) ->
     use async_nats::ConnectErrorKind as K;
     let s = &sec.section;
     match e.kind() {
-        K::AuthorizationViolation | K::Authentication => StoreError::Invalid(format!(
+        K::AuthorizationViolation | K::Authentication => StoreError::Misconfigured(format!(
             "{s}: NATS refused the credentials ({}): {e}",
             sec.credential_settings()
         )),
-        K::Tls => StoreError::Invalid(tls_failure(sec, e)),
-        K::Io if is_tls_failure(e) => StoreError::Invalid(tls_failure(sec, e)),
+        K::Tls => StoreError::Misconfigured(tls_failure(sec, e)),
+        K::Io if is_tls_failure(e) => StoreError::Misconfigured(tls_failure(sec, e)),
         _ => StoreError::Unavailable(format!("connecting to NATS: {e}")),
     }
 }
@@ -259,13 +259,13 @@ mod insecure {
         let provider = Arc::new(ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| StoreError::Invalid(format!("TLS set-up: {e}")))?
+            .map_err(|e| StoreError::Misconfigured(format!("TLS set-up: {e}")))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)));
         match client_cert {
             Some((certs, key)) => builder
                 .with_client_auth_cert(certs, key)
-                .map_err(|e| StoreError::Invalid(format!("client certificate: {e}"))),
+                .map_err(|e| StoreError::Misconfigured(format!("client certificate: {e}"))),
             None => Ok(builder.with_no_client_auth()),
         }
     }

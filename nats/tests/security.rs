@@ -96,7 +96,7 @@ async fn admin(nats: &NatsCluster, ca: &Path) -> jetstream::Context {
 async fn connect_err(opts: NatsKvOptions) -> String {
     match NatsKvStore::connect(opts).await {
         Ok(_) => panic!("connected"),
-        Err(e @ StoreError::Invalid(_)) => e.to_string(),
+        Err(e @ StoreError::Misconfigured(_)) => e.to_string(),
         Err(e) => panic!("a retryable error for a mistake no retry fixes: {e}"),
     }
 }

@@ -85,6 +85,10 @@ pub enum StoreError {
     /// Data in the store could not be decoded, or a key/value is unacceptable.
     #[error("invalid data: {0}")]
     Invalid(String),
+    /// The store cannot be used as configured: refused credentials or permissions, a certificate
+    /// that does not verify, an unreadable file. The message names the settings to fix.
+    #[error("{0}")]
+    Misconfigured(String),
 }
 
 impl StoreError {
