@@ -108,17 +108,9 @@ impl ConnectionEvents {
                 self.0.regained.notify_waiters();
             }
             async_nats::Event::ServerError(err) => {
-                if let Some(text) = security::permission_violation(err) {
-                    tracing::warn!(
-                        section,
-                        error = %text,
-                        "NATS refused an operation: the NATS user of {section} lacks a permission \
-                         (docs/operations.md lists the permissions a gateway needs)"
-                    );
+                if let Some(text) = security::report_server_error(section, err) {
                     *self.0.last_denial.lock().unwrap_or_else(|e| e.into_inner()) = text.to_owned();
                     self.0.denied.notify_waiters();
-                } else {
-                    tracing::warn!(section, error = %err, "NATS reported an error");
                 }
             }
             _ => {}

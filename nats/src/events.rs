@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
-use gatehouse_shared::config::{Events as EventsConfig, NatsAuth, NatsSecurity};
+use gatehouse_shared::config::{Events as EventsConfig, NatsSecurity};
 use gatehouse_shared::events::{EventSink, MAIN_QUEUE, OutgoingEvent, PublishError};
 use gatehouse_shared::trace::{self, propagate};
 use opentelemetry::KeyValue;
@@ -104,11 +104,7 @@ impl Default for EventPublisherOptions {
     fn default() -> Self {
         Self {
             servers: vec!["nats://127.0.0.1:9233".to_owned()],
-            security: NatsSecurity {
-                section: "events".to_owned(),
-                tls: None,
-                auth: NatsAuth::None,
-            },
+            security: NatsSecurity::plain("events"),
             capacity: DEFAULT_CAPACITY,
             stream: StreamSetup::default(),
             ack_timeout: DEFAULT_ACK_TIMEOUT,
@@ -281,6 +277,7 @@ impl EventPublisher {
             addrs.push(addr);
         }
         security::check_files(&opts.security)
+            .map(drop)
             .map_err(|e| EventPublisherError::Security(e.to_string()))?;
         let handle =
             tokio::runtime::Handle::try_current().map_err(|_| EventPublisherError::NoRuntime)?;
@@ -446,25 +443,8 @@ fn connect_options(opts: &EventPublisherOptions) -> async_nats::ConnectOptions {
         });
     let section = opts.security.section.clone();
     o = o.event_callback(move |event| {
-        match event {
-            async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
-                tracing::error!(
-                    section,
-                    "NATS refused the credentials of the event bus client; events are not \
-                     delivered until they are fixed"
-                );
-            }
-            async_nats::Event::ServerError(err) => {
-                if let Some(text) = security::permission_violation(&err) {
-                    tracing::warn!(
-                        section,
-                        error = %text,
-                        "NATS refused an event bus operation: the NATS user of {section} lacks a \
-                         permission (docs/operations.md lists the permissions a gateway needs)"
-                    );
-                }
-            }
-            _ => {}
+        if let async_nats::Event::ServerError(err) = &event {
+            security::report_server_error(&section, err);
         }
         std::future::ready(())
     });
@@ -632,6 +612,8 @@ async fn ensure_stream(js: &jetstream::Context, setup: &StreamSetup) -> Result<(
 
 #[cfg(test)]
 mod tests {
+    use gatehouse_shared::config::NatsAuth;
+
     use super::*;
 
     #[test]

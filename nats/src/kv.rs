@@ -49,7 +49,7 @@ use opentelemetry_semantic_conventions::attribute as semconv;
 use tokio::sync::broadcast;
 
 use crate::connect::{self, ConnectionEvents, ConnectionStats};
-use gatehouse_shared::config::{NatsAuth, NatsSecurity};
+use gatehouse_shared::config::NatsSecurity;
 
 const FEED_CAPACITY: usize = 4096;
 /// How long a server-side delete marker (from a TTL or max-age expiry) stays in the bucket.
@@ -90,11 +90,7 @@ impl Default for NatsKvOptions {
             replicas: 1,
             memory_storage: false,
             max_age: Duration::ZERO,
-            security: NatsSecurity {
-                section: "store".to_owned(),
-                tls: None,
-                auth: NatsAuth::None,
-            },
+            security: NatsSecurity::plain("store"),
             op_timeout: Duration::from_millis(500),
             per_key_ttl: true,
         }

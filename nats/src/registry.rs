@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
-use gatehouse_shared::config::{NatsAuth, NatsSecurity};
+use gatehouse_shared::config::NatsSecurity;
 use gatehouse_shared::store::{StoreError, decode_key, decode_value};
 use serde::Deserialize;
 
@@ -149,12 +149,7 @@ impl ServiceRegistry {
         servers: Vec<String>,
         bucket: &str,
     ) -> Result<ServiceRegistry, StoreError> {
-        let plain = NatsSecurity {
-            section: "service_registry".to_owned(),
-            tls: None,
-            auth: NatsAuth::None,
-        };
-        Self::connect_with(servers, bucket, &plain).await
+        Self::connect_with(servers, bucket, &NatsSecurity::plain("service_registry")).await
     }
 
     /// [`Self::connect`] with TLS and credentials.

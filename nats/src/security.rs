@@ -18,17 +18,25 @@ use async_nats::rustls::pki_types::pem::PemObject;
 use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use gatehouse_shared::config::{NatsAuth, NatsSecurity};
 use gatehouse_shared::store::StoreError;
+use gatehouse_shared::tls::AcceptAnyCertificate;
 
-/// Reads every file `sec` names (certificates, key, credentials), as [`apply`] will.
-pub(crate) fn check_files(sec: &NatsSecurity) -> Result<(), StoreError> {
+/// A client certificate chain and its key, as read from their files.
+type ClientCertificate = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+/// Reads every file `sec` names (certificates, key, credentials); returns the client
+/// certificate, for [`apply`].
+pub(crate) fn check_files(sec: &NatsSecurity) -> Result<Option<ClientCertificate>, StoreError> {
     let s = &sec.section;
+    let mut client_cert = None;
     if let Some(tls) = &sec.tls {
         if let Some(ca) = &tls.root_ca {
             read_certificates(ca, &format!("{s}.tls_root_ca_certificate"))?;
         }
         if let Some((cert, key)) = &tls.client_certificate {
-            read_certificates(cert, &format!("{s}.tls_certificate"))?;
-            read_key(key, &format!("{s}.tls_key"))?;
+            client_cert = Some((
+                read_certificates(cert, &format!("{s}.tls_certificate"))?,
+                read_key(key, &format!("{s}.tls_key"))?,
+            ));
         }
     }
     if let NatsAuth::CredentialsFile(path) = &sec.auth {
@@ -45,7 +53,7 @@ pub(crate) fn check_files(sec: &NatsSecurity) -> Result<(), StoreError> {
             )));
         }
     }
-    Ok(())
+    Ok(client_cert)
 }
 
 /// Applies `sec` to `opts`.
@@ -54,30 +62,24 @@ pub(crate) async fn apply(
     sec: &NatsSecurity,
 ) -> Result<async_nats::ConnectOptions, StoreError> {
     let s = &sec.section;
-    check_files(sec)?;
+    let client_cert = check_files(sec)?;
     if let Some(tls) = &sec.tls {
         opts = opts.require_tls(true);
-        let client_cert = match &tls.client_certificate {
-            Some((cert, key)) => Some((
-                read_certificates(cert, &format!("{s}.tls_certificate"))?,
-                read_key(key, &format!("{s}.tls_key"))?,
-            )),
-            None => None,
-        };
-        if let Some(ca) = &tls.root_ca {
-            opts = opts.add_root_certificates(ca.clone());
-            if let Some((cert, key)) = &tls.client_certificate {
-                opts = opts.add_client_certificate(cert.clone(), key.clone());
-            }
-        } else if tls.insecure {
+        // A root CA wins over `tls_insecure`, as in oCIS.
+        if tls.root_ca.is_none() && tls.insecure {
             tracing::warn!(
                 section = %s,
                 "{s}.tls_insecure: the NATS servers' certificates are not verified; anyone on the \
                  path can read and change what this node stores"
             );
-            opts = opts.tls_client_config(insecure::client_config(client_cert)?);
-        } else if let Some((cert, key)) = &tls.client_certificate {
-            opts = opts.add_client_certificate(cert.clone(), key.clone());
+            opts = opts.tls_client_config(insecure_client_config(client_cert)?);
+        } else {
+            if let Some(ca) = &tls.root_ca {
+                opts = opts.add_root_certificates(ca.clone());
+            }
+            if let Some((cert, key)) = &tls.client_certificate {
+                opts = opts.add_client_certificate(cert.clone(), key.clone());
+            }
         }
     }
     opts = match &sec.auth {
@@ -179,94 +181,56 @@ fn is_tls_failure(e: &async_nats::ConnectError) -> bool {
     false
 }
 
-/// What a `-ERR` from the server says about permissions, if it is a permission violation: the
-/// server refuses the publish or subscription, and the request waits for an answer that will not
-/// come.
-pub(crate) fn permission_violation(err: &async_nats::ServerError) -> Option<&str> {
+/// Logs what a `-ERR` of the server means for the client of `section`; returns the server's text
+/// when it is a permission violation (the server refused a publish or subscription, and the
+/// request waits for an answer that will not come).
+pub(crate) fn report_server_error<'a>(
+    section: &str,
+    err: &'a async_nats::ServerError,
+) -> Option<&'a str> {
     match err {
+        async_nats::ServerError::AuthorizationViolation => {
+            tracing::error!(
+                section,
+                "NATS refused the credentials of {section}; it cannot work until they are fixed"
+            );
+            None
+        }
         async_nats::ServerError::Other(text)
             if text.to_ascii_lowercase().contains("permissions violation") =>
         {
+            tracing::warn!(
+                section,
+                error = %text,
+                "NATS refused an operation: the NATS user of {section} lacks a permission \
+                 (docs/operations.md lists the permissions a gateway needs)"
+            );
             Some(text)
         }
-        _ => None,
+        other => {
+            tracing::warn!(section, error = %other, "NATS reported an error");
+            None
+        }
     }
 }
 
 /// A TLS client configuration that accepts any server certificate (`tls_insecure`).
-mod insecure {
-    use std::sync::Arc;
-
-    use async_nats::rustls::client::danger::{
-        HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-    };
-    use async_nats::rustls::crypto::{CryptoProvider, ring};
-    use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-    use async_nats::rustls::{self, DigitallySignedStruct, SignatureScheme};
-    use gatehouse_shared::store::StoreError;
-
-    #[derive(Debug)]
-    struct AcceptAny(Arc<CryptoProvider>);
-
-    impl ServerCertVerifier for AcceptAny {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
-    pub(super) fn client_config(
-        client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-    ) -> Result<rustls::ClientConfig, StoreError> {
-        let provider = Arc::new(ring::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| StoreError::Misconfigured(format!("TLS set-up: {e}")))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)));
-        match client_cert {
-            Some((certs, key)) => builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| StoreError::Misconfigured(format!("client certificate: {e}"))),
-            None => Ok(builder.with_no_client_auth()),
-        }
+fn insecure_client_config(
+    client_cert: Option<ClientCertificate>,
+) -> Result<async_nats::rustls::ClientConfig, StoreError> {
+    use async_nats::rustls;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Misconfigured(format!("TLS set-up: {e}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnyCertificate::new(
+            provider.signature_verification_algorithms,
+        )));
+    match client_cert {
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| StoreError::Misconfigured(format!("client certificate: {e}"))),
+        None => Ok(builder.with_no_client_auth()),
     }
 }

@@ -16,6 +16,7 @@ use gatehouse_shared::events::{Event, EventSink, MAIN_QUEUE, OutgoingEvent};
 use gatehouse_shared::store::{Store, StoreError};
 use gatehouse_tests::nats::{NatsCluster, NatsOptions};
 use gatehouse_tests::pki::Pki;
+use gatehouse_tests::wait_until;
 
 const PERMISSIONS: &str = include_str!("../conf/gateway-permissions.conf");
 
@@ -98,18 +99,6 @@ async fn connect_err(opts: NatsKvOptions) -> String {
         Ok(_) => panic!("connected"),
         Err(e @ StoreError::Misconfigured(_)) => e.to_string(),
         Err(e) => panic!("a retryable error for a mistake no retry fixes: {e}"),
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, within: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -218,10 +207,13 @@ async fn a_gateway_with_the_documented_permissions_does_everything_it_needs() {
     )
     .await
     .unwrap();
-    eventually("the registration", Duration::from_secs(5), || async {
-        registry.nodes("com.owncloud.web.web") == ["http://127.0.0.1:9100"]
-    })
-    .await;
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            registry.nodes("com.owncloud.web.web") == ["http://127.0.0.1:9100"]
+        })
+        .await,
+        "the registration within 5 s"
+    );
 
     // Events: the stream is created and an event lands in it.
     let events = EventPublisher::start(EventPublisherOptions {
@@ -236,12 +228,13 @@ async fn a_gateway_with_the_documented_permissions_does_everything_it_needs() {
     events
         .publish(OutgoingEvent::new(Event::user_created(None, "u-1")))
         .unwrap();
-    eventually(
-        "the event is acknowledged",
-        Duration::from_secs(10),
-        || async { events.published() == 1 },
-    )
-    .await;
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            events.published() == 1
+        })
+        .await,
+        "the event is acknowledged within 10 s"
+    );
     let mut stream = js.get_stream(MAIN_QUEUE).await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 1);
     let log = nats.log(0);

@@ -439,17 +439,13 @@ async fn nats_credentials_and_tls_are_checked_at_start_up() {
     assert_no_panic(&stderr);
 
     let _good = Node(node("gw-pass-1").spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = fetch(&s.debug_addr, "/readyz", None, Duration::from_secs(2))
+    let ready = gatehouse_tests::wait_until(Duration::from_secs(20), || async {
+        fetch(&s.debug_addr, "/readyz", None, Duration::from_secs(2))
             .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never ready:\n{}", nats.log(0));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ready, "never ready:\n{}", nats.log(0));
     let log = nats.log(0);
     assert!(
         !log.contains("Publish Violation") && !log.contains("Subscription Violation"),

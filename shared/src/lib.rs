@@ -10,5 +10,6 @@ pub mod oidc;
 pub mod routing;
 pub mod security;
 pub mod store;
+pub mod tls;
 pub mod token;
 pub mod trace;

@@ -22,14 +22,12 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use gatehouse_shared::tls::AcceptAnyCertificate;
 use http::Uri;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tower::Service;
 
@@ -83,9 +81,9 @@ pub fn client_config_for(
     let mut config = if insecure {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate {
-                algorithms: provider.signature_verification_algorithms,
-            }))
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate::new(
+                provider.signature_verification_algorithms,
+            )))
             .with_no_client_auth()
     } else {
         if roots.is_empty() {
@@ -142,48 +140,6 @@ fn add_ca_file(
             .map_err(|e| invalid(format!("certificate {}: {e}", i + 1)))?;
     }
     Ok(count)
-}
-
-/// `insecure_backends`: any certificate chain is accepted, but the handshake signature must be
-/// valid for the presented certificate's key.
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -297,18 +253,5 @@ mod tests {
                 assert!(err.contains(&path.display().to_string()), "{err}");
             }
         }
-    }
-
-    #[test]
-    fn insecure_verifier_accepts_any_chain_and_offers_the_provider_schemes() {
-        let algorithms = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        let v = AcceptAnyCertificate { algorithms };
-        let cert = self_signed().cert.der().clone();
-        let name = ServerName::try_from("elsewhere.example").unwrap();
-        assert!(
-            v.verify_server_cert(&cert, &[], &name, &[], UnixTime::now())
-                .is_ok()
-        );
-        assert_eq!(v.supported_verify_schemes(), algorithms.supported_schemes());
     }
 }

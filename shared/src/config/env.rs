@@ -743,8 +743,9 @@ pub fn overlay(
     env: &BTreeMap<String, String>,
     problems: &mut Vec<ConfigProblem>,
 ) {
+    let secrets = super::secrets::secret_keys();
     for setting in settings() {
-        let found = if super::secrets::is_secret(setting.key) {
+        let found = if secrets.contains(&setting.key) {
             super::secrets::from_env(setting.env, env)
         } else {
             setting

@@ -54,6 +54,15 @@ impl std::fmt::Debug for NatsAuth {
 }
 
 impl NatsSecurity {
+    /// No TLS, no credentials: the development default.
+    pub fn plain(section: &str) -> Self {
+        NatsSecurity {
+            section: section.to_owned(),
+            tls: None,
+            auth: NatsAuth::None,
+        }
+    }
+
     /// The settings that hold the credentials in use, for messages: `state_store.username and
     /// state_store.password`, or `state_store.token`, …
     pub fn credential_settings(&self) -> String {
@@ -187,55 +196,40 @@ impl Fields<'_> {
     }
 }
 
+/// The fields of a section: the three section types spell them with the same names.
+macro_rules! fields {
+    ($section:expr, $c:expr, $addresses:expr) => {
+        Fields {
+            section: $section,
+            addresses: $addresses,
+            enable_tls: $c.enable_tls,
+            tls_insecure: $c.tls_insecure,
+            root_ca: &$c.tls_root_ca_certificate,
+            certificate: &$c.tls_certificate,
+            key: &$c.tls_key,
+            username: &$c.username,
+            password: &$c.password,
+            token: &$c.token,
+            nkey_seed: &$c.nkey_seed,
+            credentials_file: &$c.credentials_file,
+        }
+    };
+}
+
 fn store_fields<'a>(section: &'a str, c: &'a StoreConfig) -> Fields<'a> {
-    Fields {
-        section,
-        addresses: c.addresses.iter().map(String::as_str).collect(),
-        enable_tls: c.enable_tls,
-        tls_insecure: c.tls_insecure,
-        root_ca: &c.tls_root_ca_certificate,
-        certificate: &c.tls_certificate,
-        key: &c.tls_key,
-        username: &c.username,
-        password: &c.password,
-        token: &c.token,
-        nkey_seed: &c.nkey_seed,
-        credentials_file: &c.credentials_file,
-    }
+    fields!(section, c, c.addresses.iter().map(String::as_str).collect())
 }
 
 fn events_fields(c: &Events) -> Fields<'_> {
-    Fields {
-        section: "events",
-        addresses: c.endpoint.split(',').map(str::trim).collect(),
-        enable_tls: c.enable_tls,
-        tls_insecure: c.tls_insecure,
-        root_ca: &c.tls_root_ca_certificate,
-        certificate: &c.tls_certificate,
-        key: &c.tls_key,
-        username: &c.username,
-        password: &c.password,
-        token: &c.token,
-        nkey_seed: &c.nkey_seed,
-        credentials_file: &c.credentials_file,
-    }
+    fields!("events", c, c.endpoint.split(',').map(str::trim).collect())
 }
 
 fn registry_fields(c: &ServiceRegistry) -> Fields<'_> {
-    Fields {
-        section: "service_registry",
-        addresses: c.addresses.iter().map(String::as_str).collect(),
-        enable_tls: c.enable_tls,
-        tls_insecure: c.tls_insecure,
-        root_ca: &c.tls_root_ca_certificate,
-        certificate: &c.tls_certificate,
-        key: &c.tls_key,
-        username: &c.username,
-        password: &c.password,
-        token: &c.token,
-        nkey_seed: &c.nkey_seed,
-        credentials_file: &c.credentials_file,
-    }
+    fields!(
+        "service_registry",
+        c,
+        c.addresses.iter().map(String::as_str).collect()
+    )
 }
 
 impl StoreConfig {

@@ -65,11 +65,12 @@ pub(crate) fn secrets_mut(c: &mut Config) -> Vec<(&'static str, &mut String)> {
     out
 }
 
-/// Whether the setting `key` is a secret.
-pub(crate) fn is_secret(key: &str) -> bool {
+/// The keys of every secret setting.
+pub(crate) fn secret_keys() -> Vec<&'static str> {
     secrets_mut(&mut Config::default())
-        .iter()
-        .any(|(k, _)| *k == key)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// The contents of a secret file, without one trailing line break.
@@ -183,7 +184,7 @@ mod tests {
         let (name, value) = got.unwrap();
         assert_eq!(name, "PROXY_STATE_STORE_AUTH_PASSWORD_FILE");
         assert_eq!(value.unwrap(), "from-file");
-        assert!(is_secret("state_store.nkey_seed"));
-        assert!(!is_secret("state_store.username"));
+        assert!(secret_keys().contains(&"state_store.nkey_seed"));
+        assert!(!secret_keys().contains(&"state_store.username"));
     }
 }
