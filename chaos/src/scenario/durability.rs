@@ -101,6 +101,33 @@ async fn create_bucket(js: &jetstream::Context) -> Result<kv::Store, String> {
     Err(format!("create bucket: {last}"))
 }
 
+/// A freshly created R3 stream may still be electing its leader, and until it has one every put
+/// fails at once with "no responders". The burst starts once a probe write is acknowledged.
+async fn wait_writable(bucket: &kv::Store) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match bucket.put("probe", "ready".into()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("the new bucket accepts no write within 30 s: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A write that was refused (a leader change in the burst) is sent again, as the gateway's own
+/// retry would; only an acknowledged write counts.
+async fn put_with_retries(bucket: &kv::Store, key: &str, value: String) -> bool {
+    for attempt in 0..5u64 {
+        if bucket.put(key, value.clone().into()).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20 * (attempt + 1))).await;
+    }
+    false
+}
+
 async fn one(sync_always: bool, writes: usize) -> Result<Durability, String> {
     let mut nats = NatsCluster::start_with(
         3,
@@ -115,6 +142,7 @@ async fn one(sync_always: bool, writes: usize) -> Result<Durability, String> {
         .map_err(|e| format!("connect: {e}"))?;
     let js = jetstream::new(client.clone());
     let bucket = create_bucket(&js).await?;
+    wait_writable(&bucket).await?;
     let started = Instant::now();
     let acked: Vec<String> = futures::stream::iter(0..writes)
         .map(|i| {
@@ -122,7 +150,7 @@ async fn one(sync_always: bool, writes: usize) -> Result<Durability, String> {
             async move {
                 let key = format!("account.u{i:05}");
                 let value = format!("{{\"id\":\"u{i:05}\",\"created\":{i}}}");
-                bucket.put(&key, value.into()).await.ok().map(|_| key)
+                put_with_retries(&bucket, &key, value).await.then_some(key)
             }
         })
         .buffer_unordered(IN_FLIGHT)
