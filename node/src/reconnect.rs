@@ -1,4 +1,4 @@
-//! Connecting in the background when NATS was unreachable at start-up: the node stays up and
+//! Connecting in the background when NATS or Redis was unreachable at start-up: the node stays up and
 //! unready instead of exiting (a crash loop only adds restarts to an outage), and the component
 //! takes effect once a connection succeeds.
 
@@ -26,19 +26,19 @@ where
         tokio::time::sleep(pause).await;
         match connect().await {
             Ok(connected) => {
-                tracing::info!(what, "connected to NATS");
+                tracing::info!(what, "connected to the server");
                 return connected;
             }
             Err(e) if !e.is_retryable() => {
                 let message = e.to_string();
                 if message != reported {
-                    tracing::error!(what, error = %message, "NATS refuses this node; it stays unready until this is fixed");
+                    tracing::error!(what, error = %message, "the server refuses this node; it stays unready until this is fixed");
                     reported = message;
                 }
                 pause = (pause * 2).min(RETRY_MAX);
             }
             Err(e) => {
-                tracing::debug!(what, error = %e, "NATS still unreachable");
+                tracing::debug!(what, error = %e, "the server is still unreachable");
                 pause = (pause * 2).min(RETRY_MAX);
             }
         }

@@ -8,6 +8,7 @@
 //! - [`lb`] nginx as a load balancer in front of nodes (and as the baseline proxy for benchmarks).
 //! - [`client`] a small HTTP client for assertions.
 //! - [`nats`] a real nats-server JetStream cluster.
+//! - [`redis`] a real Redis master and replica with three Redis Sentinels.
 //! - [`idp`] a real OpenID provider (npm `oidc-provider`) with a password grant and test controls.
 //! - [`graph`] an in-memory LibreGraph (oCIS graph service) stand-in that records its calls.
 //! - [`shares`] a share service implementing the public-share contract of docs/public-shares.md.
@@ -30,6 +31,7 @@ pub mod otlp;
 pub mod partition;
 pub mod pki;
 pub mod process;
+pub mod redis;
 pub mod relay;
 pub mod shares;
 pub mod signing;

@@ -61,9 +61,12 @@ Later sources win: **built-in defaults → `proxy.yaml` → environment variable
   `service_account.service_account_id` and `service_account.service_account_secret`. Nothing in
   Gatehouse uses them yet, so Gatehouse does not require them; this will change with the features
   that need them.
-* **Store kinds.** Gatehouse implements `memory`, `noop` and `nats-js-kv`. `redis`,
-  `redis-sentinel`, `etcd`, `ocmem` and `nats-js` are refused with an error (oCIS falls back to
-  memory for unknown kinds; Gatehouse stops).
+* **Store kinds.** Gatehouse implements `memory`, `noop`, `nats-js-kv` and `redis-sentinel`.
+  `redis`, `etcd`, `ocmem` and `nats-js` are refused with an error (oCIS falls back to memory for
+  unknown kinds; Gatehouse stops). For `redis-sentinel` every address is
+  `<sentinel-host>:<port>/<master-name>`, all naming the same master (oCIS takes the first entry's
+  name and returns no store at all for an entry without `/`); the layout, the failover behaviour
+  and how it combines with NATS events are in [operations.md](operations.md#redis-sentinel).
 * **Secrets** (`debug.token`, `machine_auth_api_key`, `service_account.service_account_secret`,
   `token_manager.jwt_secret`, every NATS `password`, `token` and `nkey_seed`, credentials in
   `services` URLs) are shown as `***` by `gatehouse config dump` and the debug server, and never

@@ -90,7 +90,8 @@ macro_rules! duration { ($($f:tt)+) => { Setter::Duration(|c| &mut c.$($f)+) }; 
 macro_rules! uint { ($($f:tt)+) => { Setter::U64(|c| &mut c.$($f)+) }; }
 macro_rules! usize { ($($f:tt)+) => { Setter::Usize(|c| &mut c.$($f)+) }; }
 
-const STORE_KINDS: &str = "Store kind: `memory` (also `mem` or empty), `noop` or `nats-js-kv`.";
+const STORE_KINDS: &str =
+    "Store kind: `memory` (also `mem` or empty), `noop`, `nats-js-kv` or `redis-sentinel`.";
 
 pub static SECTIONS: &[Section] = &[
     Section {
@@ -192,20 +193,20 @@ pub static SECTIONS: &[Section] = &[
             set("oidc.user_info_cache.store", &["OCIS_CACHE_STORE", "PROXY_OIDC_USERINFO_CACHE_STORE"],
                 string!(oidc.user_info_cache.store), STORE_KINDS),
             set("oidc.user_info_cache.addresses", &["OCIS_CACHE_STORE_NODES", "PROXY_OIDC_USERINFO_CACHE_STORE_NODES"],
-                list!(oidc.user_info_cache.addresses), "NATS servers (`host:port`) for `nats-js-kv`."),
+                list!(oidc.user_info_cache.addresses), "NATS servers (`host:port`) for `nats-js-kv`; sentinels (`host:port/master-name`) for `redis-sentinel`."),
             set("oidc.user_info_cache.database", &["OCIS_CACHE_DATABASE"], string!(oidc.user_info_cache.database),
                 "Key-value bucket name."),
             set("oidc.user_info_cache.table", &["PROXY_OIDC_USERINFO_CACHE_TABLE"], string!(oidc.user_info_cache.table),
-                "Key prefix inside the bucket."),
+                "Key prefix inside the bucket (with `redis-sentinel`: of the Redis key, `<table><key>`, as go-micro writes it)."),
             set("oidc.user_info_cache.ttl", &["OCIS_CACHE_TTL", "PROXY_OIDC_USERINFO_CACHE_TTL"],
                 duration!(oidc.user_info_cache.ttl), "Lifetime of a cached answer for a token without `exp` (answers of tokens with `exp` live until it); `0` caches such answers not at all. The bucket keeps entries at least 24 h, or without limit when this is `0`."),
             set("oidc.user_info_cache.disable_persistence",
                 &["OCIS_CACHE_DISABLE_PERSISTENCE", "PROXY_OIDC_USERINFO_CACHE_DISABLE_PERSISTENCE"],
                 boolean!(oidc.user_info_cache.disable_persistence), "Keep the bucket in memory on the NATS servers."),
             set("oidc.user_info_cache.username", &["OCIS_CACHE_AUTH_USERNAME", "PROXY_OIDC_USERINFO_CACHE_AUTH_USERNAME"],
-                string!(oidc.user_info_cache.username), "NATS user name."),
+                string!(oidc.user_info_cache.username), "NATS user name (with `redis-sentinel`: the Redis ACL user, a Gatehouse addition)."),
             set("oidc.user_info_cache.password", &["OCIS_CACHE_AUTH_PASSWORD", "PROXY_OIDC_USERINFO_CACHE_AUTH_PASSWORD"],
-                string!(oidc.user_info_cache.password), "NATS password. Secret: masked in dumps."),
+                string!(oidc.user_info_cache.password), "NATS password (with `redis-sentinel`: the password of Redis and the sentinels, a Gatehouse addition). Secret: masked in dumps."),
             set("oidc.user_info_cache.enable_tls", &["OCIS_CACHE_ENABLE_TLS", "PROXY_OIDC_USERINFO_CACHE_ENABLE_TLS"],
                 boolean!(oidc.user_info_cache.enable_tls), "Connect to NATS with TLS (also on when an address starts with `tls://`); TLS required means TLS or no connection."),
             set("oidc.user_info_cache.tls_insecure", &["OCIS_CACHE_TLS_INSECURE", "PROXY_OIDC_USERINFO_CACHE_TLS_INSECURE"],
@@ -238,7 +239,7 @@ pub static SECTIONS: &[Section] = &[
                 string!(pre_signed_url.signing_keys.store), STORE_KINDS),
             set("pre_signed_url.signing_keys.addresses",
                 &["OCIS_CACHE_STORE_NODES", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_NODES"],
-                list!(pre_signed_url.signing_keys.addresses), "NATS servers (`host:port`)."),
+                list!(pre_signed_url.signing_keys.addresses), "NATS servers (`host:port`); sentinels (`host:port/master-name`) for `redis-sentinel`."),
             yaml("pre_signed_url.signing_keys.database",
                 "Bucket name. Fixed in oCIS (the `ocs` service writes there): change it only if `ocs` is changed too."),
             yaml("pre_signed_url.signing_keys.table", "Key prefix inside the bucket. Fixed in oCIS, see `database`."),
@@ -250,7 +251,7 @@ pub static SECTIONS: &[Section] = &[
                 "Read for compatibility; like oCIS, the proxy never creates this bucket, so it has no effect."),
             set("pre_signed_url.signing_keys.username",
                 &["OCIS_CACHE_AUTH_USERNAME", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_AUTH_USERNAME"],
-                string!(pre_signed_url.signing_keys.username), "NATS user name."),
+                string!(pre_signed_url.signing_keys.username), "NATS user name (with `redis-sentinel`: the Redis ACL user, a Gatehouse addition)."),
             set("pre_signed_url.signing_keys.password",
                 &["OCIS_CACHE_AUTH_PASSWORD", "PROXY_PRESIGNEDURL_SIGNING_KEYS_STORE_AUTH_PASSWORD"],
                 string!(pre_signed_url.signing_keys.password), "NATS password. Secret: masked in dumps."),
@@ -477,18 +478,18 @@ pub static SECTIONS: &[Section] = &[
         settings: &[
             set("state_store.store", &["OCIS_CACHE_STORE", "PROXY_STATE_STORE"], string!(state_store.store), STORE_KINDS),
             set("state_store.addresses", &["OCIS_CACHE_STORE_NODES", "PROXY_STATE_STORE_NODES"],
-                list!(state_store.addresses), "NATS servers (`host:port`)."),
+                list!(state_store.addresses), "NATS servers (`host:port`); sentinels (`host:port/master-name`) for `redis-sentinel`."),
             set("state_store.database", &["PROXY_STATE_STORE_DATABASE"], string!(state_store.database),
                 "Key-value bucket name."),
-            set("state_store.table", &["PROXY_STATE_STORE_TABLE"], string!(state_store.table), "Key prefix inside the bucket."),
+            set("state_store.table", &["PROXY_STATE_STORE_TABLE"], string!(state_store.table), "Key prefix inside the bucket (with `redis-sentinel`: of the Redis key; empty becomes `<database>:`, so that the state never mixes with oCIS keys)."),
             set("state_store.ttl", &["PROXY_STATE_STORE_TTL"], duration!(state_store.ttl),
                 "Bucket-wide maximum age of an entry; `0s` (the default) keeps entries until they are deleted or their own expiry passes. Accounts of the builtin backend and role assignments live here, so do not set a maximum age shorter than they must last."),
             set("state_store.disable_persistence", &["PROXY_STATE_STORE_DISABLE_PERSISTENCE"],
                 boolean!(state_store.disable_persistence), "Keep the bucket in memory on the NATS servers."),
             set("state_store.username", &["OCIS_CACHE_AUTH_USERNAME", "PROXY_STATE_STORE_AUTH_USERNAME"],
-                string!(state_store.username), "NATS user name."),
+                string!(state_store.username), "NATS user name (with `redis-sentinel`: the Redis ACL user, a Gatehouse addition)."),
             set("state_store.password", &["OCIS_CACHE_AUTH_PASSWORD", "PROXY_STATE_STORE_AUTH_PASSWORD"],
-                string!(state_store.password), "NATS password. Secret: masked in dumps."),
+                string!(state_store.password), "NATS password (with `redis-sentinel`: the password of Redis and the sentinels, a Gatehouse addition). Secret: masked in dumps."),
             set("state_store.enable_tls", &["OCIS_CACHE_ENABLE_TLS", "PROXY_STATE_STORE_ENABLE_TLS"],
                 boolean!(state_store.enable_tls), "Connect to NATS with TLS (also on when an address starts with `tls://`); TLS required means TLS or no connection."),
             set("state_store.tls_insecure", &["OCIS_CACHE_TLS_INSECURE", "PROXY_STATE_STORE_TLS_INSECURE"],

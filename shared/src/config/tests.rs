@@ -290,6 +290,60 @@ fn every_problem_is_reported_at_once() {
 }
 
 #[test]
+fn redis_sentinel_is_selected_as_ocis_selects_it() {
+    let loaded = Fixture::new()
+        .set("OCIS_CACHE_STORE", "redis-sentinel")
+        .set(
+            "OCIS_CACHE_STORE_NODES",
+            "sentinel-1:26379/mymaster,sentinel-2:26379/mymaster",
+        )
+        .load_text("")
+        .unwrap();
+    let c = &loaded.config;
+    for store in [
+        &c.oidc.user_info_cache,
+        &c.pre_signed_url.signing_keys,
+        &c.state_store,
+    ] {
+        assert_eq!(store.store, "redis-sentinel");
+        assert_eq!(
+            store.addresses,
+            ["sentinel-1:26379/mymaster", "sentinel-2:26379/mymaster"]
+        );
+    }
+    // Go's tables stay as oCIS has them; the Gatehouse-only state gets its own prefix.
+    assert_eq!(c.oidc.user_info_cache.table, "");
+    assert_eq!(c.pre_signed_url.signing_keys.table, "signing-keys");
+    assert_eq!(c.state_store.table, "gatehouse-state:");
+}
+
+#[test]
+fn redis_sentinel_mistakes_name_the_field() {
+    let err = Fixture::new()
+        .set("PROXY_STATE_STORE", "redis-sentinel")
+        .set("PROXY_STATE_STORE_NODES", "s1:26379/m,s2:26379")
+        .set("PROXY_STATE_STORE_ENABLE_TLS", "true")
+        .set("PROXY_STATE_STORE_AUTH_TOKEN", "t")
+        .set("PROXY_OIDC_USERINFO_CACHE_STORE", "redis-sentinel")
+        .load_text("")
+        .unwrap_err();
+    assert!(
+        problem(&err, "state_store.addresses[1]")
+            .message
+            .contains("<master-name>"),
+        "{err}"
+    );
+    assert!(
+        problem(&err, "state_store.enable_tls")
+            .message
+            .contains("TLS")
+    );
+    assert!(problem(&err, "state_store.token").message.contains("NATS"));
+    // The default address is a NATS one, so a redis-sentinel store without nodes says so.
+    problem(&err, "oidc.user_info_cache.addresses[0]");
+}
+
+#[test]
 fn validation_rules() {
     let fx = Fixture::new();
     let err = fx

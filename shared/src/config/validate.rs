@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use super::error::ConfigProblem;
 use super::nats;
 use super::schema::{Config, MAX_HTTP_WORKERS, StoreConfig};
+use crate::store::redis_layout;
 
 struct Problems<'a>(&'a mut Vec<ConfigProblem>);
 
@@ -24,15 +25,8 @@ impl Problems<'_> {
 }
 
 /// Store kinds oCIS knows but Gatehouse does not implement.
-const UNIMPLEMENTED_STORES: &[&str] = &[
-    "redis",
-    "redis-sentinel",
-    "etcd",
-    "ocmem",
-    "nats-js",
-    "ocisstoreservice",
-];
-const SUPPORTED_STORES: &str = "memory, noop, nats-js-kv";
+const UNIMPLEMENTED_STORES: &[&str] = &["redis", "etcd", "ocmem", "nats-js", "ocisstoreservice"];
+const SUPPORTED_STORES: &str = "memory, noop, nats-js-kv, redis-sentinel";
 const LOG_LEVELS: &[&str] = &["panic", "fatal", "error", "warn", "info", "debug", "trace"];
 
 pub(crate) fn sanitize_and_validate(config: &mut Config, problems: &mut Vec<ConfigProblem>) {
@@ -137,6 +131,7 @@ fn store(prefix: &str, store: &mut StoreConfig, p: &mut Problems<'_>) {
             }
             nats::check_store(prefix, store, p.0);
         }
+        "redis-sentinel" => redis_sentinel(prefix, store, p),
         other if UNIMPLEMENTED_STORES.contains(&other) => p.add(
             format!("{prefix}.store"),
             format!("store kind {other:?} is not implemented by Gatehouse (supported: {SUPPORTED_STORES})"),
@@ -154,6 +149,35 @@ fn store(prefix: &str, store: &mut StoreConfig, p: &mut Problems<'_>) {
     }
     if store.op_timeout.is_zero() {
         p.add(format!("{prefix}.op_timeout"), "must be positive");
+    }
+}
+
+fn redis_sentinel(prefix: &str, store: &mut StoreConfig, p: &mut Problems<'_>) {
+    if let Err((i, e)) = redis_layout::parse_sentinel_nodes(&store.addresses) {
+        p.add(format!("{prefix}.addresses[{i}]"), e);
+    }
+    if store.enable_tls {
+        p.add(
+            format!("{prefix}.enable_tls"),
+            "TLS to Redis is not supported (oCIS has none either); redis-sentinel connects in plaintext, so keep it on a private network",
+        );
+    }
+    for (field, value) in [
+        ("token", &store.token),
+        ("nkey_seed", &store.nkey_seed),
+        ("credentials_file", &store.credentials_file),
+    ] {
+        if !value.is_empty() {
+            p.add(
+                format!("{prefix}.{field}"),
+                "is a NATS credential; redis-sentinel authenticates with username and password",
+            );
+        }
+    }
+    // Only Gatehouse writes the state store; in a Redis database shared with oCIS services an
+    // empty table would put its keys among theirs.
+    if prefix == "state_store" && store.table.is_empty() {
+        store.table = format!("{}:", store.database);
     }
 }
 

@@ -12,6 +12,7 @@ mod deferred;
 mod memory;
 mod near_cache;
 mod noop;
+pub mod redis_layout;
 #[doc(hidden)]
 pub mod testing;
 
@@ -126,7 +127,7 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> StoreResult<()>;
     /// A feed of changes made by any writer from now on.
     fn changes(&self) -> tokio::sync::broadcast::Receiver<Change>;
-    /// A short name for metrics and logs (`memory`, `noop`, `nats-js-kv`).
+    /// A short name for metrics and logs (`memory`, `noop`, `nats-js-kv`, `redis-sentinel`).
     fn kind(&self) -> &'static str;
     /// Calls `hook` whenever a key's value this store answers locally changes or may have
     /// changed (`Some(key)`: a write, a deletion, a change from the feed, a read that filled the
