@@ -24,8 +24,8 @@ use crate::telemetry::Metrics;
 /// Entries one node keeps locally per near-cache.
 const NEAR_CACHE_CAPACITY: usize = 100_000;
 
-/// Opens the store `name` (for readiness), configured in `section` (for errors), whose NATS
-/// connection metrics call `client`.
+/// Opens the store `name` (for readiness), configured in `section` (for errors), whose NATS or
+/// Redis connection metrics call `client`.
 pub async fn open(
     name: &str,
     section: &str,
@@ -118,6 +118,13 @@ pub async fn open(
             let probe = Arc::clone(&connected);
             health.observe(format!("{name} ({waiting_for})"), move || {
                 probe.get().is_some_and(|store| store.is_connected())
+            });
+            let probe = Arc::downgrade(&connected);
+            metrics.scrape().redis(client, move || {
+                probe
+                    .upgrade()
+                    .and_then(|c| c.get().map(|store| store.stats()))
+                    .unwrap_or_default()
             });
             // Labelled like the NATS bucket metrics, by the table (the key prefix), or by the
             // database when the table is empty.

@@ -465,3 +465,76 @@ async fn wrong_credentials_stop_start_up_naming_the_settings() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_writes_reach_near_caches_through_keyspace_notifications() {
+    let redis = tokio::task::block_in_place(RedisSentinels::start);
+    let master = redis.master_addr();
+    assert_eq!(
+        redis.cli(&master, &["CONFIG", "SET", "notify-keyspace-events", "K$g"]),
+        "OK"
+    );
+    let cache = near(connect(&redis, "signing-keys").await);
+    let mut feed = cache.changes();
+    // The node has looked and found nothing: a negative entry, answered locally from now on.
+    assert_eq!(cache.get("einstein").await.unwrap(), None);
+    let misses = cache.stats().misses;
+    assert_eq!(cache.get("einstein").await.unwrap(), None);
+    assert_eq!(
+        cache.stats().misses,
+        misses,
+        "the negative entry answers locally"
+    );
+
+    // oCIS's ocs service writes a signing key (go-micro: SET <table><key> value PX ttl).
+    let t0 = Instant::now();
+    redis.cli(
+        &master,
+        &["SET", "signing-keyseinstein", "go-key", "PX", "60000"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            matches!(cache.get("einstein").await, Ok(Some(e)) if &e.value[..] == b"go-key")
+        })
+        .await,
+        "the Go write never reached the near-cache"
+    );
+    let seen_after = t0.elapsed();
+    // Go deletes it again.
+    let t0 = Instant::now();
+    redis.cli(&master, &["DEL", "signing-keyseinstein"]);
+    assert!(
+        wait_until(Duration::from_secs(2), || async {
+            matches!(cache.get("einstein").await, Ok(None))
+        })
+        .await,
+        "the Go deletion never reached the near-cache"
+    );
+    let deleted_after = t0.elapsed();
+    println!("Go write seen after {seen_after:?}, Go deletion after {deleted_after:?}");
+    assert!(seen_after < Duration::from_millis(100), "{seen_after:?}");
+    assert!(
+        deleted_after < Duration::from_millis(100),
+        "{deleted_after:?}"
+    );
+
+    // Gatehouse's own writes are announced once, by their channel message, not read back.
+    while feed.try_recv().is_ok() {}
+    let writer = connect(&redis, "signing-keys").await;
+    for i in 0..20 {
+        writer.put(&format!("k{i}"), b("v"), None).await.unwrap();
+    }
+    let mut announced = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while announced < 20 && Instant::now() < deadline {
+        if let Ok(Ok(Change::Put { .. })) =
+            tokio::time::timeout(Duration::from_millis(50), feed.recv()).await
+        {
+            announced += 1;
+        }
+    }
+    assert_eq!(announced, 20);
+    // No probe followed (a probe would announce each key a second time).
+    let extra = tokio::time::timeout(Duration::from_millis(100), feed.recv()).await;
+    assert!(extra.is_err(), "a Gatehouse write was read back: {extra:?}");
+}

@@ -350,6 +350,37 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_owned()))
 }
 
+/// Event types (`Metadata.eventtype`) published on `main-queue` so far; empty while no stream
+/// captures the subject yet (a gateway node creates it with its first event).
+pub async fn published_event_types(nats: &NatsCluster) -> Vec<String> {
+    let client = async_nats::connect(nats.client_urls()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let Ok(name) = js.stream_by_subject("main-queue").await else {
+        return Vec::new();
+    };
+    let Ok(mut stream) = js.get_stream(name).await else {
+        return Vec::new();
+    };
+    let Ok(info) = stream.info().await else {
+        return Vec::new();
+    };
+    let last = info.state.last_sequence;
+    let mut types = Vec::new();
+    for seq in 1..=last {
+        let Ok(msg) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let envelope: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        types.push(
+            envelope["Metadata"]["eventtype"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    types
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

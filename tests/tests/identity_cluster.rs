@@ -10,7 +10,7 @@ use gatehouse_shared::token::verify;
 use gatehouse_tests::client::{bearer, get, get_with};
 use gatehouse_tests::graph::GraphFixture;
 use gatehouse_tests::idp::{Idp, TokenOptions};
-use gatehouse_tests::nats::NatsCluster;
+use gatehouse_tests::nats::{NatsCluster, published_event_types};
 use gatehouse_tests::node::{GatehouseNode, NodeOptions};
 use gatehouse_tests::signing::{Link, sign};
 use gatehouse_tests::upstream::Upstream;
@@ -111,37 +111,6 @@ fn backend_user_ids(up: &Upstream) -> Vec<String> {
             claims.user.id.unwrap().opaque_id
         })
         .collect()
-}
-
-/// Event types (`Metadata.eventtype`) published on `main-queue` so far; empty while no stream
-/// captures the subject yet (a gateway node creates it with its first event).
-async fn published_event_types(nats: &NatsCluster) -> Vec<String> {
-    let client = async_nats::connect(nats.client_urls()).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let Ok(name) = js.stream_by_subject("main-queue").await else {
-        return Vec::new();
-    };
-    let Ok(mut stream) = js.get_stream(name).await else {
-        return Vec::new();
-    };
-    let Ok(info) = stream.info().await else {
-        return Vec::new();
-    };
-    let last = info.state.last_sequence;
-    let mut types = Vec::new();
-    for seq in 1..=last {
-        let Ok(msg) = stream.get_raw_message(seq).await else {
-            continue;
-        };
-        let envelope: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-        types.push(
-            envelope["Metadata"]["eventtype"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        );
-    }
-    types
 }
 
 #[tokio::test]

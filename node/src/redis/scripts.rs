@@ -8,16 +8,9 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// `GET`: nil, or `{value, revision, pttl}`. A value without a revision of its own (written by
-/// a Go node, or changed by one since) is given one here.
-pub static GET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local value = redis.call('GET', KEYS[1])
-if not value then
-  redis.call('DEL', KEYS[2])
-  return false
-end
+/// The body shared by [`GET`] and [`PROBE`] after the value was found: the value's revision,
+/// given one here if it has none of its own (written by a Go node, or changed by one since).
+const FOUND: &str = r"
 local ttl = redis.call('PTTL', KEYS[1])
 local digest = redis.sha1hex(value)
 local meta = redis.call('GET', KEYS[2])
@@ -35,8 +28,34 @@ if not revision then
   end
 end
 return {value, revision, ttl}
-",
-    )
+";
+
+/// `GET`: nil, or `{value, revision, pttl}`.
+pub static GET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"
+local value = redis.call('GET', KEYS[1])
+if not value then
+  redis.call('DEL', KEYS[2])
+  return false
+end
+{FOUND}"
+    ))
+});
+
+/// `PROBE`, after a keyspace notification of a change someone else made: like [`GET`], but a
+/// missing value answers `{revision}`, a revision above every earlier one, so that the deletion
+/// it reports is ordered after the writes before it.
+pub static PROBE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"
+local value = redis.call('GET', KEYS[1])
+if not value then
+  redis.call('DEL', KEYS[2])
+  return {{redis.call('INCR', KEYS[3])}}
+end
+{FOUND}"
+    ))
 });
 
 /// `WRITE mode value ttl-ms expected channel key`: `mode` is `put`, `create` (no live entry) or

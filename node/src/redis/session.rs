@@ -9,19 +9,23 @@
 //! replica promoted by a failover may not have the last revisions the old master handed out,
 //! and revisions must never repeat.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use gatehouse_shared::store::redis_layout::{ChangeMessage, REVISION_COUNTER};
+use gatehouse_shared::store::redis_layout::{
+    ChangeMessage, REVISION_COUNTER, change_channel, data_key, keyspace_key, keyspace_pattern,
+    revision_key,
+};
 use gatehouse_shared::store::{Change, Entry, StoreError};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
-use super::{RedisOptions, Shared, connection_lost, is_auth_failure};
+use super::{RedisOptions, Shared, connection_lost, is_auth_failure, scripts};
 
 /// How far the revision counter moves at every new session.
 const EPOCH_STEP: u64 = 1 << 20;
@@ -29,6 +33,8 @@ const EPOCH_STEP: u64 = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the connections are pinged; a silent loss is noticed within this plus the timeout.
 const PING_EVERY: Duration = Duration::from_millis(500);
+/// How long a keyspace notification waits for the channel message of a Gatehouse write.
+const PROBE_AFTER: Duration = Duration::from_millis(5);
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_millis(500);
 
@@ -116,11 +122,14 @@ impl Session {
             .await
             .map_err(|e| refused("subscribing", e))?;
         pubsub
-            .subscribe(gatehouse_shared::store::redis_layout::change_channel(
-                &opts.table,
-            ))
+            .subscribe(change_channel(&opts.table))
             .await
             .map_err(|e| refused("subscribing", e))?;
+        pubsub
+            .psubscribe(keyspace_pattern(&opts.table))
+            .await
+            .map_err(|e| refused("subscribing", e))?;
+        report_keyspace_events(opts, &mut data).await;
         let (sink, stream) = pubsub.split();
         Ok(Session {
             master,
@@ -147,16 +156,42 @@ pub(super) async fn supervise(shared: Arc<Shared>, mut session: Session) {
     }
 }
 
-/// Applies the change channel until the session fails; returns why.
+/// Applies the change channel and keyspace notifications until the session fails; returns why.
+///
+/// A keyspace notification says only that a key changed. Gatehouse's own writes are followed at
+/// once by their channel message, which carries the value; a key whose notification is not
+/// followed by one within [`PROBE_AFTER`] was changed by someone else (a Go service) and is read
+/// back ([`scripts::PROBE`]) to learn its value and revision.
 async fn serve(shared: &Shared, session: &mut Session) -> String {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut foreign: HashSet<String> = HashSet::new();
+    let probe_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(probe_timer);
     loop {
         tokio::select! {
             message = session.stream.next() => match message {
-                Some(message) => apply(shared, message.get_payload_bytes()),
+                Some(message) => {
+                    if message.from_pattern() {
+                        if let Some(key) = keyspace_key(message.get_channel_name(), &shared.opts.table) {
+                            if foreign.is_empty() {
+                                probe_timer.as_mut().reset(tokio::time::Instant::now() + PROBE_AFTER);
+                            }
+                            foreign.insert(key);
+                        }
+                    } else if let Some(key) = apply(shared, message.get_payload_bytes()) {
+                        foreign.remove(&key);
+                    }
+                }
                 None => return "the change subscription closed".to_owned(),
             },
+            () = &mut probe_timer, if !foreign.is_empty() => {
+                for key in std::mem::take(&mut foreign) {
+                    if let Err(why) = probe(shared, session, key).await {
+                        return why;
+                    }
+                }
+            }
             _ = ping.tick() => {
                 if let Err(why) = check(shared, session).await {
                     return why;
@@ -185,7 +220,88 @@ async fn check(shared: &Shared, session: &mut Session) -> Result<(), String> {
     }
 }
 
-fn apply(shared: &Shared, payload: &[u8]) {
+/// Reads a key someone else changed and announces what it holds now.
+async fn probe(shared: &Shared, session: &mut Session, key: String) -> Result<(), String> {
+    let data = data_key(&shared.opts.table, &key);
+    let mut invocation = scripts::PROBE.prepare_invoke();
+    invocation
+        .key(&data)
+        .key(revision_key(&data))
+        .key(REVISION_COUNTER);
+    let read: Result<redis::Value, _> = invocation.invoke_async(&mut session.data).await;
+    let change = match read {
+        Ok(redis::Value::Array(items)) => match items.as_slice() {
+            [revision] => redis::from_redis_value_ref::<u64>(revision)
+                .ok()
+                .map(|revision| Change::Delete { key, revision }),
+            [value, revision, ttl] => {
+                let value = redis::from_redis_value_ref::<Vec<u8>>(value).ok();
+                let revision = redis::from_redis_value_ref::<u64>(revision).ok();
+                let ttl = redis::from_redis_value_ref::<i64>(ttl).ok();
+                value
+                    .zip(revision)
+                    .zip(ttl)
+                    .map(|((value, revision), ttl)| Change::Put {
+                        key,
+                        entry: Entry {
+                            value: Bytes::from(value),
+                            expires_at: u64::try_from(ttl)
+                                .ok()
+                                .filter(|ms| *ms > 0)
+                                .map(|ms| SystemTime::now() + Duration::from_millis(ms)),
+                            revision,
+                        },
+                    })
+            }
+            _ => None,
+        },
+        Ok(_) => None,
+        Err(e) if connection_lost(&e) => return Err(format!("reading a changed key: {e}")),
+        Err(e) => {
+            tracing::debug!(store = %shared.opts.section, error = %e, "cannot read a key changed by another writer");
+            None
+        }
+    };
+    match change {
+        Some(change) => {
+            let _ = shared.feed.send(change);
+        }
+        // Whatever the key holds is unknown: everything cached is suspect.
+        None => {
+            let _ = shared.feed.send(Change::Reset);
+        }
+    }
+    Ok(())
+}
+
+/// Keyspace notifications are off by default in Redis; without them writes by Go services
+/// reach the near-caches only when their entries expire or the node reconnects.
+async fn report_keyspace_events(opts: &RedisOptions, data: &mut MultiplexedConnection) {
+    let setting: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(data)
+        .await;
+    let flags = match setting {
+        Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
+        Err(e) => {
+            tracing::info!(store = %opts.section, error = %e, "cannot read notify-keyspace-events; writes by other services are seen if it includes K$g");
+            return;
+        }
+    };
+    let all = flags.contains('A');
+    if !(flags.contains('K') && (all || (flags.contains('$') && flags.contains('g')))) {
+        tracing::warn!(
+            store = %opts.section,
+            notify_keyspace_events = %flags,
+            "Redis sends no keyspace notifications for string writes and deletions (notify-keyspace-events lacks K$g): \
+             changes made by oCIS services reach this node's near-cache only when the entry expires or the node reconnects"
+        );
+    }
+}
+
+/// Announces one channel message; returns its key.
+fn apply(shared: &Shared, payload: &[u8]) -> Option<String> {
     let change = match ChangeMessage::decode(payload) {
         Some(ChangeMessage::Put {
             key,
@@ -203,10 +319,12 @@ fn apply(shared: &Shared, payload: &[u8]) {
         Some(ChangeMessage::Delete { key, revision }) => Change::Delete { key, revision },
         None => {
             tracing::debug!(store = %shared.opts.section, "ignoring a malformed change message");
-            return;
+            return None;
         }
     };
+    let key = change.key().map(str::to_owned);
     let _ = shared.feed.send(change);
+    key
 }
 
 async fn reconnect(shared: &Shared) -> Session {

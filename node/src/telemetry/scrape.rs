@@ -1,10 +1,10 @@
 //! Series read from the node's components when `/metrics` is scraped rather than counted on the
-//! request path: NATS connection state and reconnects per client, near-cache sizes, the event
+//! request path: NATS and Redis connection state and reconnects per client, near-cache sizes, the event
 //! publisher's queue and counters, readiness and drain. Components register a probe once at
 //! start-up; a scrape runs every probe, so a request never pays for these.
 //!
 //! Label values come from configuration-bound sets only: a fixed client name per NATS
-//! connection, a bucket name per configured store.
+//! or Redis connection, a bucket name per configured store.
 
 use std::sync::{Arc, Mutex};
 
@@ -12,11 +12,15 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 
 use gatehouse_nats::ConnectionStats;
 
+use crate::redis::RedisStats;
+
 type Probe = Box<dyn Fn(&ScrapeMetrics) + Send + Sync>;
 
 pub struct ScrapeMetrics {
     nats_connected: IntGaugeVec,
     nats_reconnects: IntCounterVec,
+    redis_connected: IntGaugeVec,
+    redis_reconnects: IntCounterVec,
     near_cache_entries: IntGaugeVec,
     events_queued: IntGauge,
     events_published: IntCounter,
@@ -68,6 +72,19 @@ impl ScrapeMetrics {
                 &["client"],
             )
             .expect(VALID),
+            redis_connected: gauge_vec(
+                "gatehouse_redis_connected",
+                "Whether the store has a connection to the Redis master (1) or not (0), by client",
+                "client",
+            ),
+            redis_reconnects: IntCounterVec::new(
+                Opts::new(
+                    "gatehouse_redis_reconnects_total",
+                    "Times the store lost the Redis master and found it again, by client",
+                ),
+                &["client"],
+            )
+            .expect(VALID),
             near_cache_entries: gauge_vec(
                 "gatehouse_near_cache_entries",
                 "Keys held in the node's near-cache of a bucket",
@@ -106,6 +123,8 @@ impl ScrapeMetrics {
         for collector in [
             Box::new(m.nats_connected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.nats_reconnects.clone()),
+            Box::new(m.redis_connected.clone()),
+            Box::new(m.redis_reconnects.clone()),
             Box::new(m.near_cache_entries.clone()),
             Box::new(m.events_queued.clone()),
             Box::new(m.events_published.clone()),
@@ -144,6 +163,24 @@ impl ScrapeMetrics {
             sync(
                 &m.nats_reconnects.with_label_values(&[client]),
                 stats.reconnects(),
+            );
+        });
+    }
+
+    /// The Redis master connection of the store `client`.
+    pub fn redis(
+        &self,
+        client: &'static str,
+        read: impl Fn() -> RedisStats + Send + Sync + 'static,
+    ) {
+        self.add(move |m| {
+            let stats = read();
+            m.redis_connected
+                .with_label_values(&[client])
+                .set(i64::from(stats.connected));
+            sync(
+                &m.redis_reconnects.with_label_values(&[client]),
+                stats.reconnects,
             );
         });
     }

@@ -20,6 +20,7 @@ use std::time::Duration;
 pub const REVISION_COUNTER: &str = "gatehouse:revision";
 const REVISION_PREFIX: &str = "gatehouse:rev:";
 const CHANNEL_PREFIX: &str = "gatehouse:changes:";
+const KEYSPACE_PREFIX: &str = "__keyspace@0__:";
 
 /// Where `<sentinel-host>:<port>/<master-name>` entries point: the sentinels and the master name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +89,30 @@ pub fn revision_key(data_key: &str) -> String {
 /// The channel Gatehouse writes to `table` are announced on.
 pub fn change_channel(table: &str) -> String {
     format!("{CHANNEL_PREFIX}{table}")
+}
+
+/// Keyspace notifications (`notify-keyspace-events`) are how writes by Go services, which
+/// publish nothing, reach Gatehouse's near-caches: the pattern for the keys of `table` in DB 0.
+pub fn keyspace_pattern(table: &str) -> String {
+    let mut pattern = String::from(KEYSPACE_PREFIX);
+    for c in table.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('*');
+    pattern
+}
+
+/// The plain key a keyspace notification channel names, if it is a data key of `table` (not one
+/// of Gatehouse's own keys beside the data, which an empty table would match too).
+pub fn keyspace_key(channel: &str, table: &str) -> Option<String> {
+    let data = channel.strip_prefix(KEYSPACE_PREFIX)?;
+    if data.starts_with("gatehouse:") {
+        return None;
+    }
+    data.strip_prefix(table).map(str::to_owned)
 }
 
 /// A change as published on the channel by the write scripts:
@@ -209,6 +234,28 @@ mod tests {
             "gatehouse:rev:signing-keyseinstein"
         );
         assert_eq!(change_channel("t"), "gatehouse:changes:t");
+    }
+
+    #[test]
+    fn keyspace_notifications_of_a_table() {
+        assert_eq!(
+            keyspace_pattern("signing-keys"),
+            "__keyspace@0__:signing-keys*"
+        );
+        assert_eq!(
+            keyspace_pattern("a*b?[c]\\"),
+            r"__keyspace@0__:a\*b\?\[c\]\\*"
+        );
+        assert_eq!(keyspace_pattern(""), "__keyspace@0__:*");
+        assert_eq!(
+            keyspace_key("__keyspace@0__:signing-keyseinstein", "signing-keys").as_deref(),
+            Some("einstein")
+        );
+        assert_eq!(keyspace_key("__keyspace@0__:other", "signing-keys"), None);
+        assert_eq!(keyspace_key("__keyspace@0__:gatehouse:revision", ""), None);
+        assert_eq!(keyspace_key("__keyspace@0__:gatehouse:rev:k", ""), None);
+        assert_eq!(keyspace_key("__keyspace@0__:k", "").as_deref(), Some("k"));
+        assert_eq!(keyspace_key("gatehouse:changes:", ""), None);
     }
 
     #[test]
