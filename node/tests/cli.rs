@@ -453,6 +453,68 @@ async fn nats_credentials_and_tls_are_checked_at_start_up() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_credentials_are_checked_at_start_up_and_a_missing_master_only_delays_readiness() {
+    use gatehouse_tests::redis::{RedisOptions, RedisSentinels};
+
+    let s = setup();
+    let mut redis = tokio::task::block_in_place(|| {
+        RedisSentinels::start_with(RedisOptions {
+            password: Some("redis-pass-1".to_owned()),
+        })
+    });
+    let sentinels = redis.nodes().join(",");
+    let node = |password: &str| {
+        let mut cmd = gatehouse(s.dir.path());
+        cmd.arg("--config")
+            .arg(&s.config)
+            .arg("server")
+            .env("OCIS_CACHE_STORE", "redis-sentinel")
+            .env("OCIS_CACHE_STORE_NODES", &sentinels)
+            .env("OCIS_CACHE_AUTH_PASSWORD", password)
+            .env("OCIS_EVENTS_ENDPOINT", "")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let mut wrong = Node(node("not-the-password").spawn().unwrap());
+    let code = wait_for_exit(&mut wrong, Duration::from_secs(20)).await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(wrong.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Redis refused the credentials")
+            && stderr.contains(".username and ")
+            && stderr.contains(".password"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+    assert_no_panic(&stderr);
+
+    // No master (the sentinels answer, the data nodes are down): the node starts, unready.
+    tokio::task::block_in_place(|| redis.kill_all_data());
+    let _good = Node(node("redis-pass-1").spawn().unwrap());
+    let readyz = || async {
+        fetch(&s.debug_addr, "/readyz", None, Duration::from_secs(2))
+            .await
+            .map(|r| r.status().as_u16())
+    };
+    let up_unready = gatehouse_tests::wait_until(Duration::from_secs(20), || async {
+        readyz().await.is_ok_and(|status| status == 503)
+    })
+    .await;
+    assert!(up_unready, "the node did not start unready");
+    tokio::task::block_in_place(|| {
+        redis.restart_data(0);
+        redis.restart_data(1);
+    });
+    let ready = gatehouse_tests::wait_until(Duration::from_secs(20), || async {
+        readyz().await.is_ok_and(|status| status == 200)
+    })
+    .await;
+    assert!(ready, "never ready:\n{}", redis.log_tail());
+}
+
 /// With no `policies` configured, the dump shows the default `ocis` policy route by route, and
 /// the dump is itself a configuration that routes the same way.
 #[test]
