@@ -538,3 +538,38 @@ async fn go_writes_reach_near_caches_through_keyspace_notifications() {
     let extra = tokio::time::timeout(Duration::from_millis(100), feed.recv()).await;
     assert!(extra.is_err(), "a Gatehouse write was read back: {extra:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_min_replicas_unmet_reads_work_and_writes_are_refused_cleanly() {
+    let mut redis = tokio::task::block_in_place(RedisSentinels::start);
+    let master = redis.master_addr();
+    let s = connect(&redis, "minrep:").await;
+    s.put("present", b("v"), None).await.unwrap();
+    assert_eq!(
+        redis.cli(&master, &["CONFIG", "SET", "min-replicas-max-lag", "1"]),
+        "OK"
+    );
+    assert_eq!(
+        redis.cli(&master, &["CONFIG", "SET", "min-replicas-to-write", "1"]),
+        "OK"
+    );
+    tokio::task::block_in_place(|| redis.kill_data(1));
+    // The master refuses writes once its replica lags beyond a second.
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            redis
+                .cli(&master, &["SET", "probe", "x"])
+                .contains("NOREPLICAS")
+        })
+        .await,
+        "the master kept accepting writes"
+    );
+    assert_eq!(s.get("missing").await.unwrap(), None);
+    assert_eq!(&s.get("present").await.unwrap().unwrap().value[..], b"v");
+    let err = s.put("k", b("v"), None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains("NOREPLICAS"), "{err}");
+    // A refused write is an answer, not a lost connection.
+    assert!(s.is_connected());
+    assert_eq!(s.stats().reconnects, 0);
+}

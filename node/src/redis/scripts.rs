@@ -30,13 +30,15 @@ end
 return {value, revision, ttl}
 ";
 
-/// `GET`: nil, or `{value, revision, pttl}`.
+/// `GET`: nil, or `{value, revision, pttl}`. A miss writes nothing (unless a revision outlived
+/// its value), so that reads keep working where writes are refused (`min-replicas-to-write`
+/// with the replica down).
 pub static GET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"
 local value = redis.call('GET', KEYS[1])
 if not value then
-  redis.call('DEL', KEYS[2])
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DEL', KEYS[2]) end
   return false
 end
 {FOUND}"
