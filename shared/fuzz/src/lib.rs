@@ -55,7 +55,10 @@ pub static COOKIE_ROUTER: LazyLock<Router> = LazyLock::new(|| {
 /// * a normalised path starts with `/`, has no `.`/`..` segment, no backslash, no control byte, and
 ///   normalising it again changes nothing (the gateway and the backend see one spelling);
 /// * a path that needed no rewriting is returned unchanged;
-/// * text in the query cannot select an unprotected regex route that the path alone would not;
+/// * text in the query cannot select an unprotected regex route that the path alone would not,
+///   and such a route matches from the start of the path;
+/// * a normalised path has no repeated slash, decodes to UTF-8 and has no segment that decodes to
+///   a dot segment with parameters or padding;
 /// * the upstream path of a static backend starts with the backend's base path.
 pub fn route_and_check(method: &str, raw_path: &str, query: Option<&str>, cookie: Option<&str>) {
     let Ok(path) = normalize_path(raw_path) else {
@@ -73,6 +76,15 @@ pub fn route_and_check(method: &str, raw_path: &str, query: Option<&str>, cookie
     if let Ok(m) = DEFAULT_ROUTER.route(&req) {
         let with_query = (m.policy_index, m.route_index, m.unprotected);
         let route = &effective_default()[m.policy_index].routes[m.route_index];
+        if route.kind == RouteType::Regex && m.unprotected {
+            let anchored = regex::Regex::new(&format!("^(?:{})", route.endpoint))
+                .expect("the default regexes compile");
+            assert!(
+                anchored.is_match(&path),
+                "the unprotected regex route {:?} matched {path:?} not at its start",
+                route.endpoint
+            );
+        }
         if route.kind == RouteType::Regex && m.unprotected && query.is_some_and(|q| !q.is_empty()) {
             let without = DEFAULT_ROUTER
                 .route(&RouteRequest { query: None, ..req })
@@ -101,6 +113,27 @@ fn effective_default() -> &'static [PolicyConfig] {
     &DEFAULT
 }
 
+/// The path with every escape decoded, if that is UTF-8.
+fn percent_decoded(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |j: usize| bytes.get(j).and_then(|b| (*b as char).to_digit(16));
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn check_normalised(raw: &str, path: &str) {
     assert!(path.starts_with('/'), "{raw:?} -> {path:?}");
     assert!(
@@ -111,11 +144,27 @@ fn check_normalised(raw: &str, path: &str) {
         !path.bytes().any(|b| b < 0x20 || b == 0x7f || b == b'\\'),
         "{raw:?} -> {path:?}"
     );
+    assert!(!path.contains("//"), "{raw:?} -> {path:?} keeps a repeated slash");
+    assert!(
+        percent_decoded(path).is_some(),
+        "{raw:?} -> {path:?} does not decode to UTF-8"
+    );
+    if let Some(decoded) = percent_decoded(path) {
+        assert!(
+            !decoded[1..].split('/').any(|s| {
+                let s = s.split(';').next().unwrap_or_default().trim();
+                s == "." || s == ".."
+            }),
+            "{raw:?} -> {path:?} decodes to a dot segment: {decoded:?}"
+        );
+    }
     match normalize_path(path) {
         Ok(again) => assert_eq!(again, path, "normalising {raw:?} is not idempotent"),
         Err(e) => panic!("{raw:?} -> {path:?}, which is then refused: {e}"),
     }
-    let plain = !raw.contains('%') && !raw[1..].split('/').any(|s| s == "." || s == "..");
+    let plain = !raw.contains('%')
+        && !raw.contains("//")
+        && !raw[1..].split('/').any(|s| s == "." || s == "..");
     if plain {
         assert_eq!(
             path, raw,

@@ -13,8 +13,9 @@
 //! * the fallback is the first `/` prefix route of the method bucket, else of the generic bucket,
 //!   wherever it sits in the list (oCIS only looks at the first route); no fallback is an error,
 //!   never a panic;
-//! * an unprotected regex route is matched against the path only, so text placed in the query
-//!   string cannot select it; protected regex routes still see `path?query` as in oCIS.
+//! * an unprotected regex route is matched against the path only and from its start, so neither
+//!   text placed in the query string nor text in the middle of a protected path can select it;
+//!   protected regex routes still see `path?query`, unanchored, as in oCIS.
 
 use regex::Regex;
 
@@ -328,7 +329,13 @@ fn compile_route(
                 params,
             }
         }
-        RouteType::Regex => match Regex::new(endpoint) {
+        // An unprotected regex matches from the start of the path only: unanchored, the default
+        // `/ocs/v[12].php/config` would open any protected path that merely contains that text.
+        RouteType::Regex => match if route.unprotected {
+            Regex::new(&format!("^(?:{endpoint})"))
+        } else {
+            Regex::new(endpoint)
+        } {
             Ok(re) => Matcher::Regex(re),
             Err(e) => {
                 issues.push(ConfigIssue::new(

@@ -635,19 +635,37 @@ fn bypass_attempts_do_not_reach_unprotected_routes() {
         route_default("GET", "/%67raph/v1.0/me", None),
         ("web.graph".into(), false)
     );
-    // Path parameters are not interpreted: `..;` is an ordinary segment.
+    // A dot segment with parameters is `..` to some backends and a name to others: refused.
     assert_eq!(
-        route_default("GET", "/dav/..;/status", None),
-        ("web.ocdav".into(), false)
+        normalize_path("/dav/..;/status"),
+        Err(PathError::AmbiguousDotSegment)
     );
     assert_eq!(
         route_default("GET", "/status;/../dav/files/x", None),
         ("web.ocdav".into(), false)
     );
-    // `//` is kept; it matches no protected prefix, so it lands on the web service.
+    // `//` is read as `/`, as the backends read it: this is graph, protected, not the web
+    // service behind the unprotected `/`.
     assert_eq!(
         route_default("GET", "//graph/v1.0/me", None),
-        ("web.web".into(), true)
+        ("web.graph".into(), false)
+    );
+    assert_eq!(
+        route_default("GET", "/remote.php//dav/files/x", None),
+        ("web.ocdav".into(), false)
+    );
+    // Text inside a protected path never selects the unprotected `/ocs/v[12].php/config`.
+    assert_eq!(
+        route_default("GET", "/dav/files/x/ocs/v1.php/config", None),
+        ("web.ocdav".into(), false)
+    );
+    assert_eq!(
+        route_default("GET", "/graph/v1.0/ocs/v2.php/config", None),
+        ("web.graph".into(), false)
+    );
+    assert_eq!(
+        route_default("GET", "/ocs/v2.php/config", None),
+        ("web.frontend".into(), true)
     );
     // Encoded separators are refused before routing.
     for p in [
@@ -673,7 +691,7 @@ fn unprotected_routes_are_never_selected_by_query_text() {
                 prefix("/", "web"),
                 RouteConfig {
                     unprotected: true,
-                    ..route(RouteType::Regex, "", "public", "open")
+                    ..route(RouteType::Regex, "", "/a/public", "open")
                 },
                 route(RouteType::Regex, "", "secret", "closed"),
             ],
@@ -681,10 +699,13 @@ fn unprotected_routes_are_never_selected_by_query_text() {
         None,
     )
     .unwrap();
-    let m = r.route(&get("/a", Some("x=public"))).unwrap();
+    let m = r.route(&get("/a", Some("x=/a/public"))).unwrap();
     assert_eq!((service_of(&m), m.unprotected), ("web", false));
     let m = r.route(&get("/a/public", Some("x=1"))).unwrap();
     assert_eq!((service_of(&m), m.unprotected), ("open", true));
+    // …and only from the start of the path.
+    let m = r.route(&get("/b/a/public", None)).unwrap();
+    assert_eq!((service_of(&m), m.unprotected), ("web", false));
     // Protected regex routes still see the query (oCIS compatible).
     let m = r.route(&get("/a", Some("x=secret"))).unwrap();
     assert_eq!(service_of(&m), "closed");
