@@ -68,6 +68,10 @@ pub enum GatewayError {
         retry_after: Duration,
         timed_out: bool,
     },
+    /// The request's address, user or share failed to authenticate too often and is blocked
+    /// (`guard`): 429 with `Retry-After`, no authenticator asked. Not retryable before then.
+    #[error("blocked after too many failed authentications for {retry_after:?}")]
+    TooManyFailures { retry_after: Duration },
     /// The user is known but may not do this (no role matches, step-up authentication missing).
     #[error("forbidden: {reason}")]
     Forbidden {
@@ -95,6 +99,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout { .. } => "upstream_timeout",
             GatewayError::Unauthenticated { .. } => "unauthenticated",
             GatewayError::IdentityUnavailable { .. } => "identity_unavailable",
+            GatewayError::TooManyFailures { .. } => "too_many_failures",
             GatewayError::Forbidden { .. } => "forbidden",
             GatewayError::AccountBackend { .. } => "account_backend",
             GatewayError::Internal { .. } => "internal",
@@ -125,6 +130,7 @@ impl GatewayError {
                 timed_out: true, ..
             } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::IdentityUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::AccountBackend {
                 retryable: true, ..
@@ -177,6 +183,14 @@ impl GatewayError {
             } => {
                 tracing::warn!(status = status.as_u16(), reason = %reason, retry_after_s = retry_after.as_secs(), "identity provider unavailable");
             }
+            // The block itself was logged when it began; each refused request is only counted.
+            GatewayError::TooManyFailures { retry_after } => {
+                tracing::debug!(
+                    status = status.as_u16(),
+                    retry_after_s = retry_after.as_secs(),
+                    "blocked"
+                );
+            }
             GatewayError::Forbidden {
                 reason,
                 mfa_required,
@@ -211,7 +225,8 @@ impl GatewayError {
                 }
                 r
             }
-            GatewayError::IdentityUnavailable { retry_after, .. } => {
+            GatewayError::IdentityUnavailable { retry_after, .. }
+            | GatewayError::TooManyFailures { retry_after } => {
                 let mut r = Response::new(empty_body());
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 r.headers_mut()

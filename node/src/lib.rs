@@ -10,7 +10,8 @@
 //! - [`state`] opens the store shared with peer nodes (memory, noop, NATS JetStream KV, Redis
 //!   Sentinel); [`redis`] is the Redis adapter.
 //! - [`telemetry`] logging and metrics; [`debug`] the debug server; [`health`] liveness/readiness state.
-//! - [`authn`] authenticators (OIDC bearer tokens: discovery, JWKS, userinfo, claims cache).
+//! - [`authn`] authenticators (OIDC bearer tokens: discovery, JWKS, userinfo, claims cache);
+//!   [`guard`] blocks addresses, users and shares after too many failures, cluster-wide.
 //! - [`accounts`] claims → account: directory backends (LibreGraph, builtin), provisioning, group sync, roles.
 //! - [`identity`] builds the authenticators and account services once per node and publishes identity events.
 //! - [`context`] the per-connection and per-request facts the layers share.
@@ -23,6 +24,7 @@ pub mod deadline;
 pub mod debug;
 pub mod endpoints;
 pub mod error;
+pub mod guard;
 pub mod health;
 pub mod identity;
 pub mod layers;

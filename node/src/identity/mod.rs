@@ -28,6 +28,7 @@ use crate::authn::oidc::{OidcAuthenticator, OidcSettings};
 use crate::authn::public_share::{PublicShareAuthenticator, PublicShareSettings};
 use crate::authn::signed_url::{SignedUrlAuthenticator, SignedUrlSettings};
 use crate::endpoints::logout::LogoutService;
+use crate::guard::Guard;
 use crate::layers::account::AccountServices;
 use crate::layers::authenticate::Authenticators;
 use crate::layers::endpoints::{Endpoints, SigningKeys};
@@ -169,6 +170,7 @@ impl Identity {
             },
         };
 
+        let guard = Guard::start(&config.brute_force, stores.state.clone(), metrics.clone());
         Ok(Identity {
             authenticators: Arc::new(Authenticators {
                 basic,
@@ -177,6 +179,7 @@ impl Identity {
                 signed_url,
                 challenges,
                 metrics,
+                guard,
             }),
             accounts: Arc::new(AccountServices {
                 resolver,

@@ -27,6 +27,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use opentelemetry::trace::SpanKind;
 use tower::{Layer, Service};
 
+use gatehouse_shared::auth::brute_force::GuardKey;
+use gatehouse_shared::auth::password::decode_basic;
+use gatehouse_shared::auth::query::Query;
 use gatehouse_shared::trace;
 
 use gatehouse_shared::auth::challenge::{
@@ -38,8 +41,9 @@ use crate::authn::basic::{BasicAuthenticator, BasicOutcome};
 use crate::authn::oidc::{Authenticated, OidcAuthenticator, OidcError};
 use crate::authn::public_share::{self, PublicShareAuthenticator, ShareOutcome};
 use crate::authn::signed_url::{SignedUrlAuthenticator, SignedUrlRejection};
-use crate::context::Body;
+use crate::context::{Body, ConnInfo};
 use crate::error::GatewayError;
+use crate::guard::Guard;
 use crate::identity::memo::{Prepared, WorkerMemos};
 use crate::layers::route::routed;
 use crate::telemetry::{AuthResult, Metrics};
@@ -55,6 +59,8 @@ pub struct Authenticators {
     pub signed_url: Option<SignedUrlAuthenticator>,
     pub challenges: ChallengePolicy,
     pub metrics: Arc<Metrics>,
+    /// Brute-force protection; `None` when `brute_force.enabled` is off.
+    pub guard: Option<Arc<Guard>>,
 }
 
 #[derive(Clone)]
@@ -162,6 +168,15 @@ where
             return futures::future::Either::Left(self.inner.call(req));
         }
         let share_memo: Option<Box<str>> = share_memo.map(Into::into);
+        // Past the memos, credentials are checked for real: a blocked key is refused unchecked.
+        let guard_keys = self.auth.guard.as_ref().and_then(|_| guard_keys(&req));
+        if let (Some(guard), Some(keys)) = (&self.auth.guard, &guard_keys)
+            && let Some(retry_after) = guard.blocked(keys)
+        {
+            self.auth.metrics.authentication(AuthResult::Blocked);
+            let blocked = GatewayError::TooManyFailures { retry_after };
+            return futures::future::Either::Right(Box::pin(std::future::ready(Err(blocked))));
+        }
         let memos = self.memos.clone();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -176,6 +191,13 @@ where
             span.set(AUTH_METHOD, outcome.method());
             span.set(AUTH_RESULT, outcome.result());
             span.end();
+            if let (Some(guard), Some(keys)) = (&auth.guard, &guard_keys) {
+                match &outcome {
+                    Outcome::Accepted(_) => guard.succeeded(keys),
+                    Outcome::Refused { transient: None } => guard.failed(keys),
+                    _ => {}
+                }
+            }
             match outcome {
                 Outcome::Accepted(mut identity) => {
                     auth.metrics.authentication(AuthResult::Accepted);
@@ -224,6 +246,41 @@ where
             inner.call(req).await
         }))
     }
+}
+
+/// What a failed check of this request's credentials counts against (brute-force protection):
+/// the client address, the user name of Basic credentials (password or app token) and the share
+/// token. `None` when the request presents no credentials at all — that is no guess. With a share
+/// token the Basic user name is the share's placeholder (`public`), not a user, and is left out.
+fn guard_keys<B>(req: &Request<B>) -> Option<Vec<GuardKey>> {
+    let headers = req.headers();
+    let query = req.uri().query();
+    let share = headers
+        .get(public_share::PUBLIC_TOKEN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty())
+        .or_else(|| query.and_then(|q| Query::first_raw(q, public_share::PUBLIC_TOKEN)))
+        .filter(|t| !t.is_empty());
+    let authorization = headers.get(header::AUTHORIZATION);
+    let signed = query.is_some_and(|q| Query::first_raw(q, "OC-Signature").is_some());
+    if share.is_none() && authorization.is_none() && !signed {
+        return None;
+    }
+    let mut keys = Vec::with_capacity(2);
+    match share {
+        Some(token) => keys.push(GuardKey::share(token)),
+        None => {
+            if let Some((user, _)) = authorization.and_then(|v| decode_basic(v.as_bytes()))
+                && !user.is_empty()
+            {
+                keys.push(GuardKey::user(&String::from_utf8_lossy(&user)));
+            }
+        }
+    }
+    if let Some(conn) = req.extensions().get::<ConnInfo>() {
+        keys.push(GuardKey::address(conn.client));
+    }
+    Some(keys)
 }
 
 /// The identity an authenticator established, carried to the account layer.

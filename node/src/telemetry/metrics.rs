@@ -167,6 +167,8 @@ pub struct Metrics {
     idp_duration: HistogramVec,
     /// `gatehouse_authentications_total`, one counter per [`AuthResult`], resolved up front.
     authentications: [IntCounter; AuthResult::ALL.len()],
+    /// `gatehouse_auth_blocks_total` by key kind.
+    blocks: IntCounterVec,
     /// `gatehouse_signed_url_key_derivations_total`: PBKDF2 runs of signed-URL checks (a cache
     /// hit runs none).
     pub signed_url_derivations: IntCounter,
@@ -184,14 +186,17 @@ pub enum AuthResult {
     IdpUnavailable,
     /// Nothing accepted the request, and it passed on anonymously (a public path).
     Anonymous,
+    /// Refused unchecked (429): its address, user or share is blocked after too many failures.
+    Blocked,
 }
 
 impl AuthResult {
-    pub const ALL: [AuthResult; 4] = [
+    pub const ALL: [AuthResult; 5] = [
         AuthResult::Accepted,
         AuthResult::Refused,
         AuthResult::IdpUnavailable,
         AuthResult::Anonymous,
+        AuthResult::Blocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -200,6 +205,7 @@ impl AuthResult {
             AuthResult::Refused => "refused",
             AuthResult::IdpUnavailable => "idp_unavailable",
             AuthResult::Anonymous => "anonymous",
+            AuthResult::Blocked => "blocked",
         }
     }
 }
@@ -379,6 +385,14 @@ impl Metrics {
         )
         .expect(VALID);
         let authentications = AuthResult::ALL.map(|r| auth.with_label_values(&[r.as_str()]));
+        let blocks = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_auth_blocks_total",
+                "Keys blocked after too many failed authentications, by kind (address, user, share)",
+            ),
+            &["kind"],
+        )
+        .expect(VALID);
         let signed_url_derivations = IntCounter::new(
             "gatehouse_signed_url_key_derivations_total",
             "PBKDF2 key derivations run to check signed URLs (verified URLs are remembered)",
@@ -390,6 +404,7 @@ impl Metrics {
             Box::new(idp_requests.clone()),
             Box::new(idp_duration.clone()),
             Box::new(auth),
+            Box::new(blocks.clone()),
             Box::new(signed_url_derivations.clone()),
             Box::new(errors.clone()),
             Box::new(duration.clone()),
@@ -436,6 +451,7 @@ impl Metrics {
             idp_requests,
             idp_duration,
             authentications,
+            blocks,
             signed_url_derivations,
             node_info,
             trace,
@@ -483,6 +499,11 @@ impl Metrics {
 impl Metrics {
     pub fn authentication(&self, result: AuthResult) {
         self.authentications[result as usize].inc();
+    }
+
+    /// A key of `kind` (`address`, `user`, `share`) was blocked.
+    pub fn auth_block(&self, kind: &'static str) {
+        self.blocks.with_label_values(&[kind]).inc();
     }
 }
 

@@ -554,6 +554,34 @@ pub static SECTIONS: &[Section] = &[
         ],
     },
     Section {
+        title: "Brute-force protection",
+        intro: "Failed authentications (a wrong password, app token, share password or signature, or a refused token) are \
+                counted per client address, user name and share token across every node, through the shared state store; \
+                past a threshold within the window the key gets 429 with `Retry-After` until its block ends. Requests \
+                without credentials are not counted; a success clears the user's and the share's count (not the \
+                address's). docs/security.md explains the choices.",
+        gatehouse: true,
+        settings: &[
+            set("brute_force.enabled", &["PROXY_BRUTE_FORCE_ENABLED"], boolean!(brute_force.enabled),
+                "Count failures and block. Off: nothing is counted."),
+            set("brute_force.window", &["PROXY_BRUTE_FORCE_WINDOW"], duration!(brute_force.window),
+                "Failures are counted per window of this length. Must be positive."),
+            set("brute_force.max_failures_per_address", &["PROXY_BRUTE_FORCE_MAX_FAILURES_PER_ADDRESS"],
+                uint!(brute_force.max_failures_per_address),
+                "Failures from one client address (IPv6: one /64) in a window before it is blocked. Must be positive."),
+            set("brute_force.max_failures_per_user", &["PROXY_BRUTE_FORCE_MAX_FAILURES_PER_USER"],
+                uint!(brute_force.max_failures_per_user),
+                "Failures for one user name in a window before it is blocked. Must be positive."),
+            set("brute_force.max_failures_per_share", &["PROXY_BRUTE_FORCE_MAX_FAILURES_PER_SHARE"],
+                uint!(brute_force.max_failures_per_share),
+                "Failures for one public-share token in a window before it is blocked. Must be positive."),
+            set("brute_force.block", &["PROXY_BRUTE_FORCE_BLOCK"], duration!(brute_force.block),
+                "Length of a key's first block; each further block of the same key doubles it. Must be positive."),
+            set("brute_force.max_block", &["PROXY_BRUTE_FORCE_MAX_BLOCK"], duration!(brute_force.max_block),
+                "Longest block. At least `block`."),
+        ],
+    },
+    Section {
         title: "Tracing",
         intro: "Gatehouse settings of the trace exporter, with the standard OpenTelemetry variables they also \
                 read. For every setting the variables are listed in precedence order, the last one set wins: the \

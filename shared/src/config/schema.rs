@@ -46,6 +46,8 @@ pub struct Config {
     pub role_quotas: BTreeMap<String, u64>,
     pub claim_space_management: ClaimSpaceManagement,
     pub mfa: Mfa,
+    /// Gatehouse: limits on failed authentications, counted across the cluster.
+    pub brute_force: BruteForce,
 
     // ---- Gatehouse additions (docs/configuration.md, "Gatehouse additions") ----
     /// The public URL of the installation (`OCIS_URL`); the HTTPS redirect only targets this host.
@@ -393,6 +395,22 @@ pub struct Mfa {
     pub session_duration: GoDuration,
 }
 
+/// Counting failed authentications per client address, user name and share token across the
+/// cluster, and blocking a key past its threshold (`shared::auth::brute_force`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BruteForce {
+    pub enabled: bool,
+    /// Failures are counted per window of this length, aligned to the clock.
+    pub window: GoDuration,
+    pub max_failures_per_address: u64,
+    pub max_failures_per_user: u64,
+    pub max_failures_per_share: u64,
+    /// The first block of a key; each further block doubles it, up to `max_block`.
+    pub block: GoDuration,
+    pub max_block: GoDuration,
+}
+
 /// Resolution of `service` names through the oCIS NATS registry (bucket `service-registry`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -463,6 +481,7 @@ impl Default for Config {
             role_quotas: BTreeMap::new(),
             claim_space_management: ClaimSpaceManagement::default(),
             mfa: Mfa::default(),
+            brute_force: BruteForce::default(),
             ocis_url: String::new(),
             node_id: String::new(),
             services: BTreeMap::new(),
@@ -691,6 +710,20 @@ impl Default for Mfa {
             enabled: false,
             auth_level_name: strings(&["advanced"]),
             session_duration: GoDuration::secs(3600),
+        }
+    }
+}
+
+impl Default for BruteForce {
+    fn default() -> Self {
+        BruteForce {
+            enabled: true,
+            window: GoDuration::secs(60),
+            max_failures_per_address: 50,
+            max_failures_per_user: 10,
+            max_failures_per_share: 10,
+            block: GoDuration::secs(60),
+            max_block: GoDuration::secs(3600),
         }
     }
 }

@@ -45,6 +45,7 @@ pub(crate) fn sanitize_and_validate(config: &mut Config, problems: &mut Vec<Conf
     );
     store("state_store", &mut config.state_store, &mut p);
     accounts(config, &mut p);
+    brute_force(config, &mut p);
     services(config, &mut p);
     misc(config, &mut p);
 }
@@ -149,6 +150,36 @@ fn store(prefix: &str, store: &mut StoreConfig, p: &mut Problems<'_>) {
     }
     if store.op_timeout.is_zero() {
         p.add(format!("{prefix}.op_timeout"), "must be positive");
+    }
+}
+
+fn brute_force(config: &Config, p: &mut Problems<'_>) {
+    let b = &config.brute_force;
+    for (field, zero) in [
+        ("window", b.window.is_zero()),
+        ("block", b.block.is_zero()),
+        ("max_failures_per_address", b.max_failures_per_address == 0),
+        ("max_failures_per_user", b.max_failures_per_user == 0),
+        ("max_failures_per_share", b.max_failures_per_share == 0),
+    ] {
+        if zero {
+            p.add(format!("brute_force.{field}"), "must be positive");
+        }
+    }
+    for (field, n) in [
+        ("max_failures_per_address", b.max_failures_per_address),
+        ("max_failures_per_user", b.max_failures_per_user),
+        ("max_failures_per_share", b.max_failures_per_share),
+    ] {
+        if n > u64::from(u32::MAX) {
+            p.add(format!("brute_force.{field}"), format!("{n} is too large"));
+        }
+    }
+    if b.max_block.0 < b.block.0 {
+        p.add(
+            "brute_force.max_block",
+            "must be at least brute_force.block",
+        );
     }
 }
 
