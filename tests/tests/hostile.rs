@@ -351,6 +351,12 @@ pre_signed_url:
   signing_keys: {{store: memory}}
 public_shares:
   url: {shares}
+# The corpus sends hundreds of bad credentials from one address; the guard stays on (its code
+# runs on every case) with limits the corpus does not reach. tests/tests/brute_force.rs tests it.
+brute_force:
+  max_failures_per_address: 100000
+  max_failures_per_user: 100000
+  max_failures_per_share: 100000
 ",
         open = ups.by_svc[&Svc::Open].url(),
         files = ups.by_svc[&Svc::Files].url(),

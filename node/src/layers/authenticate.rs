@@ -249,9 +249,12 @@ where
 }
 
 /// What a failed check of this request's credentials counts against (brute-force protection):
-/// the client address, the user name of Basic credentials (password or app token) and the share
-/// token. `None` when the request presents no credentials at all — that is no guess. With a share
-/// token the Basic user name is the share's placeholder (`public`), not a user, and is left out.
+/// the client address, and the user name of Basic credentials (a password or app token) or the
+/// share token. `None` when the request carries nothing that can be guessed: no Basic credentials,
+/// no share token, no signed URL. Bearer tokens are not counted — no one guesses a signed JWT,
+/// and a refused one is nearly always a client's expired or ended session, whose retries must not
+/// block everyone behind the same address. With a share token the Basic user name is the share's
+/// placeholder (`public`), not a user, and is left out.
 fn guard_keys<B>(req: &Request<B>) -> Option<Vec<GuardKey>> {
     let headers = req.headers();
     let query = req.uri().query();
@@ -261,21 +264,21 @@ fn guard_keys<B>(req: &Request<B>) -> Option<Vec<GuardKey>> {
         .filter(|t| !t.is_empty())
         .or_else(|| query.and_then(|q| Query::first_raw(q, public_share::PUBLIC_TOKEN)))
         .filter(|t| !t.is_empty());
-    let authorization = headers.get(header::AUTHORIZATION);
+    let basic_user = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| decode_basic(v.as_bytes()))
+        .map(|(user, _)| user);
     let signed = query.is_some_and(|q| Query::first_raw(q, "OC-Signature").is_some());
-    if share.is_none() && authorization.is_none() && !signed {
+    if share.is_none() && basic_user.is_none() && !signed {
         return None;
     }
     let mut keys = Vec::with_capacity(2);
-    match share {
-        Some(token) => keys.push(GuardKey::share(token)),
-        None => {
-            if let Some((user, _)) = authorization.and_then(|v| decode_basic(v.as_bytes()))
-                && !user.is_empty()
-            {
-                keys.push(GuardKey::user(&String::from_utf8_lossy(&user)));
-            }
+    match (share, basic_user) {
+        (Some(token), _) => keys.push(GuardKey::share(token)),
+        (None, Some(user)) if !user.is_empty() => {
+            keys.push(GuardKey::user(&String::from_utf8_lossy(&user)));
         }
+        _ => {}
     }
     if let Some(conn) = req.extensions().get::<ConnInfo>() {
         keys.push(GuardKey::address(conn.client));
@@ -558,5 +561,61 @@ mod tests {
         assert_eq!(bearer_token(&h), None);
         h.insert(header::AUTHORIZATION, "Basic dXNlcjpwdw==".parse().unwrap());
         assert_eq!(bearer_token(&h), None);
+    }
+
+    #[test]
+    fn what_a_failure_counts_against() {
+        let req = |uri: &str, headers: &[(&str, &str)]| {
+            let mut b = Request::builder().uri(uri);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            let mut r = b.body(()).unwrap();
+            let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+            r.extensions_mut().insert(ConnInfo {
+                peer: addr,
+                local: addr,
+                tls: false,
+                client: "203.0.113.7".parse().unwrap(),
+            });
+            r
+        };
+        let texts = |keys: Option<Vec<GuardKey>>| {
+            keys.map(|k| k.iter().map(|k| k.as_str().to_owned()).collect::<Vec<_>>())
+        };
+        // Nothing guessable: no bearer token, no credentials at all.
+        assert_eq!(texts(guard_keys(&req("/a", &[]))), None);
+        assert_eq!(
+            texts(guard_keys(&req("/a", &[("authorization", "Bearer x.y.z")]))),
+            None
+        );
+        // Basic: user ("user:pw") and address.
+        assert_eq!(
+            texts(guard_keys(&req(
+                "/a",
+                &[("authorization", "Basic VXNlcjpwdw==")]
+            ))),
+            Some(vec!["u:user".to_owned(), "a:203.0.113.7".to_owned()])
+        );
+        // A share password: the share, not the placeholder user name.
+        assert_eq!(
+            texts(guard_keys(&req(
+                "/dav/public-files/tok/x",
+                &[
+                    ("public-token", "tok"),
+                    ("authorization", "Basic cHVibGljOnB3")
+                ]
+            ))),
+            Some(vec!["s:tok".to_owned(), "a:203.0.113.7".to_owned()])
+        );
+        assert_eq!(
+            texts(guard_keys(&req("/x?public-token=tok&signature=s", &[]))),
+            Some(vec!["s:tok".to_owned(), "a:203.0.113.7".to_owned()])
+        );
+        // A signed URL: the address.
+        assert_eq!(
+            texts(guard_keys(&req("/x?OC-Credential=u&OC-Signature=abc", &[]))),
+            Some(vec!["a:203.0.113.7".to_owned()])
+        );
     }
 }

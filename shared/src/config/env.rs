@@ -555,7 +555,8 @@ pub static SECTIONS: &[Section] = &[
     },
     Section {
         title: "Brute-force protection",
-        intro: "Failed authentications (a wrong password, app token, share password or signature, or a refused token) are \
+        intro: "Failed authentications (a wrong Basic password or app token, share password or signature, or signed URL; not \
+                refused bearer tokens, which are expired sessions rather than guesses) are \
                 counted per client address, user name and share token across every node, through the shared state store; \
                 past a threshold within the window the key gets 429 with `Retry-After` until its block ends. Requests \
                 without credentials are not counted; a success clears the user's and the share's count (not the \
