@@ -308,7 +308,7 @@ fn from_error(e: AccountError) -> BasicOutcome {
 
 /// A non-empty `public-token` header, or a non-empty first `public-token` query parameter (the
 /// rules of Go's `Header.Get` and `URL.Query().Get`).
-fn has_share_token(headers: &HeaderMap, query: Option<&str>) -> bool {
+pub(crate) fn has_share_token(headers: &HeaderMap, query: Option<&str>) -> bool {
     if headers
         .get(SHARE_TOKEN)
         .is_some_and(|v| !v.as_bytes().is_empty())

@@ -10,7 +10,9 @@
 //! - [`signed_url`] pre-signed URLs signed with a per-user key from the shared store (spec §4.3).
 //! - [`public_share`] public-share tokens checked by a share service (spec §4.4).
 //! - [`basic`] HTTP Basic against the builtin accounts, for development (spec §4.2).
+//! - [`app_token`] app tokens as Basic credentials, for clients without OpenID Connect.
 
+pub mod app_token;
 pub mod basic;
 pub mod oidc;
 pub mod public_share;

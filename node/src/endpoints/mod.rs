@@ -5,7 +5,9 @@
 //! - [`logout`] `POST /backchannel_logout` (spec §7.3).
 //! - [`well_known`] `GET /.well-known/openid-configuration` passed through from the IdP (spec §7.2).
 //! - [`signing_key`] `GET /ocs/v{1,2}.php/cloud/user/signing-key` (spec §4.3), when configured.
+//! - [`app_tokens`] `/auth-app/tokens` (the oCIS `auth-app` API), with `auth_middleware.allow_app_auth`.
 
+pub mod app_tokens;
 pub mod logout;
 pub mod signing_key;
 pub mod well_known;

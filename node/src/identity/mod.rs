@@ -23,6 +23,7 @@ use gatehouse_shared::token::{MintCache, Minter};
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::{AccountResolver, AccountSettings};
+use crate::authn::app_token::AppTokenAuthenticator;
 use crate::authn::basic::BasicAuthenticator;
 use crate::authn::oidc::{OidcAuthenticator, OidcSettings};
 use crate::authn::public_share::{PublicShareAuthenticator, PublicShareSettings};
@@ -31,7 +32,7 @@ use crate::endpoints::logout::LogoutService;
 use crate::guard::Guard;
 use crate::layers::account::AccountServices;
 use crate::layers::authenticate::Authenticators;
-use crate::layers::endpoints::{Endpoints, SigningKeys};
+use crate::layers::endpoints::{Endpoints, UserStore};
 use crate::telemetry::Metrics;
 
 use self::events::IdentityEvents;
@@ -162,18 +163,27 @@ impl Identity {
                 &stores.signing_keys,
                 config.pre_signed_url.serve_signing_keys,
             ) {
-                (Some(store), true) => Some(SigningKeys {
+                (Some(store), true) => Some(UserStore {
                     store: store.clone(),
                     jwt_secret: secret.as_bytes().to_vec(),
                 }),
                 _ => None,
             },
+            app_tokens: config.auth_middleware.allow_app_auth.then(|| UserStore {
+                store: stores.state.clone(),
+                jwt_secret: secret.as_bytes().to_vec(),
+            }),
         };
 
+        let app_token = config
+            .auth_middleware
+            .allow_app_auth
+            .then(|| AppTokenAuthenticator::new(stores.state.clone(), resolver.clone()));
         let guard = Guard::start(&config.brute_force, stores.state.clone(), metrics.clone());
         Ok(Identity {
             authenticators: Arc::new(Authenticators {
                 basic,
+                app_token,
                 oidc: oidc.clone(),
                 public_share,
                 signed_url,

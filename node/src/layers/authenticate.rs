@@ -1,8 +1,10 @@
 //! Authentication: decides *who* sends a request on a protected route, or refuses it.
 //!
 //! Runs after routing because unprotected routes skip it. The authenticators are tried in the
-//! oCIS order — Basic (development only), OIDC bearer tokens, public-share tokens, signed URLs —
-//! and the first that accepts puts an [`Identity`] into the request. When none accepts, the
+//! oCIS order — Basic (development only), app tokens, OIDC bearer tokens, public-share tokens,
+//! signed URLs — and the first that accepts puts an [`Identity`] into the request. Before they
+//! run, a request whose address, user or share is blocked for too many failures gets 429
+//! (`crate::guard`), and every refusal of guessable credentials is counted there. When none accepts, the
 //! answer depends on why (spec §3.9):
 //! - an authenticator could not decide because something it needs is down (the IdP, the share
 //!   service, the signing-key store): 503 with `Retry-After`, because the credentials may well be
@@ -37,7 +39,8 @@ use gatehouse_shared::auth::challenge::{
 };
 
 use crate::accounts::Account;
-use crate::authn::basic::{BasicAuthenticator, BasicOutcome};
+use crate::authn::app_token::{AppTokenAuthenticator, AppTokenOutcome};
+use crate::authn::basic::{BasicAuthenticator, BasicOutcome, has_share_token};
 use crate::authn::oidc::{Authenticated, OidcAuthenticator, OidcError};
 use crate::authn::public_share::{self, PublicShareAuthenticator, ShareOutcome};
 use crate::authn::signed_url::{SignedUrlAuthenticator, SignedUrlRejection};
@@ -54,6 +57,8 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The authenticators of a node and its 401 policy; shared by every worker.
 pub struct Authenticators {
     pub basic: Option<BasicAuthenticator>,
+    /// App tokens (`auth_middleware.allow_app_auth`).
+    pub app_token: Option<AppTokenAuthenticator>,
     pub oidc: Option<OidcAuthenticator>,
     pub public_share: PublicShareAuthenticator,
     pub signed_url: Option<SignedUrlAuthenticator>,
@@ -217,6 +222,12 @@ where
                             }
                         }
                         Identity::Account {
+                            scheme: Scheme::AppToken,
+                            ..
+                        } => {
+                            req.extensions_mut().insert(AppTokenLogin);
+                        }
+                        Identity::Account {
                             scheme: Scheme::SignedUrl,
                             expires_at: Some(expires_at),
                             ..
@@ -322,8 +333,14 @@ pub struct OidcIdentity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     Basic,
+    /// An app token sent as Basic credentials.
+    AppToken,
     SignedUrl,
 }
+
+/// Set on a request authenticated by an app token: such a request may not manage app tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct AppTokenLogin;
 
 enum Outcome {
     Accepted(Identity),
@@ -358,6 +375,10 @@ impl Outcome {
                 scheme: Scheme::SignedUrl,
                 ..
             }) => "signed_url",
+            Outcome::Accepted(Identity::Account {
+                scheme: Scheme::AppToken,
+                ..
+            }) => "app_token",
             Outcome::Accepted(Identity::Share { .. }) => "public_share",
             Outcome::Anonymous => "anonymous",
             Outcome::Refused { .. } => "none",
@@ -403,6 +424,25 @@ impl Authenticators {
                     tracing::debug!(%reason, "basic authentication refused")
                 }
                 BasicOutcome::NotApplicable => {}
+            }
+        }
+        if let Some(app) = &self.app_token {
+            match app
+                .authenticate(path, headers, has_share_token(headers, query))
+                .await
+            {
+                AppTokenOutcome::Accepted(account) => {
+                    return Outcome::Accepted(Identity::Account {
+                        account,
+                        scheme: Scheme::AppToken,
+                        expires_at: None,
+                    });
+                }
+                AppTokenOutcome::Unavailable { reason } => note(reason, None, false),
+                AppTokenOutcome::Rejected { reason } => {
+                    tracing::debug!(%reason, "app token refused")
+                }
+                AppTokenOutcome::NotApplicable => {}
             }
         }
         if let (Some(oidc), Some(token)) = (&self.oidc, bearer_token(headers)) {

@@ -21,8 +21,9 @@ use gatehouse_shared::token::{OWNER_SCOPE_KEY, verify};
 use crate::authn::oidc::OidcAuthenticator;
 use crate::context::{Body, BoxError};
 use crate::endpoints::logout::{self, LogoutService};
-use crate::endpoints::{signing_key, well_known};
+use crate::endpoints::{app_tokens, signing_key, well_known};
 use crate::error::GatewayError;
+use crate::layers::authenticate::AppTokenLogin;
 
 /// Largest back-channel logout body read (a logout token is a few KiB).
 const MAX_LOGOUT_BODY: usize = 64 * 1024;
@@ -36,12 +37,15 @@ pub struct Endpoints {
     /// is on.
     pub well_known: Option<OidcAuthenticator>,
     /// Set when `pre_signed_url.serve_signing_keys` is on.
-    pub signing_keys: Option<SigningKeys>,
+    pub signing_keys: Option<UserStore>,
+    /// Set when `auth_middleware.allow_app_auth` is on: the state store and the minted token's
+    /// secret.
+    pub app_tokens: Option<UserStore>,
 }
 
-/// The signing-key store and the secret of the minted `x-access-token` (the endpoint reads the
-/// user from that token, as the oCIS `ocs` service does).
-pub struct SigningKeys {
+/// A store an endpoint keeps per-user data in, and the secret of the minted `x-access-token`:
+/// the endpoints read the user from that token, as the oCIS `ocs` and `auth-app` services do.
+pub struct UserStore {
     pub store: Arc<dyn Store>,
     pub jwt_secret: Vec<u8>,
 }
@@ -50,6 +54,7 @@ enum Target {
     Logout,
     WellKnown,
     SigningKey(signing_key::OcsVersion),
+    AppTokens,
 }
 
 impl Endpoints {
@@ -59,6 +64,11 @@ impl Endpoints {
             (&Method::POST, "/backchannel_logout") if self.logout.is_some() => Some(Target::Logout),
             (&Method::GET, "/.well-known/openid-configuration") if self.well_known.is_some() => {
                 Some(Target::WellKnown)
+            }
+            (&Method::GET | &Method::POST | &Method::DELETE, p)
+                if self.app_tokens.is_some() && app_tokens::route(p) =>
+            {
+                Some(Target::AppTokens)
             }
             (&Method::GET, p) if self.signing_keys.is_some() => {
                 signing_key::route(p).map(Target::SigningKey)
@@ -141,6 +151,34 @@ where
                         unreachable!("target() checked it")
                     };
                     Ok(well_known::handle(well_known).await)
+                }
+                Target::AppTokens => {
+                    let Some(keys) = &endpoints.app_tokens else {
+                        unreachable!("target() checked it")
+                    };
+                    let caller = req
+                        .headers()
+                        .get("x-access-token")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|t| verify(&keys.jwt_secret, t, Duration::from_secs(5)).ok())
+                        .filter(|claims| claims.scope.contains_key(OWNER_SCOPE_KEY))
+                        .and_then(|claims| {
+                            let id = claims.user.id?.opaque_id;
+                            Some(app_tokens::Caller {
+                                user_id: id,
+                                username: claims.user.username,
+                            })
+                        })
+                        .filter(|c| !c.user_id.is_empty() && !c.username.is_empty());
+                    let via_app_token = req.extensions().get::<AppTokenLogin>().is_some();
+                    Ok(app_tokens::handle(
+                        keys.store.as_ref(),
+                        req.method(),
+                        req.uri().query(),
+                        caller,
+                        via_app_token,
+                    )
+                    .await)
                 }
                 Target::SigningKey(version) => {
                     let Some(keys) = &endpoints.signing_keys else {

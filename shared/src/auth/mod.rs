@@ -2,6 +2,7 @@
 //! bearer token, role assignment from claims, claim-managed space memberships, step-up checks
 //! and the 401 answer; the bookkeeping of failed authentications across the cluster.
 
+pub mod app_token;
 pub mod brute_force;
 pub mod challenge;
 pub mod claims;

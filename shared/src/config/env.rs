@@ -306,7 +306,8 @@ pub static SECTIONS: &[Section] = &[
             yaml("auth_middleware.credentials_by_user_agent",
                 "Map of user-agent → challenge (`basic` or `bearer`) sent to that client."),
             set("auth_middleware.allow_app_auth", &["PROXY_ENABLE_APP_AUTH"], boolean!(auth_middleware.allow_app_auth),
-                "Accept app passwords."),
+                "Accept app tokens as Basic credentials (`<user name>:<app token>`), and serve the oCIS `auth-app` API \
+                 (`/auth-app/tokens`: create, list, delete) in the gateway, which keeps the tokens, hashed, in `state_store`."),
             set("policies_middleware.query", &["PROXY_POLICIES_QUERY"], string!(policies_middleware.query),
                 "Rego query of the policies service; empty disables the policy check."),
             set("service_account.service_account_id", &["OCIS_SERVICE_ACCOUNT_ID", "PROXY_SERVICE_ACCOUNT_ID"],

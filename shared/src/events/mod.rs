@@ -11,7 +11,7 @@
 //! when events are disabled and [`RecordingSink`] lets other modules' tests see what they emitted.
 
 pub mod envelope;
-mod time;
+pub mod time;
 pub mod types;
 
 use std::sync::Mutex;
