@@ -49,35 +49,15 @@ pub async fn open(
                 ..NatsKvOptions::default()
             };
             let waiting_for = format!("NATS at {}", cfg.addresses.join(","));
-            let deferred = DeferredStore::new("nats-js-kv", waiting_for.clone());
-            let connected: Arc<OnceLock<Arc<NatsKvStore>>> = Arc::default();
-            match NatsKvStore::connect(opts.clone()).await {
-                Ok(kv) => install(&deferred, &connected, Arc::new(kv)),
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(
-                        store = name,
-                        error = %e,
-                        "cannot reach NATS; the node starts unready and keeps trying"
-                    );
-                    let (what, deferred, connected) =
-                        (name.to_owned(), deferred.clone(), connected.clone());
-                    tokio::spawn(async move {
-                        let kv =
-                            until_connected(&what, || NatsKvStore::connect(opts.clone())).await;
-                        install(&deferred, &connected, Arc::new(kv));
-                    });
-                }
-                Err(e) => return Err(e),
-            }
-            // Unready until connected once; a later loss only degrades (see `health`).
-            let probe = Arc::clone(&connected);
-            health.require(format!("{name} ({waiting_for})"), move || {
-                probe.get().is_some()
-            });
-            let probe = Arc::clone(&connected);
-            health.observe(format!("{name} ({waiting_for})"), move || {
-                probe.get().is_some_and(|kv| kv.is_connected())
-            });
+            let (deferred, connected) = connect_or_wait(
+                name,
+                "nats-js-kv",
+                waiting_for,
+                health,
+                move || NatsKvStore::connect(opts.clone()),
+                NatsKvStore::is_connected,
+            )
+            .await?;
             // Probes hold weak references: metrics never keep a component alive.
             let probe = Arc::downgrade(&connected);
             metrics.scrape().nats(client, move || {
@@ -90,35 +70,15 @@ pub async fn open(
         }
         "redis-sentinel" => {
             let opts = RedisOptions::from_config(section, cfg)?;
-            let waiting_for = opts.describe();
-            let deferred = DeferredStore::new("redis-sentinel", waiting_for.clone());
-            let connected: Arc<OnceLock<Arc<RedisStore>>> = Arc::default();
-            match RedisStore::connect(opts.clone()).await {
-                Ok(store) => install_redis(&deferred, &connected, Arc::new(store)),
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(
-                        store = name,
-                        error = %e,
-                        "cannot reach Redis; the node starts unready and keeps trying"
-                    );
-                    let (what, deferred, connected) =
-                        (name.to_owned(), deferred.clone(), connected.clone());
-                    tokio::spawn(async move {
-                        let store =
-                            until_connected(&what, || RedisStore::connect(opts.clone())).await;
-                        install_redis(&deferred, &connected, Arc::new(store));
-                    });
-                }
-                Err(e) => return Err(e),
-            }
-            let probe = Arc::clone(&connected);
-            health.require(format!("{name} ({waiting_for})"), move || {
-                probe.get().is_some()
-            });
-            let probe = Arc::clone(&connected);
-            health.observe(format!("{name} ({waiting_for})"), move || {
-                probe.get().is_some_and(|store| store.is_connected())
-            });
+            let (deferred, connected) = connect_or_wait(
+                name,
+                "redis-sentinel",
+                opts.describe(),
+                health,
+                move || RedisStore::connect(opts.clone()),
+                RedisStore::is_connected,
+            )
+            .await?;
             let probe = Arc::downgrade(&connected);
             metrics.scrape().redis(client, move || {
                 probe
@@ -166,20 +126,54 @@ fn near_cache(
     near
 }
 
-fn install_redis(
-    deferred: &Arc<DeferredStore>,
-    connected: &OnceLock<Arc<RedisStore>>,
-    store: Arc<RedisStore>,
-) {
-    let _ = connected.set(Arc::clone(&store));
-    deferred.install(store);
-}
-
-fn install(
-    deferred: &Arc<DeferredStore>,
-    connected: &OnceLock<Arc<NatsKvStore>>,
-    kv: Arc<NatsKvStore>,
-) {
-    let _ = connected.set(Arc::clone(&kv));
-    deferred.install(kv);
+/// Connects with `connect` now or, when the server cannot be reached yet, keeps trying in the
+/// background while the returned store answers `Unavailable`. Refusals no retry fixes are
+/// returned. The node is unready until the store has connected once; a later loss only degrades
+/// it (see `health`).
+async fn connect_or_wait<S, F, Fut>(
+    name: &str,
+    kind: &'static str,
+    waiting_for: String,
+    health: &Health,
+    connect: F,
+    is_connected: fn(&S) -> bool,
+) -> Result<(Arc<DeferredStore>, Arc<OnceLock<Arc<S>>>), StoreError>
+where
+    S: Store + Send + Sync + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<S, StoreError>> + Send,
+{
+    let deferred = DeferredStore::new(kind, waiting_for.clone());
+    let connected: Arc<OnceLock<Arc<S>>> = Arc::default();
+    let install = |deferred: &Arc<DeferredStore>, connected: &OnceLock<Arc<S>>, store: S| {
+        let store = Arc::new(store);
+        let _ = connected.set(Arc::clone(&store));
+        deferred.install(store);
+    };
+    match connect().await {
+        Ok(store) => install(&deferred, &connected, store),
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(
+                store = name,
+                error = %e,
+                "cannot reach {waiting_for}; the node starts unready and keeps trying"
+            );
+            let (what, deferred, connected) =
+                (name.to_owned(), deferred.clone(), connected.clone());
+            tokio::spawn(async move {
+                let store = until_connected(&what, connect).await;
+                install(&deferred, &connected, store);
+            });
+        }
+        Err(e) => return Err(e),
+    }
+    let probe = Arc::clone(&connected);
+    health.require(format!("{name} ({waiting_for})"), move || {
+        probe.get().is_some()
+    });
+    let probe = Arc::clone(&connected);
+    health.observe(format!("{name} ({waiting_for})"), move || {
+        probe.get().is_some_and(|s| is_connected(s))
+    });
+    Ok((deferred, connected))
 }
