@@ -355,37 +355,7 @@ async fn near_caches_on_three_nodes_stay_coherent() {
         .map(|c| c.stats().remote_hits + c.stats().misses)
         .collect();
 
-    let mut lags = Vec::new();
-    for i in 0..200 {
-        let key = &keys[i % keys.len()];
-        let expected = if i % 4 == 3 {
-            None
-        } else {
-            Some(format!("v{i}"))
-        };
-        let started = Instant::now();
-        match &expected {
-            Some(v) => {
-                caches[0].put(key, b(v), None).await.unwrap();
-            }
-            None => caches[0].delete(key).await.unwrap(),
-        }
-        for cache in &caches[1..] {
-            loop {
-                let got = cache.get(key).await.unwrap();
-                if got.as_ref().map(|e| &e.value[..]) == expected.as_ref().map(|v| v.as_bytes()) {
-                    lags.push(started.elapsed());
-                    break;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(5),
-                    "op {i}: change never became visible"
-                );
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-        }
-    }
-    lags.sort();
+    let lags = gatehouse_tests::near_cache_lags(&caches, &keys).await;
     let (p50, p99) = (percentile(&lags, 0.5), percentile(&lags, 0.99));
     println!(
         "near-cache coherence over {} observations: p50 {p50:?}, p99 {p99:?}, max {:?}",

@@ -424,19 +424,7 @@ async fn nats_credentials_and_tls_are_checked_at_start_up() {
         cmd
     };
 
-    let mut wrong = Node(node("not-the-password").spawn().unwrap());
-    let code = wait_for_exit(&mut wrong, Duration::from_secs(20)).await;
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(wrong.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("NATS refused the credentials")
-            && stderr.contains(".username and ")
-            && stderr.contains(".password"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("not-the-password"), "{stderr}");
-    assert_no_panic(&stderr);
+    exits_refusing_credentials(node("not-the-password"), "NATS refused the credentials").await;
 
     let _good = Node(node("gw-pass-1").spawn().unwrap());
     let ready = gatehouse_tests::wait_until(Duration::from_secs(20), || async {
@@ -451,6 +439,24 @@ async fn nats_credentials_and_tls_are_checked_at_start_up() {
         !log.contains("Publish Violation") && !log.contains("Subscription Violation"),
         "the documented permissions were not enough for a node:\n{log}"
     );
+}
+
+/// Runs a node started with the password `not-the-password` and checks that it exits 1 saying
+/// `refusal` and naming the settings, without echoing the password or panicking.
+async fn exits_refusing_credentials(mut cmd: Command, refusal: &str) {
+    let mut wrong = Node(cmd.spawn().unwrap());
+    let code = wait_for_exit(&mut wrong, Duration::from_secs(20)).await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(wrong.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(refusal)
+            && stderr.contains(".username and ")
+            && stderr.contains(".password"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+    assert_no_panic(&stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,19 +483,7 @@ async fn redis_credentials_are_checked_at_start_up_and_a_missing_master_only_del
             .stderr(Stdio::piped());
         cmd
     };
-    let mut wrong = Node(node("not-the-password").spawn().unwrap());
-    let code = wait_for_exit(&mut wrong, Duration::from_secs(20)).await;
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(wrong.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("Redis refused the credentials")
-            && stderr.contains(".username and ")
-            && stderr.contains(".password"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("not-the-password"), "{stderr}");
-    assert_no_panic(&stderr);
+    exits_refusing_credentials(node("not-the-password"), "Redis refused the credentials").await;
 
     // No master (the sentinels answer, the data nodes are down): the node starts, unready.
     tokio::task::block_in_place(|| redis.kill_all_data());

@@ -219,33 +219,7 @@ async fn near_caches_on_three_nodes_stay_coherent_within_100ms() {
         .iter()
         .map(|c| c.stats().remote_hits + c.stats().misses)
         .collect();
-    let mut lags = Vec::new();
-    for i in 0..200 {
-        let key = &keys[i % keys.len()];
-        let expected = (i % 4 != 3).then(|| format!("v{i}"));
-        let started = Instant::now();
-        match &expected {
-            Some(v) => {
-                caches[0].put(key, b(v), None).await.unwrap();
-            }
-            None => caches[0].delete(key).await.unwrap(),
-        }
-        for cache in &caches[1..] {
-            loop {
-                let got = cache.get(key).await.unwrap();
-                if got.as_ref().map(|e| &e.value[..]) == expected.as_ref().map(|v| v.as_bytes()) {
-                    lags.push(started.elapsed());
-                    break;
-                }
-                assert!(
-                    started.elapsed() < Duration::from_secs(5),
-                    "op {i}: the change never became visible"
-                );
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-        }
-    }
-    lags.sort();
+    let lags = gatehouse_tests::near_cache_lags(&caches, &keys).await;
     let at = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
     println!(
         "redis near-cache coherence over {} observations: p50 {:?}, p99 {:?}, max {:?}",

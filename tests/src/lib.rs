@@ -59,3 +59,44 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// How long each of `caches` (but the first) takes to show a change written through the first:
+/// 200 writes and deletions over ten keys, each awaited on every other cache, polled locally.
+/// Panics if a change is not visible after 5 s. The keys must already be cached everywhere.
+pub async fn near_cache_lags(
+    caches: &[std::sync::Arc<gatehouse_shared::store::NearCache>],
+    keys: &[String],
+) -> Vec<std::time::Duration> {
+    use gatehouse_shared::store::Store as _;
+    let mut lags = Vec::new();
+    for i in 0..200 {
+        let key = &keys[i % keys.len()];
+        let expected = (i % 4 != 3).then(|| format!("v{i}"));
+        let started = std::time::Instant::now();
+        match &expected {
+            Some(v) => {
+                caches[0]
+                    .put(key, bytes::Bytes::from(v.clone()), None)
+                    .await
+                    .expect("write");
+            }
+            None => caches[0].delete(key).await.expect("delete"),
+        }
+        for cache in &caches[1..] {
+            loop {
+                let got = cache.get(key).await.expect("read");
+                if got.as_ref().map(|e| &e.value[..]) == expected.as_ref().map(|v| v.as_bytes()) {
+                    lags.push(started.elapsed());
+                    break;
+                }
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(5),
+                    "op {i}: the change never became visible"
+                );
+                tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+            }
+        }
+    }
+    lags.sort();
+    lags
+}

@@ -160,9 +160,8 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     remove_dot_segments(&path).map(Cow::Owned)
 }
 
-/// Whether every escape of `bytes` (all valid, checked by the caller) together with the plain
-/// bytes forms valid UTF-8.
-fn decodes_to_utf8(bytes: &[u8]) -> bool {
+/// `bytes` with every valid escape decoded (others kept as they are).
+fn percent_decode(bytes: &[u8]) -> Vec<u8> {
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -177,7 +176,12 @@ fn decodes_to_utf8(bytes: &[u8]) -> bool {
             }
         }
     }
-    std::str::from_utf8(&decoded).is_ok()
+    decoded
+}
+
+/// Whether `bytes` (every escape valid, checked by the caller) decodes to valid UTF-8.
+fn decodes_to_utf8(bytes: &[u8]) -> bool {
+    std::str::from_utf8(&percent_decode(bytes)).is_ok()
 }
 
 enum Segment {
@@ -196,7 +200,7 @@ fn classify_segment(segment: &str) -> Segment {
     }
     // What a lenient reader makes of it: decoded, parameters cut off, whitespace trimmed, and
     // look-alike dots (full-width, one-dot leader, small full stop) folded as NFKC does.
-    let decoded = percent_decode_lossy(segment);
+    let decoded = String::from_utf8_lossy(&percent_decode(segment.as_bytes())).into_owned();
     let before_params = decoded.split(';').next().unwrap_or_default();
     let trimmed = before_params.trim_matches(|c: char| c.is_whitespace() || c.is_control());
     let dots = trimmed.chars().count();
@@ -209,25 +213,6 @@ fn classify_segment(segment: &str) -> Segment {
     } else {
         Segment::Plain
     }
-}
-
-fn percent_decode_lossy(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match escape_at(bytes, i) {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn collapse_slashes(path: &str) -> String {
