@@ -41,6 +41,8 @@ pub struct Guard {
     node: String,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// When the "too many keys" warning was last logged (Unix ms): at most once a minute.
+    full_warned: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -79,6 +81,7 @@ impl Guard {
             node: uuid::Uuid::new_v4().simple().to_string(),
             wake: Arc::new(Notify::new()),
             metrics,
+            full_warned: AtomicU64::new(0),
         });
         let ttl = cfg.window.0.saturating_mul(2);
         tokio::spawn(send_reports(
@@ -140,10 +143,19 @@ impl Guard {
                 );
             }
             Verdict::Untracked => {
-                tracing::warn!(
-                    kind = key.kind.as_str(),
-                    "too many keys with failed authentications to track; this one is not counted"
-                );
+                let now = now_ms();
+                let last = self.full_warned.load(Ordering::Relaxed);
+                if now.saturating_sub(last) >= 60_000
+                    && self
+                        .full_warned
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(
+                        kind = key.kind.as_str(),
+                        "too many keys with failed authentications to track; new ones are not counted (logged once a minute)"
+                    );
+                }
             }
         }
     }
