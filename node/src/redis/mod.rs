@@ -114,8 +114,11 @@ pub struct RedisStore {
 struct Shared {
     opts: RedisOptions,
     channel: String,
-    /// The master connection; `None` while there is none.
-    conn: Mutex<Option<MultiplexedConnection>>,
+    /// The master connection and its session's number; `None` while there is none.
+    conn: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// The current session's number: an operation that failed on an older connection does not
+    /// make the supervisor drop the current one.
+    generation: AtomicU64,
     connected: AtomicBool,
     reconnects: AtomicU64,
     feed: broadcast::Sender<Change>,
@@ -131,7 +134,8 @@ impl RedisStore {
         let shared = Arc::new(Shared {
             channel: change_channel(&opts.table),
             opts,
-            conn: Mutex::new(Some(session.data.clone())),
+            conn: Mutex::new(Some((0, session.data.clone()))),
+            generation: AtomicU64::new(0),
             connected: AtomicBool::new(true),
             reconnects: AtomicU64::new(0),
             feed: broadcast::channel(FEED_CAPACITY).0,
@@ -166,7 +170,7 @@ impl RedisStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let Some(mut conn) = conn else {
+        let Some((generation, mut conn)) = conn else {
             return Err(StoreError::Unavailable(format!(
                 "no connection to the {} ({op} {key:?})",
                 self.shared.opts.describe()
@@ -175,7 +179,7 @@ impl RedisStore {
         invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.shared.failed(op, key, &e))
+            .map_err(|e| self.shared.failed(op, key, &e, generation))
     }
 
     async fn write(
@@ -216,7 +220,13 @@ impl Drop for RedisStore {
 
 impl Shared {
     /// Classifies a failed command; a broken connection wakes the supervisor.
-    fn failed(&self, op: &'static str, key: &str, e: &redis::RedisError) -> StoreError {
+    fn failed(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: &redis::RedisError,
+        generation: u64,
+    ) -> StoreError {
         let section = &self.opts.section;
         if is_auth_failure(e) {
             return StoreError::Misconfigured(format!(
@@ -229,7 +239,7 @@ impl Shared {
                 after: self.opts.op_timeout,
             };
         }
-        if connection_lost(e) {
+        if connection_lost(e) && generation == self.generation.load(Ordering::SeqCst) {
             self.lost.notify_one();
         }
         StoreError::Unavailable(format!("Redis {op} {key:?}: {e}"))

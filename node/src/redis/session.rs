@@ -145,10 +145,14 @@ pub(super) async fn supervise(shared: Arc<Shared>, mut session: Session) {
     loop {
         let why = serve(&shared, &mut session).await;
         *shared.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
         shared.connected.store(false, Ordering::Relaxed);
         tracing::warn!(store = %shared.opts.section, master = %session.master, reason = %why, "lost the Redis master; finding it again");
         session = reconnect(&shared).await;
-        *shared.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(session.data.clone());
+        // A loss reported on the old connection before it was dropped must not end the new one.
+        let _ = futures::FutureExt::now_or_never(shared.lost.notified());
+        *shared.conn.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((generation, session.data.clone()));
         shared.connected.store(true, Ordering::Relaxed);
         shared.reconnects.fetch_add(1, Ordering::Relaxed);
         let _ = shared.feed.send(Change::Reset);
