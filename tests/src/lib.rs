@@ -61,13 +61,35 @@ where
 }
 
 /// How long each of `caches` (but the first) takes to show a change written through the first:
-/// 200 writes and deletions over ten keys, each awaited on every other cache, polled locally.
-/// Panics if a change is not visible after 5 s. The keys must already be cached everywhere.
+/// ten keys are written and waited for on every cache, then 200 writes and deletions over them
+/// are each awaited on every other cache, polled locally. Panics if a change is not visible
+/// after 5 s, or if a poll was not answered locally (every change must arrive by the feed).
+/// The lags come back sorted.
 pub async fn near_cache_lags(
     caches: &[std::sync::Arc<gatehouse_shared::store::NearCache>],
-    keys: &[String],
 ) -> Vec<std::time::Duration> {
     use gatehouse_shared::store::Store as _;
+    use std::time::Duration;
+    let keys: Vec<String> = (0..10).map(|i| format!("user{i}")).collect();
+    for k in &keys {
+        caches[0]
+            .put(k, bytes::Bytes::from_static(b"initial"), None)
+            .await
+            .expect("write");
+    }
+    for cache in &caches[1..] {
+        for k in &keys {
+            let seen = wait_until(Duration::from_secs(10), || async {
+                matches!(cache.get(k).await, Ok(Some(_)))
+            })
+            .await;
+            assert!(seen, "warm-up: {k} never reached a peer");
+        }
+    }
+    let remote_before: Vec<u64> = caches
+        .iter()
+        .map(|c| c.stats().remote_hits + c.stats().misses)
+        .collect();
     let mut lags = Vec::new();
     for i in 0..200 {
         let key = &keys[i % keys.len()];
@@ -90,12 +112,21 @@ pub async fn near_cache_lags(
                     break;
                 }
                 assert!(
-                    started.elapsed() < std::time::Duration::from_secs(5),
+                    started.elapsed() < Duration::from_secs(5),
                     "op {i}: the change never became visible"
                 );
-                tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                tokio::time::sleep(Duration::from_micros(200)).await;
             }
         }
+    }
+    for (i, c) in caches.iter().enumerate().skip(1) {
+        let s = c.stats();
+        assert_eq!(
+            s.remote_hits + s.misses,
+            remote_before[i],
+            "cache {i} answered every poll locally: {s:?}"
+        );
+        assert_eq!(s.errors, 0);
     }
     lags.sort();
     lags

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::accounts::backend::LookupKind;
 use crate::accounts::{Account, AccountResolver};
+use crate::authn::basic::has_share_token;
 
 /// How long a verified token is remembered by this node.
 const REMEMBER: Duration = Duration::from_secs(60);
@@ -64,11 +65,12 @@ impl AppTokenAuthenticator {
         }
     }
 
+    /// `query` is the raw query string, without `?`.
     pub async fn authenticate(
         &self,
         path: &str,
         headers: &HeaderMap,
-        has_share_token: bool,
+        query: Option<&str>,
     ) -> AppTokenOutcome {
         let Some(credentials) = headers
             .get(header::AUTHORIZATION)
@@ -76,7 +78,7 @@ impl AppTokenAuthenticator {
         else {
             return AppTokenOutcome::NotApplicable;
         };
-        if is_public_path(path) && has_share_token {
+        if is_public_path(path) && has_share_token(headers, query) {
             return AppTokenOutcome::NotApplicable;
         }
         let (user, token) = (&credentials.username, &credentials.password);

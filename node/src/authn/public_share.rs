@@ -817,7 +817,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// The share token: header `public-token`, else query `public-token`. `Ok(None)` when neither is
 /// there (or both are empty); an unreadable, oversized or repeated token is an error.
-fn share_token(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, String> {
+pub(crate) fn share_token(
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<String>, String> {
     let mut values = headers.get_all(PUBLIC_TOKEN).iter();
     if let Some(first) = values.next() {
         if values.next().is_some() {

@@ -40,7 +40,7 @@ use gatehouse_shared::auth::challenge::{
 
 use crate::accounts::Account;
 use crate::authn::app_token::{AppTokenAuthenticator, AppTokenOutcome};
-use crate::authn::basic::{BasicAuthenticator, BasicOutcome, has_share_token};
+use crate::authn::basic::{BasicAuthenticator, BasicOutcome};
 use crate::authn::oidc::{Authenticated, OidcAuthenticator, OidcError};
 use crate::authn::public_share::{self, PublicShareAuthenticator, ShareOutcome};
 use crate::authn::signed_url::{SignedUrlAuthenticator, SignedUrlRejection};
@@ -269,12 +269,9 @@ where
 fn guard_keys<B>(req: &Request<B>) -> Option<Vec<GuardKey>> {
     let headers = req.headers();
     let query = req.uri().query();
-    let share = headers
-        .get(public_share::PUBLIC_TOKEN)
-        .and_then(|v| v.to_str().ok())
-        .filter(|t| !t.is_empty())
-        .or_else(|| query.and_then(|q| Query::first_raw(q, public_share::PUBLIC_TOKEN)))
-        .filter(|t| !t.is_empty());
+    // An unreadable or repeated token is refused by the share authenticator; it counts
+    // against the address only.
+    let share = public_share::share_token(headers, query).ok().flatten();
     let basic_user = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| decode_basic(v.as_bytes()))
@@ -285,7 +282,7 @@ fn guard_keys<B>(req: &Request<B>) -> Option<Vec<GuardKey>> {
     }
     let mut keys = Vec::with_capacity(2);
     match (share, basic_user) {
-        (Some(token), _) => keys.push(GuardKey::share(token)),
+        (Some(token), _) => keys.push(GuardKey::share(&token)),
         (None, Some(user)) if !user.is_empty() => {
             keys.push(GuardKey::user(&String::from_utf8_lossy(&user)));
         }
@@ -427,10 +424,7 @@ impl Authenticators {
             }
         }
         if let Some(app) = &self.app_token {
-            match app
-                .authenticate(path, headers, has_share_token(headers, query))
-                .await
-            {
+            match app.authenticate(path, headers, query).await {
                 AppTokenOutcome::Accepted(account) => {
                     return Outcome::Accepted(Identity::Account {
                         account,
