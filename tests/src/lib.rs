@@ -131,3 +131,50 @@ pub async fn near_cache_lags(
     lags.sort();
     lags
 }
+
+/// What clients get from `nodes` while their shared store is down: waits until every node
+/// reports itself degraded, then sends 20 rounds of requests with the `cached` session (each must
+/// get 200) and one login per node with a fresh token of `user`, which needs the store. Returns
+/// the slowest cached request and, per login, its status, whether it carried `Retry-After`, and
+/// how long it took.
+pub async fn store_outage_answers(
+    nodes: &[node::GatehouseNode],
+    idp: &idp::Idp,
+    cached: &str,
+    user: &str,
+) -> (std::time::Duration, Vec<(u16, bool, std::time::Duration)>) {
+    use std::time::{Duration, Instant};
+    for node in nodes {
+        let degraded = wait_until(Duration::from_secs(15), || async {
+            let r = client::get(&node.debug_url("/readyz")).await;
+            r.status == 200 && r.text().contains("degraded")
+        })
+        .await;
+        assert!(degraded, "{}", node.logs());
+    }
+    let mut slowest_cached = Duration::ZERO;
+    for _ in 0..20 {
+        for node in nodes {
+            let t0 = Instant::now();
+            let r = client::get_with(&node.url("/cached"), &[("authorization", cached)]).await;
+            slowest_cached = slowest_cached.max(t0.elapsed());
+            assert_eq!(r.status, 200, "a cached session during the outage");
+        }
+    }
+    let mut answers = Vec::new();
+    for node in nodes {
+        let fresh = idp.user_token(user, idp::TokenOptions::jwt()).await;
+        let t0 = Instant::now();
+        let r = client::get_with(
+            &node.url("/new"),
+            &[("authorization", &client::bearer(fresh.access_token()))],
+        )
+        .await;
+        answers.push((
+            r.status.as_u16(),
+            r.headers.get("retry-after").is_some(),
+            t0.elapsed(),
+        ));
+    }
+    (slowest_cached, answers)
+}

@@ -572,37 +572,9 @@ async fn during_a_nats_outage_cached_sessions_work_and_new_logins_are_answered_a
     for i in 0..3 {
         c.nats.kill(i);
     }
-    for node in &c.nodes {
-        let degraded = wait_until(Duration::from_secs(15), || async {
-            let r = gatehouse_tests::client::get(&node.debug_url("/readyz")).await;
-            r.status == 200 && r.text().contains("degraded")
-        })
-        .await;
-        assert!(degraded, "{}", node.logs());
-    }
-    let mut slowest_cached = Duration::ZERO;
-    for _ in 0..20 {
-        for node in &c.nodes {
-            let t0 = Instant::now();
-            let r = get_with(&node.url("/cached"), &[("authorization", &cached)]).await;
-            slowest_cached = slowest_cached.max(t0.elapsed());
-            assert_eq!(r.status, 200, "a cached session during the outage");
-        }
-    }
-    // A token no node has seen: it needs the shared stores, which are known to be down.
-    let mut answers = Vec::new();
-    for node in &c.nodes {
-        let fresh = c.idp.user_token("einstein", TokenOptions::jwt()).await;
-        let t0 = Instant::now();
-        let r = get_with(
-            &node.url("/new"),
-            &[("authorization", &bearer(fresh.access_token()))],
-        )
-        .await;
-        let took = t0.elapsed();
-        let retry_after = r.headers.get("retry-after").is_some();
-        answers.push((r.status.as_u16(), retry_after, took));
-    }
+    // A token no node has seen needs the shared stores, which are known to be down.
+    let (slowest_cached, answers) =
+        gatehouse_tests::store_outage_answers(&c.nodes, &c.idp, &cached, "einstein").await;
     println!("cached sessions: slowest {slowest_cached:?}; new logins: {answers:?}");
     for (status, retry_after, took) in &answers {
         assert!(

@@ -299,37 +299,9 @@ async fn during_a_redis_outage_cached_sessions_work_and_new_logins_are_answered_
             })
             .await
         );
-        let degraded = wait_until(Duration::from_secs(15), || async {
-            let r = gatehouse_tests::client::get(&node.debug_url("/readyz")).await;
-            r.status == 200 && r.text().contains("degraded")
-        })
-        .await;
-        assert!(degraded, "{}", node.logs());
     }
-    let mut slowest_cached = Duration::ZERO;
-    for _ in 0..20 {
-        for node in &c.nodes {
-            let t0 = Instant::now();
-            let r = get_with(&node.url("/cached"), &[("authorization", &cached)]).await;
-            slowest_cached = slowest_cached.max(t0.elapsed());
-            assert_eq!(r.status, 200, "a cached session during the outage");
-        }
-    }
-    let mut answers = Vec::new();
-    for node in &c.nodes {
-        let fresh = c.idp.user_token("einstein", TokenOptions::jwt()).await;
-        let t0 = Instant::now();
-        let r = get_with(
-            &node.url("/new"),
-            &[("authorization", &bearer(fresh.access_token()))],
-        )
-        .await;
-        answers.push((
-            r.status.as_u16(),
-            r.headers.get("retry-after").is_some(),
-            t0.elapsed(),
-        ));
-    }
+    let (slowest_cached, answers) =
+        gatehouse_tests::store_outage_answers(&c.nodes, &c.idp, &cached, "einstein").await;
     println!("cached sessions: slowest {slowest_cached:?}; new logins: {answers:?}");
     for (status, retry_after, took) in &answers {
         assert!(
