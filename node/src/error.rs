@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -72,6 +73,13 @@ pub enum GatewayError {
     /// (`guard`): 429 with `Retry-After`, no authenticator asked. Not retryable before then.
     #[error("blocked after too many failed authentications for {retry_after:?}")]
     TooManyFailures { retry_after: Duration },
+    /// The request's address or user sent more than a `rate_limits` rule admits
+    /// (`rate_limit`): 429 with `Retry-After`. Not retryable before then.
+    #[error("rate limit {rule} reached; retry after {retry_after:?}")]
+    RateLimited {
+        rule: Arc<str>,
+        retry_after: Duration,
+    },
     /// The user is known but may not do this (no role matches, step-up authentication missing).
     #[error("forbidden: {reason}")]
     Forbidden {
@@ -100,6 +108,7 @@ impl GatewayError {
             GatewayError::Unauthenticated { .. } => "unauthenticated",
             GatewayError::IdentityUnavailable { .. } => "identity_unavailable",
             GatewayError::TooManyFailures { .. } => "too_many_failures",
+            GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::Forbidden { .. } => "forbidden",
             GatewayError::AccountBackend { .. } => "account_backend",
             GatewayError::Internal { .. } => "internal",
@@ -130,7 +139,9 @@ impl GatewayError {
                 timed_out: true, ..
             } => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::IdentityUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::TooManyFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::TooManyFailures { .. } | GatewayError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Forbidden { .. } => StatusCode::FORBIDDEN,
             GatewayError::AccountBackend {
                 retryable: true, ..
@@ -191,6 +202,15 @@ impl GatewayError {
                     "blocked"
                 );
             }
+            // Logged when the key began to be refused; each refused request is only counted.
+            GatewayError::RateLimited { rule, retry_after } => {
+                tracing::debug!(
+                    status = status.as_u16(),
+                    rule = %rule,
+                    retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX),
+                    "rate limited"
+                );
+            }
             GatewayError::Forbidden {
                 reason,
                 mfa_required,
@@ -226,7 +246,8 @@ impl GatewayError {
                 r
             }
             GatewayError::IdentityUnavailable { retry_after, .. }
-            | GatewayError::TooManyFailures { retry_after } => {
+            | GatewayError::TooManyFailures { retry_after }
+            | GatewayError::RateLimited { retry_after, .. } => {
                 let mut r = Response::new(empty_body());
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 r.headers_mut()

@@ -30,6 +30,7 @@ pub mod identity;
 pub mod layers;
 pub mod pipeline;
 pub mod proxy;
+pub mod rate_limit;
 pub mod reconnect;
 pub mod redis;
 pub mod server;

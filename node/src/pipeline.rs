@@ -21,6 +21,7 @@ use crate::layers::account::AccountLayer;
 use crate::layers::authenticate::AuthenticateLayer;
 use crate::layers::endpoints::EndpointsLayer;
 use crate::layers::metrics::MetricsLayer;
+use crate::layers::rate_limit::{RateLimitLayer, RouteLimits};
 use crate::layers::redirect::RedirectLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::route::RouteLayer;
@@ -31,6 +32,7 @@ use crate::proxy::tls::UpstreamTlsError;
 use crate::proxy::{Proxy, ProxyOptions};
 use crate::telemetry::Metrics;
 use crate::upstream::{Resolver, ServiceNodes, UpstreamUrlError};
+use gatehouse_shared::rate_limit::LimitBy;
 use gatehouse_shared::routing::{Router, RoutingError, effective_policies};
 use gatehouse_shared::security::{Csp, CspError, SecurityHeaders};
 use gatehouse_shared::trace::settings::{self, Trust};
@@ -41,6 +43,8 @@ use gatehouse_shared::trace::settings::{self, Trust};
 #[derive(Clone)]
 pub struct PipelineParts {
     pub route: RouteLayer,
+    /// `rate_limits` and the routes they apply to; `None` without rules.
+    pub rate_limits: Option<Arc<RouteLimits>>,
     pub resolver: Arc<Resolver>,
     pub security: SecurityHeaders,
     pub trusted: Arc<TrustedProxies>,
@@ -80,8 +84,13 @@ impl PipelineParts {
         let csp_path = (!config.csp_config_file_location.is_empty())
             .then(|| Path::new(&config.csp_config_file_location));
         let csp = Csp::load(csp_path, &|name| std::env::var(name).ok())?;
+        let rate_limits = identity
+            .rate_limiter
+            .clone()
+            .map(|limiter| Arc::new(RouteLimits::new(limiter, &config.rate_limits, &router)));
         Ok(Self {
             route: RouteLayer::new(Arc::new(router))?,
+            rate_limits,
             resolver: Arc::new(Resolver::new(
                 &config.services,
                 registry,
@@ -133,11 +142,16 @@ pub fn build(
         .layer(ErrorResponseLayer)
         .layer(RedirectLayer::new(&parts.public_url))
         .layer(parts.route)
+        .layer(RateLimitLayer::new(
+            parts.rate_limits.clone(),
+            LimitBy::Address,
+        ))
         .layer(AuthenticateLayer::new(
             parts.identity.authenticators.clone(),
             memo.clone(),
         ))
         .layer(AccountLayer::new(parts.identity.accounts.clone(), memo))
+        .layer(RateLimitLayer::new(parts.rate_limits, LimitBy::User))
         .layer(EndpointsLayer::new(parts.identity.endpoints.clone()))
         .service(Proxy::new(parts.resolver, parts.trusted, &parts.proxy))
 }

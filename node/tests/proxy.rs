@@ -119,6 +119,7 @@ struct Gateway {
 async fn gateway(o: Opts) -> Gateway {
     let trusted = Arc::new(TrustedProxies::parse(&o.trusted).unwrap());
     let parts = PipelineParts {
+        rate_limits: None,
         route: RouteLayer::new(Arc::new(
             Router::new(
                 &[PolicyConfig {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod events;
 pub mod http1;
 pub mod oidc;
+pub mod rate_limit;
 pub mod routing;
 pub mod security;
 pub mod store;

@@ -321,6 +321,7 @@ mod tests {
         let prepared = Prepared {
             token: HeaderValue::from_static("minted"),
             mfa: false,
+            user: None,
         };
         memo.put(&token, prepared, Some(unix_now() + 300), now);
 

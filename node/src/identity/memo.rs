@@ -51,6 +51,8 @@ pub struct Prepared {
     pub token: HeaderValue,
     /// The login counts as multi-factor.
     pub mfa: bool,
+    /// The account id; `None` for a public share, which has no user.
+    pub user: Option<Arc<str>>,
 }
 
 /// Entries are filed under a hash of the token's last [`HASHED_SUFFIX`] bytes (for a JWT, the
@@ -302,6 +304,7 @@ mod tests {
         Prepared {
             token: HeaderValue::from_static(t),
             mfa: false,
+            user: None,
         }
     }
 

@@ -33,6 +33,7 @@ use crate::guard::Guard;
 use crate::layers::account::AccountServices;
 use crate::layers::authenticate::Authenticators;
 use crate::layers::endpoints::{Endpoints, UserStore};
+use crate::rate_limit::RateLimiter;
 use crate::telemetry::Metrics;
 
 use self::events::IdentityEvents;
@@ -64,6 +65,9 @@ pub struct Identity {
     /// The generation of the workers' signed-URL memos, advanced by every change the
     /// signing-key store reports locally; `None` when it cannot (no signed-URL memo then).
     pub signed_url_epoch: Option<MemoEpoch>,
+    /// The `rate_limits` buckets, shared through the state store like the brute-force counts;
+    /// `None` without rules.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
     oidc: Option<OidcAuthenticator>,
     userinfo: Arc<dyn Store>,
 }
@@ -180,6 +184,7 @@ impl Identity {
             .allow_app_auth
             .then(|| AppTokenAuthenticator::new(stores.state.clone(), resolver.clone()));
         let guard = Guard::start(&config.brute_force, stores.state.clone(), metrics.clone());
+        let rate_limiter = RateLimiter::start(&config.rate_limits, stores.state.clone(), &metrics);
         Ok(Identity {
             authenticators: Arc::new(Authenticators {
                 basic,
@@ -207,6 +212,7 @@ impl Identity {
             endpoints: Arc::new(endpoints),
             memo_epoch: MemoEpoch::new(),
             signed_url_epoch,
+            rate_limiter,
             oidc,
             userinfo: stores.userinfo,
         })

@@ -253,6 +253,8 @@ mod tests {
         use crate::layers::route::{RouteInfo, RouteUpstream, Routed};
         Routed::new(RouteInfo {
             policy: policy.into(),
+            policy_index: 0,
+            route_index: 0,
             endpoint: endpoint.into(),
             target: gatehouse_shared::routing::Target::Service("webdav".into()),
             unprotected: false,

@@ -34,7 +34,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry_semantic_conventions::attribute::ENDUSER_ID;
 
 use crate::accounts::{AccountError, AccountResolver, reva_user};
-use crate::context::Body;
+use crate::context::{Body, SharedTrace};
 use crate::error::GatewayError;
 use crate::identity::events::{EVENT_CONTEXT, EventContext, IdentityEvents};
 use crate::identity::memo::{Prepared, WorkerMemos};
@@ -134,7 +134,7 @@ where
                     mfa_required(),
                 ))));
             }
-            apply(req.headers_mut(), &prepared);
+            apply(&mut req, &prepared);
             req.headers_mut().remove(http::header::AUTHORIZATION);
             return futures::future::Either::Left(self.inner.call(req));
         }
@@ -146,7 +146,14 @@ where
                         mfa_required(),
                     ))));
                 }
-                apply(req.headers_mut(), &Prepared { token, mfa: false });
+                apply(
+                    &mut req,
+                    &Prepared {
+                        token,
+                        mfa: false,
+                        user: None,
+                    },
+                );
                 req.headers_mut().remove(http::header::AUTHORIZATION);
                 return futures::future::Either::Left(self.inner.call(req));
             }
@@ -210,7 +217,7 @@ async fn resolve<B>(
                     let prepared = EVENT_CONTEXT
                         .scope(context, services.prepare(&oidc, routed.require_mfa))
                         .await?;
-                    apply(req.headers_mut(), &prepared);
+                    apply(req, &prepared);
                     if let Some(bearer) = &oidc.bearer {
                         let exp = oidc.claims.get("exp").and_then(serde_json::Value::as_u64);
                         let now = Instant::now();
@@ -224,7 +231,7 @@ async fn resolve<B>(
                     let prepared = services
                         .prepare_account(&account, routed.require_mfa)
                         .await?;
-                    apply(req.headers_mut(), &prepared);
+                    apply(req, &prepared);
                     if let (Some(memo), Some(m)) = (
                         &memos.signed_urls,
                         req.extensions_mut().remove::<SignedUrlMemo>(),
@@ -244,7 +251,13 @@ async fn resolve<B>(
     }
 }
 
-fn apply(headers: &mut http::HeaderMap, prepared: &Prepared) {
+/// Hands the user to the backends (the minted token and the MFA markers) and to the per-user
+/// rate limits after this layer.
+fn apply<B>(req: &mut Request<B>, prepared: &Prepared) {
+    if let (Some(user), Some(trace)) = (&prepared.user, req.extensions().get::<SharedTrace>()) {
+        let _ = trace.user.set(user.clone());
+    }
+    let headers = req.headers_mut();
     // Static names: parsing a custom header name from a string allocates.
     const ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-access-token");
     const MFA: HeaderName = HeaderName::from_static(MFA_HEADER);
@@ -361,7 +374,11 @@ impl AccountServices {
         if mfa && self.mfa.enabled() {
             self.remember_step_up(&account.id);
         }
-        Ok(Prepared { token, mfa })
+        Ok(Prepared {
+            token,
+            mfa,
+            user: Some(account.id.as_str().into()),
+        })
     }
 
     /// An account proven without claims (Basic, signed URL): no role decision, provisioning or
@@ -392,6 +409,7 @@ impl AccountServices {
         Ok(Prepared {
             token: self.mint(&user)?,
             mfa,
+            user: Some(account.id.as_str().into()),
         })
     }
 

@@ -217,6 +217,7 @@ where
                                 let prepared = Prepared {
                                     token: token.clone(),
                                     mfa: false,
+                                    user: None,
                                 };
                                 memos.shares.put(&key, prepared, until, Instant::now());
                             }

@@ -35,6 +35,10 @@ pub fn routed<B>(req: &Request<B>) -> Option<&Routed> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct RouteInfo {
     pub policy: String,
+    /// With `route_index`, the route's place in the router (`RouteMatch::policy_index`): the
+    /// index of per-route tables built at start-up.
+    pub policy_index: usize,
+    pub route_index: usize,
     pub endpoint: String,
     pub target: Target,
     /// Authentication is skipped for this route.
@@ -110,6 +114,8 @@ fn route_info(m: &RouteMatch<'_>) -> Result<RouteInfo, UpstreamUrlError> {
     };
     Ok(RouteInfo {
         policy: m.policy.to_owned(),
+        policy_index: m.policy_index,
+        route_index: m.route_index,
         endpoint: m.endpoint.to_owned(),
         target: m.target.clone(),
         unprotected: m.unprotected,

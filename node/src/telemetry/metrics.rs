@@ -169,6 +169,8 @@ pub struct Metrics {
     authentications: [IntCounter; AuthResult::ALL.len()],
     /// `gatehouse_auth_blocks_total` by key kind.
     blocks: IntCounterVec,
+    /// `gatehouse_rate_limited_total` by rule.
+    rate_limited: IntCounterVec,
     /// `gatehouse_signed_url_key_derivations_total`: PBKDF2 runs of signed-URL checks (a cache
     /// hit runs none).
     pub signed_url_derivations: IntCounter,
@@ -393,6 +395,14 @@ impl Metrics {
             &["kind"],
         )
         .expect(VALID);
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_rate_limited_total",
+                "Requests refused with 429 by a rate_limits rule, by rule",
+            ),
+            &["rule"],
+        )
+        .expect(VALID);
         let signed_url_derivations = IntCounter::new(
             "gatehouse_signed_url_key_derivations_total",
             "PBKDF2 key derivations run to check signed URLs (verified URLs are remembered)",
@@ -405,6 +415,7 @@ impl Metrics {
             Box::new(idp_duration.clone()),
             Box::new(auth),
             Box::new(blocks.clone()),
+            Box::new(rate_limited.clone()),
             Box::new(signed_url_derivations.clone()),
             Box::new(errors.clone()),
             Box::new(duration.clone()),
@@ -452,6 +463,7 @@ impl Metrics {
             idp_duration,
             authentications,
             blocks,
+            rate_limited,
             signed_url_derivations,
             node_info,
             trace,
@@ -504,6 +516,11 @@ impl Metrics {
     /// A key of `kind` (`address`, `user`, `share`) was blocked.
     pub fn auth_block(&self, kind: &'static str) {
         self.blocks.with_label_values(&[kind]).inc();
+    }
+
+    /// The counter of refusals by `rule`, resolved once per rule by the caller.
+    pub fn rate_limited(&self, rule: &str) -> IntCounter {
+        self.rate_limited.with_label_values(&[rule])
     }
 }
 

@@ -56,17 +56,7 @@ pub struct GuardKey {
 
 impl GuardKey {
     pub fn address(ip: IpAddr) -> GuardKey {
-        let id = match ip {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => v4.to_string(),
-                // One subscriber usually holds a whole /64.
-                None => {
-                    let s = v6.segments();
-                    format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-                }
-            },
-        };
+        let id = crate::rate_limit::client_network_text(ip);
         Self::new(KeyKind::Address, &id)
     }
 

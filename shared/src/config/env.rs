@@ -584,6 +584,23 @@ pub static SECTIONS: &[Section] = &[
         ],
     },
     Section {
+        title: "Rate limits (YAML only)",
+        intro: "Request-volume limits, off unless rules are configured. Each rule is a token bucket per client address \
+                (IPv6: one /64) or per authenticated user, applied to the routes it names, and shared across every node \
+                through the state store: the cluster admits the rule's rate, not the rate times the nodes. A refused \
+                request gets 429 with `Retry-After`; address rules are checked before authentication, user rules after \
+                the account is known. docs/operations.md (\"Rate limits\") has an example and the behaviour when NATS fails.",
+        gatehouse: true,
+        settings: &[
+            yaml("rate_limits",
+                "List of rules: `name` (unique, no whitespace; the `rule` label of `gatehouse_rate_limited_total`), \
+                 `per` (`address` or `user`), `requests` per `period` (default `1s`), `burst` (the bucket size; \
+                 0: `requests`), `policy` (empty: every policy) and `endpoints` (routes by their configured `endpoint`; \
+                 empty: every route of the policy). A route several rules apply to must pass all of them.")
+                .shown_default("none"),
+        ],
+    },
+    Section {
         title: "Tracing",
         intro: "Gatehouse settings of the trace exporter, with the standard OpenTelemetry variables they also \
                 read. For every setting the variables are listed in precedence order, the last one set wins: the \

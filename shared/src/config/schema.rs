@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::duration::GoDuration;
+use crate::rate_limit::RateLimitRule;
 use crate::routing::{PolicyConfig, PolicySelectorConfig};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +49,8 @@ pub struct Config {
     pub mfa: Mfa,
     /// Gatehouse: limits on failed authentications, counted across the cluster.
     pub brute_force: BruteForce,
+    /// Gatehouse: request-volume limits per client address or user, per route or policy.
+    pub rate_limits: Vec<RateLimitRule>,
 
     // ---- Gatehouse additions (docs/configuration.md, "Gatehouse additions") ----
     /// The public URL of the installation (`OCIS_URL`); the HTTPS redirect only targets this host.
@@ -482,6 +485,7 @@ impl Default for Config {
             claim_space_management: ClaimSpaceManagement::default(),
             mfa: Mfa::default(),
             brute_force: BruteForce::default(),
+            rate_limits: Vec::new(),
             ocis_url: String::new(),
             node_id: String::new(),
             services: BTreeMap::new(),

@@ -644,3 +644,67 @@ fn environment_references_in_the_file_are_expanded_and_undefined_ones_named() {
     let p = problem(&err, "state_store.password");
     assert!(p.message.contains("NATS_PASSWORD"), "{err}");
 }
+
+#[test]
+fn rate_limit_rules_are_read_and_their_mistakes_name_the_field() {
+    let loaded = Fixture::new()
+        .load_text(concat!(
+            "rate_limits:\n",
+            "  - {name: per-address, requests: 100}\n",
+            "  - {name: graph, per: user, requests: 5, period: 10s, burst: 20, policy: ocis, endpoints: [/graph/]}\n",
+        ))
+        .unwrap();
+    let rules = &loaded.config.rate_limits;
+    assert_eq!(rules[0].per, crate::rate_limit::LimitBy::Address);
+    assert_eq!(rules[0].period.0, std::time::Duration::from_secs(1));
+    assert_eq!(rules[0].effective_burst(), 100);
+    assert_eq!(rules[1].per, crate::rate_limit::LimitBy::User);
+    assert_eq!(rules[1].effective_burst(), 20);
+
+    let err = Fixture::new()
+        .load_text(concat!(
+            "rate_limits:\n",
+            "  - {name: a, requests: 0, period: 0s}\n",
+            "  - {name: a, requests: 1, policy: nope}\n",
+            "  - {name: 'b c', requests: 1, endpoints: [/graph/, /nowhere/]}\n",
+            "  - {requests: 99999999999}\n",
+        ))
+        .unwrap_err();
+    problem(&err, "rate_limits[0].requests");
+    problem(&err, "rate_limits[0].period");
+    assert!(
+        problem(&err, "rate_limits[1].name")
+            .message
+            .contains("earlier rule")
+    );
+    assert!(
+        problem(&err, "rate_limits[1].policy")
+            .message
+            .contains("nope")
+    );
+    assert!(
+        problem(&err, "rate_limits[2].name")
+            .message
+            .contains("whitespace")
+    );
+    assert!(
+        problem(&err, "rate_limits[2].endpoints[1]")
+            .message
+            .contains("/nowhere/")
+    );
+    assert!(
+        !err.0.iter().any(|p| p.key == "rate_limits[2].endpoints[0]"),
+        "{err}"
+    );
+    problem(&err, "rate_limits[3].name");
+    assert!(
+        problem(&err, "rate_limits[3].requests")
+            .message
+            .contains("too large")
+    );
+
+    let err = Fixture::new()
+        .load_text("rate_limits:\n  - {name: x, per: session, requests: 1}\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("rate_limits"), "{err}");
+}

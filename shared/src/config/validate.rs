@@ -46,6 +46,7 @@ pub(crate) fn sanitize_and_validate(config: &mut Config, problems: &mut Vec<Conf
     store("state_store", &mut config.state_store, &mut p);
     accounts(config, &mut p);
     brute_force(config, &mut p);
+    rate_limits(config, &mut p);
     services(config, &mut p);
     misc(config, &mut p);
 }
@@ -180,6 +181,73 @@ fn brute_force(config: &Config, p: &mut Problems<'_>) {
             "brute_force.max_block",
             "must be at least brute_force.block",
         );
+    }
+}
+
+/// Each rule must admit something and name routes that exist: a rule that silently matches
+/// nothing would leave an operator believing a route is limited.
+fn rate_limits(config: &Config, p: &mut Problems<'_>) {
+    if config.rate_limits.is_empty() {
+        return;
+    }
+    let policies =
+        crate::routing::effective_policies(&config.policies, &config.additional_policies);
+    let mut names = std::collections::HashSet::new();
+    for (i, rule) in config.rate_limits.iter().enumerate() {
+        let key = |field: &str| format!("rate_limits[{i}].{field}");
+        if rule.name.is_empty() {
+            p.add(key("name"), "must be set");
+        } else if rule.name.chars().any(char::is_whitespace) {
+            p.add(
+                key("name"),
+                format!("{:?} must not contain whitespace", rule.name),
+            );
+        } else if !names.insert(rule.name.as_str()) {
+            p.add(
+                key("name"),
+                format!("{:?} is used by an earlier rule", rule.name),
+            );
+        }
+        if rule.requests == 0 {
+            p.add(key("requests"), "must be positive");
+        }
+        for (field, n) in [("requests", rule.requests), ("burst", rule.burst)] {
+            if n > u64::from(u32::MAX) {
+                p.add(key(field), format!("{n} is too large"));
+            }
+        }
+        if rule.period.is_zero() {
+            p.add(key("period"), "must be positive");
+        }
+        let in_scope: Vec<_> = policies
+            .iter()
+            .filter(|policy| rule.policy.is_empty() || policy.name == rule.policy)
+            .collect();
+        if in_scope.is_empty() {
+            p.add(
+                key("policy"),
+                format!("no policy is named {:?}", rule.policy),
+            );
+            continue;
+        }
+        for (j, endpoint) in rule.endpoints.iter().enumerate() {
+            let exists = in_scope
+                .iter()
+                .any(|policy| policy.routes.iter().any(|r| &r.endpoint == endpoint));
+            if !exists {
+                p.add(
+                    format!("rate_limits[{i}].endpoints[{j}]"),
+                    format!(
+                        "no route of {} has the endpoint {endpoint:?}",
+                        if rule.policy.is_empty() {
+                            "any policy".to_owned()
+                        } else {
+                            format!("policy {:?}", rule.policy)
+                        }
+                    ),
+                );
+            }
+        }
     }
 }
 

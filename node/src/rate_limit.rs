@@ -1,0 +1,254 @@
+//! Request-volume limits of the node: the token buckets of `gatehouse_shared::rate_limit`,
+//! one set per `rate_limits` rule, connected to the shared state store so that every node's
+//! buckets are drained by the whole cluster's requests.
+//!
+//! The rate-limit layers ask [`RateLimiter::admit`]; it takes a token from each rule's bucket
+//! under that rule's lock and never waits for the network. Admissions travel separately:
+//! - out: after an admission a task wakes, waits [`SHARE_INTERVAL`] for more, and writes one
+//!   batch of this node's admissions per key since the last batch under `ratelimit:<node>`
+//!   (expiring after [`REPORT_TTL`]), so the store sees one write per node per interval however
+//!   many clients are sending;
+//! - in: the store's change feed brings every peer's batches, which are taken from the same
+//!   buckets.
+//!
+//! With the store down the writes fail (debug log) and nothing arrives: every node goes on
+//! limiting on its own admissions. A batch lost on the way is admitted twice at most, once per
+//! node that did not hear of it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use gatehouse_shared::rate_limit::{
+    Buckets, LimitBy, LimitKey, Rate, RateLimitRule, Taken, decode_batch, encode_batch,
+};
+use gatehouse_shared::store::{Change, Store};
+use prometheus::IntCounter;
+use tokio::sync::Notify;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::error::GatewayError;
+use crate::telemetry::Metrics;
+
+const KEY_PREFIX: &str = "ratelimit:";
+/// How long a batch of admissions waits for more before it is written.
+const SHARE_INTERVAL: Duration = Duration::from_millis(10);
+/// Batches are read as they arrive; an old one is of no use to anyone.
+const REPORT_TTL: Duration = Duration::from_secs(30);
+/// Entries per stored batch (about 60 bytes each): far below NATS's 1 MiB message limit.
+const BATCH_ENTRIES: usize = 4_000;
+/// Keys tracked per rule and node; new keys beyond it are admitted uncounted (and logged).
+const CAPACITY: usize = 100_000;
+/// Buckets that have refilled are forgotten at most this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+struct Rule {
+    name: Arc<str>,
+    buckets: Mutex<Buckets>,
+    refused: IntCounter,
+}
+
+pub struct RateLimiter {
+    rules: Vec<Rule>,
+    by_name: HashMap<Arc<str>, usize>,
+    /// This process's name in batches: unique even when nodes share a host name.
+    node: String,
+    wake: Arc<Notify>,
+    /// When the "too many keys" warning was last logged (Unix ms): at most once a minute.
+    full_warned: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl RateLimiter {
+    /// `None` without rules. Spawns the tasks that exchange admissions through `store` (they
+    /// end when the limiter is dropped). The rules are validated (`config::validate`).
+    pub fn start(
+        rules: &[RateLimitRule],
+        store: Arc<dyn Store>,
+        metrics: &Metrics,
+    ) -> Option<Arc<RateLimiter>> {
+        if rules.is_empty() {
+            return None;
+        }
+        let rules: Vec<Rule> = rules
+            .iter()
+            .filter_map(|r| {
+                Some(Rule {
+                    name: r.name.as_str().into(),
+                    buckets: Mutex::new(Buckets::new(Rate::of(r)?, CAPACITY)),
+                    refused: metrics.rate_limited(&r.name),
+                })
+            })
+            .collect();
+        let by_name = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), i))
+            .collect();
+        let limiter = Arc::new(RateLimiter {
+            rules,
+            by_name,
+            node: uuid::Uuid::new_v4().simple().to_string(),
+            wake: Arc::new(Notify::new()),
+            full_warned: AtomicU64::new(0),
+        });
+        tokio::spawn(send_batches(
+            Arc::downgrade(&limiter),
+            Arc::clone(&limiter.wake),
+            Arc::clone(&store),
+        ));
+        tokio::spawn(receive_batches(Arc::downgrade(&limiter), store));
+        Some(limiter)
+    }
+
+    fn lock(&self, rule: usize) -> Option<MutexGuard<'_, Buckets>> {
+        let r = self.rules.get(rule)?;
+        Some(r.buckets.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Takes one request of `key` from each of `rules` (indices into the configured list);
+    /// refused if any of them has no token, and then none is taken.
+    pub fn admit(&self, rules: &[usize], key: &LimitKey, by: LimitBy) -> Result<(), GatewayError> {
+        let now = now_ms();
+        for (n, &i) in rules.iter().enumerate() {
+            let Some(mut buckets) = self.lock(i) else {
+                continue;
+            };
+            match buckets.take(key, now) {
+                Taken::Admitted => {}
+                Taken::Untracked => self.warn_full(&self.rules[i].name),
+                Taken::Refused(refusal) => {
+                    drop(buckets);
+                    for &j in &rules[..n] {
+                        if let Some(mut earlier) = self.lock(j) {
+                            earlier.give_back(key);
+                        }
+                    }
+                    let rule = &self.rules[i];
+                    rule.refused.inc();
+                    if refusal.first {
+                        tracing::warn!(
+                            rule = %rule.name,
+                            per = by_label(by),
+                            key = %key.text(),
+                            retry_after_ms = u64::try_from(refusal.retry_after.as_millis()).unwrap_or(u64::MAX),
+                            "rate limit reached: requests refused until the key's bucket refills"
+                        );
+                    }
+                    return Err(GatewayError::RateLimited {
+                        rule: rule.name.clone(),
+                        retry_after: refusal.retry_after,
+                    });
+                }
+            }
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn warn_full(&self, rule: &str) {
+        let now = now_ms();
+        let last = self.full_warned.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60_000
+            && self
+                .full_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                rule,
+                "too many keys sending at once to track; new ones are admitted uncounted (logged once a minute)"
+            );
+        }
+    }
+
+    /// This node's admissions since the last call, as stored batches.
+    fn batches(&self, prune: bool) -> Vec<String> {
+        let now = now_ms();
+        let mut entries: Vec<(Arc<str>, LimitKey, u32)> = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let Some(mut buckets) = self.lock(i) else {
+                continue;
+            };
+            entries.extend(
+                buckets
+                    .take_reports()
+                    .into_iter()
+                    .map(|(key, count)| (rule.name.clone(), key, count)),
+            );
+            if prune {
+                buckets.prune(now);
+            }
+        }
+        entries
+            .chunks(BATCH_ENTRIES)
+            .map(|chunk| encode_batch(chunk.iter().map(|(r, k, n)| (&**r, k, *n))))
+            .collect()
+    }
+
+    fn merge(&self, node: &str, value: &[u8]) {
+        if node == self.node {
+            return;
+        }
+        let now = now_ms();
+        for (rule, count, key) in decode_batch(value) {
+            if let Some(mut buckets) = self.by_name.get(rule).and_then(|&i| self.lock(i)) {
+                buckets.merge(&key, count, now);
+            }
+        }
+    }
+}
+
+fn by_label(by: LimitBy) -> &'static str {
+    match by {
+        LimitBy::Address => "address",
+        LimitBy::User => "user",
+    }
+}
+
+async fn send_batches(limiter: Weak<RateLimiter>, wake: Arc<Notify>, store: Arc<dyn Store>) {
+    let mut pruned = tokio::time::Instant::now();
+    loop {
+        wake.notified().await;
+        tokio::time::sleep(SHARE_INTERVAL).await;
+        let Some(l) = limiter.upgrade() else { return };
+        let prune = pruned.elapsed() >= PRUNE_EVERY;
+        if prune {
+            pruned = tokio::time::Instant::now();
+        }
+        let key = format!("{KEY_PREFIX}{}", l.node);
+        let batches = l.batches(prune);
+        drop(l);
+        for batch in batches {
+            if let Err(e) = store.put(&key, Bytes::from(batch), Some(REPORT_TTL)).await {
+                tracing::debug!(error = %e, "cannot share rate-limit admissions with peers");
+            }
+        }
+    }
+}
+
+async fn receive_batches(limiter: Weak<RateLimiter>, store: Arc<dyn Store>) {
+    let mut changes = store.changes();
+    loop {
+        let change = match changes.recv().await {
+            Ok(change) => change,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        let Change::Put { key, entry } = change else {
+            continue;
+        };
+        let Some(node) = key.strip_prefix(KEY_PREFIX) else {
+            continue;
+        };
+        let Some(l) = limiter.upgrade() else { return };
+        l.merge(node, &entry.value);
+    }
+}
