@@ -47,8 +47,6 @@ pub struct RequestTrace {
     pub route: OnceLock<Routed>,
     /// The upstream base URL the proxy chose.
     pub upstream: OnceLock<Arc<str>>,
-    /// The account id of the authenticated user, set by the account layer (per-user rate limits).
-    pub user: OnceLock<Arc<str>>,
 }
 
 /// Shared handle to a request's [`RequestTrace`], inserted by the trace layer (or, with tracing

@@ -21,7 +21,6 @@ use crate::layers::account::AccountLayer;
 use crate::layers::authenticate::AuthenticateLayer;
 use crate::layers::endpoints::EndpointsLayer;
 use crate::layers::metrics::MetricsLayer;
-use crate::layers::rate_limit::{RateLimitLayer, RouteLimits};
 use crate::layers::redirect::RedirectLayer;
 use crate::layers::request_id::RequestIdLayer;
 use crate::layers::route::RouteLayer;
@@ -30,9 +29,9 @@ use crate::layers::trace::{TraceLayer, TracedBody};
 use crate::proxy::forwarded::{TrustedProxies, TrustedProxyError};
 use crate::proxy::tls::UpstreamTlsError;
 use crate::proxy::{Proxy, ProxyOptions};
+use crate::rate_limit::RouteLimits;
 use crate::telemetry::Metrics;
 use crate::upstream::{Resolver, ServiceNodes, UpstreamUrlError};
-use gatehouse_shared::rate_limit::LimitBy;
 use gatehouse_shared::routing::{Router, RoutingError, effective_policies};
 use gatehouse_shared::security::{Csp, CspError, SecurityHeaders};
 use gatehouse_shared::trace::settings::{self, Trust};
@@ -43,7 +42,8 @@ use gatehouse_shared::trace::settings::{self, Trust};
 #[derive(Clone)]
 pub struct PipelineParts {
     pub route: RouteLayer,
-    /// `rate_limits` and the routes they apply to; `None` without rules.
+    /// `rate_limits` and the routes they apply to (checked by the route and account layers);
+    /// `None` without rules.
     pub rate_limits: Option<Arc<RouteLimits>>,
     pub resolver: Arc<Resolver>,
     pub security: SecurityHeaders,
@@ -89,7 +89,7 @@ impl PipelineParts {
             .clone()
             .map(|limiter| Arc::new(RouteLimits::new(limiter, &config.rate_limits, &router)));
         Ok(Self {
-            route: RouteLayer::new(Arc::new(router))?,
+            route: RouteLayer::new(Arc::new(router))?.with_rate_limits(rate_limits.clone()),
             rate_limits,
             resolver: Arc::new(Resolver::new(
                 &config.services,
@@ -141,17 +141,17 @@ pub fn build(
         .layer(SecurityLayer::new(parts.security))
         .layer(ErrorResponseLayer)
         .layer(RedirectLayer::new(&parts.public_url))
+        // Routing, then the route's `per: address` rate limits.
         .layer(parts.route)
-        .layer(RateLimitLayer::new(
-            parts.rate_limits.clone(),
-            LimitBy::Address,
-        ))
         .layer(AuthenticateLayer::new(
             parts.identity.authenticators.clone(),
             memo.clone(),
         ))
-        .layer(AccountLayer::new(parts.identity.accounts.clone(), memo))
-        .layer(RateLimitLayer::new(parts.rate_limits, LimitBy::User))
+        // The account, then the route's `per: user` rate limits.
+        .layer(
+            AccountLayer::new(parts.identity.accounts.clone(), memo)
+                .with_rate_limits(parts.rate_limits),
+        )
         .layer(EndpointsLayer::new(parts.identity.endpoints.clone()))
         .service(Proxy::new(parts.resolver, parts.trusted, &parts.proxy))
 }

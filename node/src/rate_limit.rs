@@ -2,8 +2,16 @@
 //! one set per `rate_limits` rule, connected to the shared state store so that every node's
 //! buckets are drained by the whole cluster's requests.
 //!
-//! The rate-limit layers ask [`RateLimiter::admit`]; it takes a token from each rule's bucket
-//! under that rule's lock and never waits for the network. Admissions travel separately:
+//! Where they are checked: [`RouteLimits`] knows which rules apply to each route; the route layer
+//! asks it for the `per: address` rules as soon as the route is known (before any authenticator,
+//! so a flood costs no verification and reaches no backend) and the account layer for the
+//! `per: user` rules once the account is (from the memo, or resolved). Neither is a layer of its
+//! own: each layer wraps every request's future once more, and moving that future costs more
+//! than the check (about 100 instructions per layer and request, measured with callgrind). A
+//! route no rule names costs two index lookups.
+//!
+//! [`RateLimiter::admit`] takes a token from each rule's bucket under that rule's lock and never
+//! waits for the network. Admissions travel separately:
 //! - out: after an admission a task wakes, waits [`SHARE_INTERVAL`] for more, and writes one
 //!   batch of this node's admissions per key since the last batch under `ratelimit:<node>`
 //!   (expiring after [`REPORT_TTL`]), so the store sees one write per node per interval however
@@ -16,20 +24,23 @@
 //! node that did not hear of it.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gatehouse_shared::rate_limit::{
-    Buckets, LimitBy, LimitKey, Rate, RateLimitRule, Taken, decode_batch, encode_batch,
+    Buckets, LimitBy, LimitKey, Rate, RateLimitRule, RouteRules, Taken, decode_batch, encode_batch,
 };
+use gatehouse_shared::routing::Router;
 use gatehouse_shared::store::{Change, Store};
 use prometheus::IntCounter;
 use tokio::sync::Notify;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::GatewayError;
+use crate::layers::route::RouteInfo;
 use crate::telemetry::Metrics;
 
 const KEY_PREFIX: &str = "ratelimit:";
@@ -203,6 +214,48 @@ impl RateLimiter {
                 buckets.merge(&key, count, now);
             }
         }
+    }
+}
+
+/// The limiter and which of its rules apply to which route; built once per node.
+pub struct RouteLimits {
+    limiter: Arc<RateLimiter>,
+    table: RouteRules,
+}
+
+impl RouteLimits {
+    pub fn new(limiter: Arc<RateLimiter>, rules: &[RateLimitRule], router: &Router) -> Self {
+        let table = RouteRules::new(
+            rules,
+            router
+                .routes()
+                .map(|m| (m.policy_index, m.route_index, m.policy, m.endpoint)),
+        );
+        RouteLimits { limiter, table }
+    }
+
+    /// The `per: address` rules of `route` for a request from `client`.
+    pub fn admit_address(&self, route: &RouteInfo, client: IpAddr) -> Result<(), GatewayError> {
+        let rules = self
+            .table
+            .rules(route.policy_index, route.route_index, LimitBy::Address);
+        if rules.is_empty() {
+            return Ok(());
+        }
+        self.limiter
+            .admit(rules, &LimitKey::address(client), LimitBy::Address)
+    }
+
+    /// The `per: user` rules of `route` for a request of the account `user`.
+    pub fn admit_user(&self, route: &RouteInfo, user: &Arc<str>) -> Result<(), GatewayError> {
+        let rules = self
+            .table
+            .rules(route.policy_index, route.route_index, LimitBy::User);
+        if rules.is_empty() {
+            return Ok(());
+        }
+        self.limiter
+            .admit(rules, &LimitKey::User(user.clone()), LimitBy::User)
     }
 }
 

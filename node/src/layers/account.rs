@@ -34,13 +34,14 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry_semantic_conventions::attribute::ENDUSER_ID;
 
 use crate::accounts::{AccountError, AccountResolver, reva_user};
-use crate::context::{Body, SharedTrace};
+use crate::context::Body;
 use crate::error::GatewayError;
 use crate::identity::events::{EVENT_CONTEXT, EventContext, IdentityEvents};
 use crate::identity::memo::{Prepared, WorkerMemos};
 use crate::identity::mfa_record;
 use crate::layers::authenticate::{Identity, MemoHit, OidcIdentity, SignedUrlMemo};
 use crate::layers::route::{self, Routed};
+use crate::rate_limit::RouteLimits;
 
 /// Opaque entry of the minted user carrying the role quota in bytes (as CreateHome sends it).
 pub const QUOTA_OPAQUE_KEY: &str = "quota";
@@ -72,12 +73,25 @@ pub struct AccountServices {
 pub struct AccountLayer {
     services: Arc<AccountServices>,
     memos: Arc<WorkerMemos>,
+    limits: Option<Arc<RouteLimits>>,
 }
 
 impl AccountLayer {
     /// `memos` are the worker's memos, shared with its authentication layer.
     pub fn new(services: Arc<AccountServices>, memos: Arc<WorkerMemos>) -> Self {
-        Self { services, memos }
+        Self {
+            services,
+            memos,
+            limits: None,
+        }
+    }
+
+    /// Once the user is known, applies the `per: user` rate limits of the route (checked
+    /// here rather than in a layer of their own: a layer would wrap every request's future once
+    /// more, and moving that future costs more than the check).
+    pub fn with_rate_limits(mut self, limits: Option<Arc<RouteLimits>>) -> Self {
+        self.limits = limits;
+        self
     }
 }
 
@@ -88,6 +102,7 @@ impl<S> Layer<S> for AccountLayer {
             inner,
             services: self.services.clone(),
             memos: self.memos.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -97,6 +112,7 @@ pub struct Account<S> {
     inner: S,
     services: Arc<AccountServices>,
     memos: Arc<WorkerMemos>,
+    limits: Option<Arc<RouteLimits>>,
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
@@ -134,6 +150,11 @@ where
                     mfa_required(),
                 ))));
             }
+            if let (Some(limits), Some(user)) = (&self.limits, &prepared.user)
+                && let Err(e) = limits.admit_user(&routed, user)
+            {
+                return futures::future::Either::Right(Box::pin(std::future::ready(Err(e))));
+            }
             apply(&mut req, &prepared);
             req.headers_mut().remove(http::header::AUTHORIZATION);
             return futures::future::Either::Left(self.inner.call(req));
@@ -163,6 +184,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let services = self.services.clone();
         let memos = self.memos.clone();
+        let limits = self.limits.clone();
         futures::future::Either::Right(Box::pin(async move {
             let span = trace::Span::child("resolve account", SpanKind::Internal);
             let result = span
@@ -172,7 +194,9 @@ where
                 span.fail(e.kind(), e.to_string());
             }
             span.end();
-            result?;
+            if let (Some(limits), Some(user)) = (&limits, result?) {
+                limits.admit_user(&routed, &user)?;
+            }
             // Backends learn the user from the minted token; credentials stay here.
             req.headers_mut().remove(http::header::AUTHORIZATION);
             inner.call(req).await
@@ -188,7 +212,7 @@ async fn resolve<B>(
     req: &mut Request<B>,
     identity: Identity,
     routed: &Routed,
-) -> Result<(), GatewayError> {
+) -> Result<Option<Arc<str>>, GatewayError> {
     {
         {
             // Events carry the request's trace: the current span's context when tracing is on,
@@ -212,12 +236,13 @@ async fn resolve<B>(
                 traceparent,
                 initiator_id,
             };
-            match identity {
+            let user = match identity {
                 Identity::Oidc(oidc) => {
                     let prepared = EVENT_CONTEXT
                         .scope(context, services.prepare(&oidc, routed.require_mfa))
                         .await?;
                     apply(req, &prepared);
+                    let user = prepared.user.clone();
                     if let Some(bearer) = &oidc.bearer {
                         let exp = oidc.claims.get("exp").and_then(serde_json::Value::as_u64);
                         let now = Instant::now();
@@ -225,6 +250,7 @@ async fn resolve<B>(
                             .tokens
                             .put_since(bearer, prepared, exp, now, oidc.memo_epoch);
                     }
+                    user
                 }
                 Identity::Account { account, .. } => {
                     trace::set_current(ENDUSER_ID, account.id.clone());
@@ -232,6 +258,7 @@ async fn resolve<B>(
                         .prepare_account(&account, routed.require_mfa)
                         .await?;
                     apply(req, &prepared);
+                    let user = prepared.user.clone();
                     if let (Some(memo), Some(m)) = (
                         &memos.signed_urls,
                         req.extensions_mut().remove::<SignedUrlMemo>(),
@@ -243,20 +270,17 @@ async fn resolve<B>(
                             .map(|d| d.as_secs());
                         memo.put_since(&m.key, prepared, exp, Instant::now(), m.epoch);
                     }
+                    user
                 }
                 Identity::Share { .. } => unreachable!("answered above"),
-            }
-            Ok(())
+            };
+            Ok(user)
         }
     }
 }
 
-/// Hands the user to the backends (the minted token and the MFA markers) and to the per-user
-/// rate limits after this layer.
+/// Hands the user to the backends: the minted token and the MFA markers.
 fn apply<B>(req: &mut Request<B>, prepared: &Prepared) {
-    if let (Some(user), Some(trace)) = (&prepared.user, req.extensions().get::<SharedTrace>()) {
-        let _ = trace.user.set(user.clone());
-    }
     let headers = req.headers_mut();
     // Static names: parsing a custom header name from a string allocates.
     const ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-access-token");

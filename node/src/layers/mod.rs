@@ -5,7 +5,6 @@ pub mod account;
 pub mod authenticate;
 pub mod endpoints;
 pub mod metrics;
-pub mod rate_limit;
 pub mod redirect;
 pub mod request_id;
 pub mod route;

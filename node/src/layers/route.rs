@@ -15,8 +15,9 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, header};
 use tower::{Layer, Service};
 
-use crate::context::{Body, SharedTrace};
+use crate::context::{Body, ConnInfo, SharedTrace};
 use crate::error::GatewayError;
+use crate::rate_limit::RouteLimits;
 use crate::upstream::{UpstreamBase, UpstreamUrlError, backend_base};
 use gatehouse_shared::routing::{RouteMatch, RouteRequest, Router, Target, normalize_path};
 
@@ -83,6 +84,8 @@ struct Shared {
     /// One [`Routed`] per route, indexed `[policy_index][route_index]`, built with the layer so
     /// that routing a request allocates nothing.
     routed: Vec<Vec<Routed>>,
+    /// The `per: address` rate limits, checked as soon as the route is known.
+    limits: Option<Arc<RouteLimits>>,
 }
 
 impl RouteLayer {
@@ -102,8 +105,24 @@ impl RouteLayer {
             policy.push(Routed::new(route_info(&m)?));
         }
         Ok(Self {
-            shared: Arc::new(Shared { router, routed }),
+            shared: Arc::new(Shared {
+                router,
+                routed,
+                limits: None,
+            }),
         })
+    }
+
+    /// Applies the `per: address` rate limits of each route right after routing, before any
+    /// authenticator (see `crate::rate_limit` for why this is not a layer of its own).
+    pub fn with_rate_limits(self, limits: Option<Arc<RouteLimits>>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                router: self.shared.router.clone(),
+                routed: self.shared.routed.clone(),
+                limits,
+            }),
+        }
     }
 }
 
@@ -281,6 +300,13 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match self.shared.route(&mut req) {
             Ok(routed) => {
+                let limited = match &self.shared.limits {
+                    Some(limits) => match req.extensions().get::<ConnInfo>() {
+                        Some(conn) => limits.admit_address(&routed, conn.client),
+                        None => Ok(()),
+                    },
+                    None => Ok(()),
+                };
                 match req.extensions().get::<SharedTrace>() {
                     Some(trace) => {
                         let _ = trace.route.set(routed);
@@ -291,6 +317,9 @@ where
                         let _ = trace.route.set(routed);
                         req.extensions_mut().insert(trace);
                     }
+                }
+                if let Err(e) = limited {
+                    return Either::Left(ready(Err(e)));
                 }
                 Either::Right(self.inner.call(req))
             }
