@@ -16,15 +16,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse_shared::auth::brute_force::{GuardKey, Ledger, Limits, Report, Verdict};
 use gatehouse_shared::config::BruteForce;
-use gatehouse_shared::store::{Change, Store};
+use gatehouse_shared::store::Store;
 use tokio::sync::Notify;
-use tokio::sync::broadcast::error::RecvError;
 
+use crate::peer_counts::{self, OnceAMinute, now_ms};
 use crate::telemetry::Metrics;
 
 const KEY_PREFIX: &str = "bruteforce:";
@@ -41,14 +41,8 @@ pub struct Guard {
     node: String,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
-    /// When the "too many keys" warning was last logged (Unix ms): at most once a minute.
-    full_warned: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    /// The "too many keys" warning.
+    full_warned: OnceAMinute,
 }
 
 fn limits(cfg: &BruteForce) -> Limits {
@@ -81,7 +75,7 @@ impl Guard {
             node: uuid::Uuid::new_v4().simple().to_string(),
             wake: Arc::new(Notify::new()),
             metrics,
-            full_warned: AtomicU64::new(0),
+            full_warned: OnceAMinute::default(),
         });
         let ttl = cfg.window.0.saturating_mul(2);
         tokio::spawn(send_reports(
@@ -90,7 +84,10 @@ impl Guard {
             Arc::clone(&store),
             ttl,
         ));
-        tokio::spawn(receive_reports(Arc::downgrade(&guard), store));
+        let owner = Arc::downgrade(&guard);
+        tokio::spawn(async move {
+            peer_counts::receive(&*store, KEY_PREFIX, owner, Guard::receive).await;
+        });
         Some(guard)
     }
 
@@ -143,20 +140,23 @@ impl Guard {
                 );
             }
             Verdict::Untracked => {
-                let now = now_ms();
-                let last = self.full_warned.load(Ordering::Relaxed);
-                if now.saturating_sub(last) >= 60_000
-                    && self
-                        .full_warned
-                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
+                if self.full_warned.due() {
                     tracing::warn!(
                         kind = key.kind.as_str(),
                         "too many keys with failed authentications to track; new ones are not counted (logged once a minute)"
                     );
                 }
             }
+        }
+    }
+
+    /// A peer's report as stored: `<node>:<key>` and its value.
+    fn receive(&self, name: &str, value: &[u8]) {
+        let Some((node, key)) = name.split_once(':') else {
+            return;
+        };
+        if let Some(report) = GuardKey::parse(key).and_then(|k| Report::decode_value(k, value)) {
+            self.merge(node, &report);
         }
     }
 
@@ -207,33 +207,5 @@ async fn send_reports(
                 tracing::debug!(error = %e, "cannot share failure counts with peers");
             }
         }
-    }
-}
-
-async fn receive_reports(guard: std::sync::Weak<Guard>, store: Arc<dyn Store>) {
-    let mut changes = store.changes();
-    loop {
-        let change = match changes.recv().await {
-            Ok(change) => change,
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return,
-        };
-        let Change::Put { key, entry } = change else {
-            continue;
-        };
-        let Some((node, key)) = key
-            .strip_prefix(KEY_PREFIX)
-            .and_then(|rest| rest.split_once(':'))
-        else {
-            continue;
-        };
-        let Some(guard_key) = GuardKey::parse(key) else {
-            continue;
-        };
-        let Some(report) = Report::decode_value(guard_key, &entry.value) else {
-            continue;
-        };
-        let Some(g) = guard.upgrade() else { return };
-        g.merge(node, &report);
     }
 }

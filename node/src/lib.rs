@@ -28,6 +28,7 @@ pub mod guard;
 pub mod health;
 pub mod identity;
 pub mod layers;
+pub mod peer_counts;
 pub mod pipeline;
 pub mod proxy;
 pub mod rate_limit;

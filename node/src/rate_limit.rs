@@ -25,22 +25,21 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse_shared::rate_limit::{
     Buckets, LimitBy, LimitKey, Rate, RateLimitRule, RouteRules, Taken, decode_batch, encode_batch,
 };
 use gatehouse_shared::routing::Router;
-use gatehouse_shared::store::{Change, Store};
+use gatehouse_shared::store::Store;
 use prometheus::IntCounter;
 use tokio::sync::Notify;
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::GatewayError;
 use crate::layers::route::RouteInfo;
+use crate::peer_counts::{self, OnceAMinute, now_ms};
 use crate::telemetry::Metrics;
 
 const KEY_PREFIX: &str = "ratelimit:";
@@ -67,14 +66,8 @@ pub struct RateLimiter {
     /// This process's name in batches: unique even when nodes share a host name.
     node: String,
     wake: Arc<Notify>,
-    /// When the "too many keys" warning was last logged (Unix ms): at most once a minute.
-    full_warned: AtomicU64,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    /// The "too many keys" warning.
+    full_warned: OnceAMinute,
 }
 
 impl RateLimiter {
@@ -108,14 +101,17 @@ impl RateLimiter {
             by_name,
             node: uuid::Uuid::new_v4().simple().to_string(),
             wake: Arc::new(Notify::new()),
-            full_warned: AtomicU64::new(0),
+            full_warned: OnceAMinute::default(),
         });
         tokio::spawn(send_batches(
             Arc::downgrade(&limiter),
             Arc::clone(&limiter.wake),
             Arc::clone(&store),
         ));
-        tokio::spawn(receive_batches(Arc::downgrade(&limiter), store));
+        let owner = Arc::downgrade(&limiter);
+        tokio::spawn(async move {
+            peer_counts::receive(&*store, KEY_PREFIX, owner, RateLimiter::merge).await;
+        });
         Some(limiter)
     }
 
@@ -165,14 +161,7 @@ impl RateLimiter {
     }
 
     fn warn_full(&self, rule: &str) {
-        let now = now_ms();
-        let last = self.full_warned.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= 60_000
-            && self
-                .full_warned
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.full_warned.due() {
             tracing::warn!(
                 rule,
                 "too many keys sending at once to track; new ones are admitted uncounted (logged once a minute)"
@@ -284,24 +273,5 @@ async fn send_batches(limiter: Weak<RateLimiter>, wake: Arc<Notify>, store: Arc<
                 tracing::debug!(error = %e, "cannot share rate-limit admissions with peers");
             }
         }
-    }
-}
-
-async fn receive_batches(limiter: Weak<RateLimiter>, store: Arc<dyn Store>) {
-    let mut changes = store.changes();
-    loop {
-        let change = match changes.recv().await {
-            Ok(change) => change,
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return,
-        };
-        let Change::Put { key, entry } = change else {
-            continue;
-        };
-        let Some(node) = key.strip_prefix(KEY_PREFIX) else {
-            continue;
-        };
-        let Some(l) = limiter.upgrade() else { return };
-        l.merge(node, &entry.value);
     }
 }
