@@ -83,20 +83,33 @@ impl ConnectionEvents {
     }
 
     /// Resolves at the next permission violation the server reports that concerns `bucket`,
-    /// with the server's text. Registered when created, as [`Self::next_loss`].
-    pub(crate) async fn next_denial(&self, bucket: &str) -> String {
-        loop {
+    /// with the server's text. Registered when created, as [`Self::next_loss`]: create it before
+    /// the operation it watches is first polled, since the server may answer that operation
+    /// (and the event be delivered on another thread) before this future would be polled.
+    pub(crate) fn next_denial<'a>(&'a self, bucket: &'a str) -> impl Future<Output = String> + 'a {
+        let registered = || {
             let mut notified = Box::pin(self.0.denied.notified());
             notified.as_mut().enable();
-            notified.await;
-            let text = self
-                .0
-                .last_denial
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            if text.contains(&format!("KV_{bucket}")) || text.contains(&format!("$KV.{bucket}.")) {
-                return text;
+            notified
+        };
+        let mut notified = registered();
+        async move {
+            loop {
+                notified.await;
+                // The next one is registered before this one's text is read: a denial of
+                // another bucket followed at once by this bucket's is not missed.
+                notified = registered();
+                let text = self
+                    .0
+                    .last_denial
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                if text.contains(&format!("KV_{bucket}"))
+                    || text.contains(&format!("$KV.{bucket}."))
+                {
+                    return text;
+                }
             }
         }
     }

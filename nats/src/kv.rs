@@ -367,6 +367,7 @@ impl Inner {
         fut: impl std::future::Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
         let lost = self.events.next_loss();
+        let denial = self.events.next_denial(&self.kv.name);
         // Known to be down: fail now rather than make every call wait out `op_timeout` (an
         // outage would otherwise cost a new login one timeout per store operation).
         if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -403,7 +404,7 @@ impl Inner {
                 "connection to NATS lost during {op} {}",
                 self.kv.name
             ))), false),
-            denial = self.events.next_denial(&self.kv.name) => (Err(StoreError::Unavailable(format!(
+            denial = denial => (Err(StoreError::Unavailable(format!(
                 "NATS refused {op} {}: {denial} (the NATS user lacks a permission)",
                 self.kv.name
             ))), true),
