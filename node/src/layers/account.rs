@@ -155,7 +155,7 @@ where
             {
                 return futures::future::Either::Right(Box::pin(std::future::ready(Err(e))));
             }
-            apply(&mut req, &prepared);
+            apply(req.headers_mut(), &prepared);
             req.headers_mut().remove(http::header::AUTHORIZATION);
             return futures::future::Either::Left(self.inner.call(req));
         }
@@ -168,7 +168,7 @@ where
                     ))));
                 }
                 apply(
-                    &mut req,
+                    req.headers_mut(),
                     &Prepared {
                         token,
                         mfa: false,
@@ -241,7 +241,7 @@ async fn resolve<B>(
                     let prepared = EVENT_CONTEXT
                         .scope(context, services.prepare(&oidc, routed.require_mfa))
                         .await?;
-                    apply(req, &prepared);
+                    apply(req.headers_mut(), &prepared);
                     let user = prepared.user.clone();
                     if let Some(bearer) = &oidc.bearer {
                         let exp = oidc.claims.get("exp").and_then(serde_json::Value::as_u64);
@@ -257,7 +257,7 @@ async fn resolve<B>(
                     let prepared = services
                         .prepare_account(&account, routed.require_mfa)
                         .await?;
-                    apply(req, &prepared);
+                    apply(req.headers_mut(), &prepared);
                     let user = prepared.user.clone();
                     if let (Some(memo), Some(m)) = (
                         &memos.signed_urls,
@@ -279,9 +279,7 @@ async fn resolve<B>(
     }
 }
 
-/// Hands the user to the backends: the minted token and the MFA markers.
-fn apply<B>(req: &mut Request<B>, prepared: &Prepared) {
-    let headers = req.headers_mut();
+fn apply(headers: &mut http::HeaderMap, prepared: &Prepared) {
     // Static names: parsing a custom header name from a string allocates.
     const ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-access-token");
     const MFA: HeaderName = HeaderName::from_static(MFA_HEADER);
