@@ -87,7 +87,7 @@ impl PipelineParts {
         let rate_limits = identity
             .rate_limiter
             .clone()
-            .map(|limiter| Arc::new(RouteLimits::new(limiter, &config.rate_limits, &router)));
+            .map(|limiter| Arc::new(RouteLimits::new(limiter, &router)));
         Ok(Self {
             route: RouteLayer::new(Arc::new(router))?.with_rate_limits(rate_limits.clone()),
             rate_limits,

@@ -62,6 +62,8 @@ struct Rule {
 
 pub struct RateLimiter {
     rules: Vec<Rule>,
+    /// The configuration of `rules`, index for index: which routes each applies to.
+    configs: Vec<RateLimitRule>,
     by_name: HashMap<Arc<str>, usize>,
     /// This process's name in batches: unique even when nodes share a host name.
     node: String,
@@ -81,16 +83,19 @@ impl RateLimiter {
         if rules.is_empty() {
             return None;
         }
-        let rules: Vec<Rule> = rules
+        // A rule that admits nothing is refused by validation; were one to get here, it is
+        // left out of both lists, so their indices still agree.
+        let (rules, configs): (Vec<Rule>, Vec<RateLimitRule>) = rules
             .iter()
             .filter_map(|r| {
-                Some(Rule {
+                let rule = Rule {
                     name: r.name.as_str().into(),
                     buckets: Mutex::new(Buckets::new(Rate::of(r)?, CAPACITY)),
                     refused: metrics.rate_limited(&r.name),
-                })
+                };
+                Some((rule, r.clone()))
             })
-            .collect();
+            .unzip();
         let by_name = rules
             .iter()
             .enumerate()
@@ -98,6 +103,7 @@ impl RateLimiter {
             .collect();
         let limiter = Arc::new(RateLimiter {
             rules,
+            configs,
             by_name,
             node: uuid::Uuid::new_v4().simple().to_string(),
             wake: Arc::new(Notify::new()),
@@ -122,7 +128,7 @@ impl RateLimiter {
 
     /// Takes one request of `key` from each of `rules` (indices into the configured list);
     /// refused if any of them has no token, and then none is taken.
-    pub fn admit(&self, rules: &[usize], key: &LimitKey, by: LimitBy) -> Result<(), GatewayError> {
+    pub fn admit(&self, rules: &[usize], key: &LimitKey) -> Result<(), GatewayError> {
         let now = now_ms();
         for (n, &i) in rules.iter().enumerate() {
             let Some(mut buckets) = self.lock(i) else {
@@ -143,7 +149,7 @@ impl RateLimiter {
                     if refusal.first {
                         tracing::warn!(
                             rule = %rule.name,
-                            per = by_label(by),
+                            per = kind(key),
                             key = %key.text(),
                             retry_after_ms = u64::try_from(refusal.retry_after.as_millis()).unwrap_or(u64::MAX),
                             "rate limit reached: requests refused until the key's bucket refills"
@@ -213,9 +219,9 @@ pub struct RouteLimits {
 }
 
 impl RouteLimits {
-    pub fn new(limiter: Arc<RateLimiter>, rules: &[RateLimitRule], router: &Router) -> Self {
+    pub fn new(limiter: Arc<RateLimiter>, router: &Router) -> Self {
         let table = RouteRules::new(
-            rules,
+            &limiter.configs,
             router
                 .routes()
                 .map(|m| (m.policy_index, m.route_index, m.policy, m.endpoint)),
@@ -225,33 +231,33 @@ impl RouteLimits {
 
     /// The `per: address` rules of `route` for a request from `client`.
     pub fn admit_address(&self, route: &RouteInfo, client: IpAddr) -> Result<(), GatewayError> {
-        let rules = self
-            .table
-            .rules(route.policy_index, route.route_index, LimitBy::Address);
-        if rules.is_empty() {
-            return Ok(());
-        }
-        self.limiter
-            .admit(rules, &LimitKey::address(client), LimitBy::Address)
+        self.admit(route, LimitBy::Address, || LimitKey::address(client))
     }
 
     /// The `per: user` rules of `route` for a request of the account `user`.
     pub fn admit_user(&self, route: &RouteInfo, user: &Arc<str>) -> Result<(), GatewayError> {
-        let rules = self
-            .table
-            .rules(route.policy_index, route.route_index, LimitBy::User);
+        self.admit(route, LimitBy::User, || LimitKey::User(user.clone()))
+    }
+
+    /// The key is made only when a rule of `by` applies to the route.
+    fn admit(
+        &self,
+        route: &RouteInfo,
+        by: LimitBy,
+        key: impl FnOnce() -> LimitKey,
+    ) -> Result<(), GatewayError> {
+        let rules = self.table.rules(route.policy_index, route.route_index, by);
         if rules.is_empty() {
             return Ok(());
         }
-        self.limiter
-            .admit(rules, &LimitKey::User(user.clone()), LimitBy::User)
+        self.limiter.admit(rules, &key())
     }
 }
 
-fn by_label(by: LimitBy) -> &'static str {
-    match by {
-        LimitBy::Address => "address",
-        LimitBy::User => "user",
+fn kind(key: &LimitKey) -> &'static str {
+    match key {
+        LimitKey::Address(_) => "address",
+        LimitKey::User(_) => "user",
     }
 }
 
