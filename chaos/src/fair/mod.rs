@@ -174,6 +174,21 @@ struct Stack<'a> {
     mode: Mode,
 }
 
+/// The nodes are stopped as an operator would stop them (SIGTERM, then the drain), not killed:
+/// a build instrumented for profile-guided optimisation (`chaos/pgo.sh`) writes its profile on
+/// a clean exit only.
+impl Drop for Stack<'_> {
+    fn drop(&mut self) {
+        let nodes = [&mut self.node, &mut self.node_tls, &mut self.node_traced];
+        for node in &nodes {
+            node.sigterm();
+        }
+        for node in nodes {
+            node.wait_exit(Duration::from_secs(20));
+        }
+    }
+}
+
 impl Stack<'_> {
     fn addr(&self, p: Proxy, k: Kind) -> SocketAddr {
         match (p, k) {
