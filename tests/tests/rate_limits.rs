@@ -44,6 +44,11 @@ async fn flood(
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    // A refusal says when the bucket has a token again. Peers report what they admitted every
+    // 10 ms, so each of the other nodes may have spent up to a burst (plus that lag's worth)
+    // before this one hears of it: the bucket then owes up to one burst per peer, a second each
+    // at this rule, and the header rounds up.
+    let max_retry = nodes.len() as u64;
     let tasks: Vec<_> = (0..senders)
         .map(|s| {
             let (urls, headers) = (urls.clone(), headers.clone());
@@ -66,7 +71,7 @@ async fn flood(
                         429 => {
                             f.refused += 1;
                             let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-                            assert!((1..=2).contains(&retry), "Retry-After {retry}");
+                            assert!((1..=max_retry).contains(&retry), "Retry-After {retry}");
                         }
                         _ => f.other += 1,
                     }
