@@ -1151,6 +1151,142 @@ async fn an_answer_before_the_upload_ended_does_not_leave_a_busy_connection_in_t
     }
 }
 
+/// Reads one HTTP/1.1 message head (up to its blank line) from `tcp`.
+async fn read_head(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(DEADLINE, tcp.read_exact(&mut byte))
+            .await
+            .expect("no complete head")
+            .expect("connection closed inside a head");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
+/// Reads one response with a `Content-Length` body: its status line and body.
+async fn read_response(tcp: &mut TcpStream) -> (String, String) {
+    let head = read_head(tcp).await;
+    let mut body = vec![0u8; content_length(&head)];
+    tokio::time::timeout(DEADLINE, tcp.read_exact(&mut body))
+        .await
+        .expect("no complete body")
+        .unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// An upstream written on the socket, for answers hyper's server would not give: on `/upload` it
+/// answers as soon as it has the head; `refuse` then closes without reading the body, otherwise
+/// it reads the body afterwards and reports its length on `uploaded`. Other requests get "fine".
+async fn early_answering_upstream(refuse: bool) -> (Counted, mpsc::UnboundedReceiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let (uploaded_tx, uploaded) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let uploaded = uploaded_tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let head = read_head(&mut tcp).await;
+                    let length = content_length(&head);
+                    if head.starts_with("PUT /upload ") && refuse {
+                        let _ = tcp
+                            .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 7\r\nConnection: close\r\n\r\ntoo big")
+                            .await;
+                        return;
+                    }
+                    let answer: &[u8] = if head.starts_with("PUT /upload ") {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstored"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine"
+                    };
+                    tcp.write_all(answer).await.unwrap();
+                    let mut body = vec![0u8; length];
+                    if tcp.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    if head.starts_with("PUT /upload ") {
+                        let _ = uploaded.send(body.len());
+                    }
+                }
+            });
+        }
+    });
+    (Counted { addr, accepted }, uploaded)
+}
+
+const UPLOAD: usize = 1024 * 1024;
+
+#[tokio::test]
+async fn an_answer_before_the_upload_ended_is_followed_by_the_rest_of_the_body() {
+    let (up, mut uploaded) = early_answering_upstream(false).await;
+    let gw = one_worker_gateway(up.addr).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!("PUT /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {UPLOAD}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    // The answer comes while most of the upload is still to be sent.
+    assert_eq!(
+        read_response(&mut tcp).await,
+        ("HTTP/1.1 200 OK".to_owned(), "stored".to_owned())
+    );
+    tcp.write_all(&vec![b'x'; UPLOAD - 64 * 1024])
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(DEADLINE, uploaded.recv())
+        .await
+        .unwrap();
+    assert_eq!(got, Some(UPLOAD), "the upstream got the whole upload");
+    // The client's connection and the upstream's both serve the next request.
+    tcp.write_all(b"GET /other HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_response(&mut tcp).await,
+        ("HTTP/1.1 200 OK".to_owned(), "fine".to_owned())
+    );
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_upstream_that_refuses_an_upload_unread_leaves_the_client_its_answer_and_connection() {
+    let (up, _uploaded) = early_answering_upstream(true).await;
+    let gw = one_worker_gateway(up.addr).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!("PUT /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {UPLOAD}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&[b'x'; 4096]).await.unwrap();
+    let (status, body) = read_response(&mut tcp).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    assert_eq!(body, "too big");
+    // The rest of the upload is read and dropped by the gateway, not reset.
+    tcp.write_all(&vec![b'x'; UPLOAD - 4096]).await.unwrap();
+    tcp.write_all(b"GET /other HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_response(&mut tcp).await,
+        ("HTTP/1.1 200 OK".to_owned(), "fine".to_owned())
+    );
+    // The refusing connection was closed; the next request had a new one.
+    assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn a_download_abandoned_by_the_client_closes_its_upstream_connection() {
     let (dropped_tx, mut dropped_rx) = mpsc::channel::<()>(1);

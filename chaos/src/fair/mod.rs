@@ -217,13 +217,25 @@ struct AlikeNginx {
     tls: SocketAddr,
 }
 
-/// The upstream both proxies forward to: a small answer, a 1 MiB file, and an upload sink (nginx
-/// reads and discards the body before answering).
-async fn upstream() -> Nginx {
-    Nginx::with_conf(|d, port| {
+/// The upstream both proxies forward to: a small answer, a 1 MiB file, and a WebDAV store for
+/// uploads. A store answers a `PUT` only once it has the whole body (nginx's DAV module writes it
+/// to a file, then renames it into place), as a storage backend does; an upstream that answered
+/// before reading the body (nginx's `return` does) would measure the proxies' early-answer paths,
+/// not an upload. The uploads go to `store`, on tmpfs where there is one, so that the disk is not
+/// part of what is measured.
+async fn upstream() -> (Nginx, tempfile::TempDir) {
+    let shm = std::path::Path::new("/dev/shm");
+    let store = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("upload store directory");
+    let s = store.path().to_owned();
+    let nginx = Nginx::with_conf(|d, port| {
         std::fs::write(d.join("big.bin"), vec![b'd'; STREAM_BYTES]).expect("write big.bin");
         let preamble = Nginx::preamble(d, 1);
-        let d = d.display();
+        let (d, s) = (d.display(), s.display());
         format!(
             r#"{preamble}
   keepalive_requests 100000000;
@@ -232,14 +244,20 @@ async fn upstream() -> Nginx {
     listen 127.0.0.1:{port};
     client_max_body_size 0;
     location ~ /big$ {{ root {d}; try_files /big.bin =404; }}
-    location ~ /upload$ {{ default_type text/plain; return 200 "stored\n"; }}
+    location ~ /upload$ {{
+      root {s};
+      client_body_temp_path {s}/incoming;
+      dav_methods PUT;
+      create_full_put_path on;
+    }}
     location / {{ default_type text/plain; return 200 "hello from upstream\n"; }}
   }}
 }}
 "#
         )
     })
-    .await
+    .await;
+    (nginx, store)
 }
 
 /// nginx configured to do what the node does on an unprotected route, on a plain HTTP/1.1
@@ -368,7 +386,7 @@ pub async fn run(settings: Settings) -> Result<Results, String> {
     let idp = tokio::task::spawn_blocking(Idp::start)
         .await
         .map_err(|e| format!("starting the OpenID provider: {e}"))?;
-    let upstream = upstream().await;
+    let (upstream, _uploads) = upstream().await;
     // A password-less public link: after its first request the node answers from its cache of
     // accepted shares (30 s), so the share service is not part of what is measured.
     let shares = ShareFixture::start().await;
@@ -400,11 +418,19 @@ pub async fn run(settings: Settings) -> Result<Results, String> {
     }
     let bad: Vec<String> = samples
         .iter()
-        .filter(|s| s.outcome.non_2xx > 0 || s.outcome.completed == 0)
+        .filter(|s| {
+            s.outcome.non_2xx > 0 || s.outcome.completed == 0 || s.outcome.transport_errors > 0
+        })
         .map(|s| {
             format!(
-                "{:?} {} {} round {}: {} non-2xx of {}",
-                s.mode, s.phase, s.target, s.round, s.outcome.non_2xx, s.outcome.completed
+                "{:?} {} {} round {}: {} non-2xx of {}, {} connections broken",
+                s.mode,
+                s.phase,
+                s.target,
+                s.round,
+                s.outcome.non_2xx,
+                s.outcome.completed,
+                s.outcome.transport_errors
             )
         })
         .collect();

@@ -17,8 +17,11 @@
 //! when it is next taken (it is discarded and the next one is tried) or by the sweep that drops
 //! connections idle for longer than `upstream.pool_idle_timeout`. An idempotent request whose
 //! reused connection failed before any answer arrived and before any of its body was sent is
-//! sent again on a new connection. An upstream that answers before it has read the whole request
-//! body gets no more of it, and that connection is closed after the answer. Protocol upgrades
+//! sent again on a new connection. An upstream may answer before it has read the whole request
+//! body (an early refusal, a store that discards, a streaming service): the rest of the body
+//! follows the answer, so that the client can finish its upload and keep its connection; if the
+//! upstream stops taking it, what the client still sends is read and dropped for a bounded time
+//! (as nginx's lingering close does) and the upstream connection is closed. Protocol upgrades
 //! use hyper's client connection, run as a task, and never return to the pool.
 
 use std::collections::VecDeque;
@@ -144,6 +147,16 @@ struct Lease {
     reusable: bool,
 }
 
+impl Lease {
+    /// Both messages have ended: back to the pool if the connection can serve another request,
+    /// closed otherwise.
+    fn release(self) {
+        if self.reusable && self.conn.read.is_empty() {
+            self.pool.put(self.host, self.conn);
+        }
+    }
+}
+
 impl UpstreamClient {
     /// `idle_timeout`: how long an unused connection is kept; `None` keeps it until the upstream
     /// closes it.
@@ -183,9 +196,7 @@ impl UpstreamClient {
         let mut exchange = Exchange {
             head: Bytes::from(head),
             method: parts.method,
-            framing,
-            body: (framing != RequestFraming::Empty).then_some(body),
-            body_started: false,
+            out: Outgoing::new(framing, (framing != RequestFraming::Empty).then_some(body)),
         };
         let (host, mut idle) = self.pool.take(scheme, authority);
         async move {
@@ -196,16 +207,16 @@ impl UpstreamClient {
                 };
                 match exchange.run(&mut conn).await {
                     Ok((head, request_done)) => {
-                        let reusable = head.keep_alive
-                            && request_done
-                            && head.status != StatusCode::SWITCHING_PROTOCOLS;
+                        let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
                         let lease = Lease {
                             conn,
                             pool: self.pool.clone(),
                             host,
-                            reusable,
+                            reusable: head.keep_alive && !switching,
                         };
-                        return Ok(response(head, lease));
+                        // An answer before the whole request: the rest follows it.
+                        let rest = (!request_done && !switching).then(|| Box::new(exchange.out));
+                        return Ok(response(head, lease, rest));
                     }
                     Err(failed) if reused && failed.before_answer && exchange.can_resend() => {
                         tracing::debug!(error = %failed.error, "reused upstream connection failed; sending again on a new one");
@@ -293,7 +304,11 @@ impl UpstreamClient {
     }
 }
 
-fn response(head: ResponseHead, lease: Lease) -> Response<UpstreamBody> {
+fn response(
+    head: ResponseHead,
+    lease: Lease,
+    rest: Option<Box<Outgoing>>,
+) -> Response<UpstreamBody> {
     let state = match head.framing {
         ResponseFraming::Empty => State::Done,
         ResponseFraming::Length(0) => State::Done,
@@ -305,6 +320,7 @@ fn response(head: ResponseHead, lease: Lease) -> Response<UpstreamBody> {
         kind: Kind::Pooled(PooledBody {
             lease: Some(lease),
             state,
+            rest,
         }),
     });
     *resp.status_mut() = head.status;
@@ -389,16 +405,11 @@ async fn sweep(pool: Weak<Pool>, timeout: Duration) {
     }
 }
 
-/// One request on its way out: the encoded head and the body still to send.
+/// One request on its way out: its encoded head (kept to send it again) and what is left to write.
 struct Exchange {
     head: Bytes,
     method: Method,
-    framing: RequestFraming,
-    /// `None` once the body has ended (or when there is none).
-    body: Option<Incoming>,
-    /// A frame of the body has been taken from the client: the request can no longer be sent
-    /// again.
-    body_started: bool,
+    out: Outgoing,
 }
 
 struct Failed {
@@ -409,7 +420,7 @@ struct Failed {
 
 impl Exchange {
     fn can_resend(&self) -> bool {
-        !self.body_started
+        !self.out.started
             && matches!(
                 self.method,
                 Method::GET
@@ -422,13 +433,10 @@ impl Exchange {
     }
 
     /// Writes the request and streams its body while reading the response head; returns the
-    /// head and whether the whole request was sent.
+    /// head and whether the whole request was sent. An upstream that stops taking the request
+    /// may still have answered it: its answer is read before the failure counts.
     async fn run(&mut self, conn: &mut Conn) -> Result<(ResponseHead, bool), Failed> {
-        let mut queue: VecDeque<Bytes> = VecDeque::from([self.head.clone()]);
-        let mut queued = self.head.len();
-        // Written bytes can wait in the stream (TLS) until it is flushed; a flush that did not
-        // finish must be polled again, also when nothing new is queued.
-        let mut flushed = false;
+        self.out.restart(&self.head);
         let mut answered = false;
         let upstream = |e: BoxError, answered: bool| Failed {
             error: SendError::Upstream(e),
@@ -436,80 +444,33 @@ impl Exchange {
         };
         poll_fn(|cx| {
             loop {
-                let mut progress = false;
-                // The request: the next body frame once the socket has taken the previous ones.
-                if queued < WRITE_HIGH_WATER
-                    && let Some(body) = &mut self.body
-                {
-                    match Pin::new(body).poll_frame(cx) {
-                        Poll::Ready(Some(Ok(frame))) => {
-                            self.body_started = true;
-                            progress = true;
-                            if let Ok(data) = frame.into_data()
-                                && !data.is_empty()
-                            {
-                                queued += data.len();
-                                if self.framing == RequestFraming::Chunked {
-                                    let mut size = Vec::with_capacity(10);
-                                    http1::chunk_header(&mut size, data.len());
-                                    queue.push_back(size.into());
-                                    queue.push_back(data);
-                                    queue.push_back(Bytes::from_static(b"\r\n"));
-                                } else {
-                                    queue.push_back(data);
-                                }
-                            }
-                        }
-                        Poll::Ready(Some(Err(e))) => {
-                            return Poll::Ready(Err(Failed {
-                                error: SendError::ClientBody(e),
-                                before_answer: !answered,
-                            }));
-                        }
-                        Poll::Ready(None) => {
-                            self.body = None;
-                            progress = true;
-                            if self.framing == RequestFraming::Chunked {
-                                queue.push_back(Bytes::from_static(http1::LAST_CHUNK));
-                            }
-                        }
-                        Poll::Pending => {}
+                let mut progress = match self.out.step(&mut conn.io, cx) {
+                    Ok(progress) => progress,
+                    Err(e) => {
+                        return Poll::Ready(Err(Failed {
+                            error: SendError::ClientBody(e),
+                            before_answer: !answered,
+                        }));
                     }
-                }
-                if !queue.is_empty() {
-                    flushed = false;
-                }
-                if !flushed {
-                    match poll_write_queue(&mut conn.io, &mut queue, cx) {
-                        Poll::Ready(Ok(())) => {
-                            queued = 0;
-                            flushed = true;
-                            progress = true;
-                        }
-                        Poll::Ready(Err(e)) => {
-                            return Poll::Ready(Err(upstream(e.into(), answered)));
-                        }
-                        Poll::Pending => {}
-                    }
-                }
+                };
                 // The response head, skipping interim (1xx) responses.
                 loop {
                     match http1::parse_response_head(&mut conn.read, &self.method) {
                         Ok(Some(head))
                             if head.status.is_informational()
                                 && head.status != StatusCode::SWITCHING_PROTOCOLS => {}
-                        Ok(Some(head)) => {
-                            let sent = self.body.is_none() && queue.is_empty() && flushed;
-                            return Poll::Ready(Ok((head, sent)));
-                        }
+                        Ok(Some(head)) => return Poll::Ready(Ok((head, self.out.sent()))),
                         Ok(None) => break,
                         Err(e) => return Poll::Ready(Err(upstream(e.into(), true))),
                     }
                 }
                 match conn.poll_read(cx) {
                     Poll::Ready(Ok(0)) => {
-                        let e = "upstream closed the connection before answering";
-                        return Poll::Ready(Err(upstream(e.into(), answered)));
+                        let e: BoxError = match self.out.refused.take() {
+                            Some(e) => format!("upstream stopped reading the request: {e}").into(),
+                            None => "upstream closed the connection before answering".into(),
+                        };
+                        return Poll::Ready(Err(upstream(e, answered)));
                     }
                     Poll::Ready(Ok(_)) => {
                         answered = true;
@@ -524,6 +485,198 @@ impl Exchange {
             }
         })
         .await
+    }
+}
+
+/// What is left to write of a request: buffers queued for the socket and the rest of its body.
+/// The exchange drives it until the response head arrives; if the upstream answered before it had
+/// the whole request, the response body drives it on, and then a task of its own
+/// ([`complete_request`]) once the response has ended.
+struct Outgoing {
+    framing: RequestFraming,
+    /// `None` once the body has ended (or when there is none).
+    body: Option<Incoming>,
+    queue: VecDeque<Bytes>,
+    /// Bytes queued since the socket last took everything.
+    queued: usize,
+    /// Written bytes can wait in the stream (TLS) until it is flushed; a flush that did not
+    /// finish must be polled again, also when nothing new is queued.
+    flushed: bool,
+    /// A frame of the body has been taken from the client: the request can no longer be sent
+    /// again.
+    started: bool,
+    /// The upstream stopped taking the request (a write failed); nothing more is written.
+    refused: Option<std::io::Error>,
+}
+
+impl Outgoing {
+    fn new(framing: RequestFraming, body: Option<Incoming>) -> Self {
+        Self {
+            framing,
+            body,
+            queue: VecDeque::new(),
+            queued: 0,
+            flushed: false,
+            started: false,
+            refused: None,
+        }
+    }
+
+    /// Queues the head again, for a first attempt or a resend (only before any of the body was
+    /// taken).
+    fn restart(&mut self, head: &Bytes) {
+        self.queue.clear();
+        self.queue.push_back(head.clone());
+        self.queued = head.len();
+        self.flushed = false;
+        self.refused = None;
+    }
+
+    /// The whole request has been written and flushed.
+    fn sent(&self) -> bool {
+        self.body.is_none() && self.queue.is_empty() && self.flushed
+    }
+
+    /// Takes the next body frame once the socket has taken the previous ones, and writes what is
+    /// queued; `Ok(true)` if anything moved. A failed write is remembered in `refused`, not
+    /// returned: the upstream may have answered already. The error is the client's body failing.
+    fn step(
+        &mut self,
+        io: &mut TokioIo<UpstreamStream>,
+        cx: &mut Context<'_>,
+    ) -> Result<bool, hyper::Error> {
+        if self.refused.is_some() {
+            return Ok(false);
+        }
+        let mut progress = false;
+        if self.queued < WRITE_HIGH_WATER
+            && let Some(body) = &mut self.body
+        {
+            let ended = match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.started = true;
+                    progress = true;
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        self.queued += data.len();
+                        if self.framing == RequestFraming::Chunked {
+                            let mut size = Vec::with_capacity(10);
+                            http1::chunk_header(&mut size, data.len());
+                            self.queue.push_back(size.into());
+                            self.queue.push_back(data);
+                            self.queue.push_back(Bytes::from_static(b"\r\n"));
+                        } else {
+                            self.queue.push_back(data);
+                        }
+                    }
+                    // A body of known length is over with its last byte: the request is sent
+                    // once that is written, without waiting for the client's connection to
+                    // report the end (it may read the next request first).
+                    body.is_end_stream()
+                }
+                Poll::Ready(Some(Err(e))) => return Err(e),
+                Poll::Ready(None) => {
+                    progress = true;
+                    true
+                }
+                Poll::Pending => false,
+            };
+            if ended {
+                self.body = None;
+                if self.framing == RequestFraming::Chunked {
+                    self.queue.push_back(Bytes::from_static(http1::LAST_CHUNK));
+                }
+            }
+        }
+        if !self.queue.is_empty() {
+            self.flushed = false;
+        }
+        if !self.flushed {
+            match poll_write_queue(io, &mut self.queue, cx) {
+                Poll::Ready(Ok(())) => {
+                    self.queued = 0;
+                    self.flushed = true;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.queue.clear();
+                    self.refused = Some(e);
+                    progress = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Writes on until the request is sent (`Ready(Ok(true))`), the upstream refuses it or the
+    /// client's body fails (`Ready(Ok(false))`), or nothing can move (`Pending`).
+    fn poll_send(&mut self, io: &mut TokioIo<UpstreamStream>, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            if self.sent() {
+                return Poll::Ready(true);
+            }
+            match self.step(io, cx) {
+                Ok(_) if self.refused.is_some() => return Poll::Ready(false),
+                Ok(true) => {}
+                Ok(false) => return Poll::Pending,
+                Err(_) => return Poll::Ready(false),
+            }
+        }
+    }
+}
+
+/// How long the rest of a request is forwarded after its answer has ended without a byte moving.
+const REST_STALL: Duration = Duration::from_secs(30);
+/// How long, and how long without a byte arriving, the rest of a request the upstream no longer
+/// takes is read and dropped (nginx's `lingering_time` and `lingering_timeout`).
+const DISCARD_FOR: Duration = Duration::from_secs(30);
+const DISCARD_STALL: Duration = Duration::from_secs(5);
+
+/// The upstream answered before it had the whole request, and the answer has ended: the rest of
+/// the request is forwarded (so the client finishes its upload and keeps its connection, and the
+/// upstream connection can be reused) until it is sent, stalls for [`REST_STALL`], or the upstream
+/// stops taking it (then the rest is discarded).
+async fn complete_request(mut lease: Lease, mut out: Box<Outgoing>) {
+    let io = &mut lease.conn.io;
+    let mut stall = std::pin::pin!(tokio::time::sleep(REST_STALL));
+    let sent = poll_fn(|cx| {
+        loop {
+            if out.sent() {
+                return Poll::Ready(true);
+            }
+            match out.step(io, cx) {
+                Ok(_) if out.refused.is_some() => return Poll::Ready(false),
+                Ok(true) => stall
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + REST_STALL),
+                Ok(false) => return stall.as_mut().poll(cx).map(|()| false),
+                Err(_) => return Poll::Ready(false),
+            }
+        }
+    })
+    .await;
+    if sent {
+        lease.release();
+    } else if out.refused.is_some() {
+        drop(lease);
+        discard(out.body.take()).await;
+    }
+}
+
+/// Reads the rest of a request body nobody takes and drops it, so that the client can finish
+/// sending, read its answer and keep its connection; bounded by [`DISCARD_FOR`] and
+/// [`DISCARD_STALL`], after which the body is dropped and the client's connection closed.
+async fn discard(body: Option<Incoming>) {
+    let Some(mut body) = body else { return };
+    let until = tokio::time::Instant::now() + DISCARD_FOR;
+    loop {
+        let by = until.min(tokio::time::Instant::now() + DISCARD_STALL);
+        match tokio::time::timeout_at(by, http_body_util::BodyExt::frame(&mut body)).await {
+            Ok(Some(Ok(_))) => {}
+            _ => return,
+        }
     }
 }
 
@@ -576,6 +729,8 @@ struct PooledBody {
     /// `None` once the connection is back in the pool or closed.
     lease: Option<Lease>,
     state: State,
+    /// The rest of a request the upstream answered before it had all of it.
+    rest: Option<Box<Outgoing>>,
 }
 
 enum State {
@@ -590,18 +745,22 @@ type FrameResult = Option<Result<Frame<Bytes>, BoxError>>;
 impl PooledBody {
     fn finish(&mut self, reusable: bool) {
         self.state = State::Done;
-        if let Some(lease) = self.lease.take()
-            && reusable
-            && lease.reusable
-            && lease.conn.read.is_empty()
-        {
-            lease.pool.put(lease.host, lease.conn);
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        lease.reusable &= reusable;
+        match self.rest.take() {
+            None => lease.release(),
+            Some(rest) => {
+                tokio::spawn(complete_request(lease, rest));
+            }
         }
     }
 
     fn fail(&mut self, e: impl Into<BoxError>) -> Poll<FrameResult> {
         self.state = State::Done;
         self.lease = None;
+        self.rest = None;
         Poll::Ready(Some(Err(e.into())))
     }
 
@@ -610,6 +769,19 @@ impl PooledBody {
             let Some(lease) = &mut self.lease else {
                 return Poll::Ready(None);
             };
+            if let Some(rest) = &mut self.rest
+                && let Poll::Ready(sent) = rest.poll_send(&mut lease.conn.io, cx)
+            {
+                if !sent {
+                    // The upstream no longer takes the request (or the client's body broke):
+                    // the connection is not reused, and what the client still sends is dropped.
+                    lease.reusable = false;
+                    if rest.refused.is_some() {
+                        tokio::spawn(discard(rest.body.take()));
+                    }
+                }
+                self.rest = None;
+            }
             let conn = &mut lease.conn;
             match &mut self.state {
                 State::Done => {
