@@ -215,7 +215,7 @@ impl UpstreamClient {
                             reusable: head.keep_alive && !switching,
                         };
                         // An answer before the whole request: the rest follows it.
-                        let rest = (!request_done && !switching).then(|| Box::new(exchange.out));
+                        let rest = (!request_done && !switching).then(|| boxed(exchange.out));
                         return Ok(response(head, lease, rest));
                     }
                     Err(failed) if reused && failed.before_answer && exchange.can_resend() => {
@@ -525,8 +525,7 @@ impl Outgoing {
     /// Queues the head again, for a first attempt or a resend (only before any of the body was
     /// taken).
     fn restart(&mut self, head: &Bytes) {
-        self.queue.clear();
-        self.queue.push_back(head.clone());
+        self.queue = VecDeque::from([head.clone()]);
         self.queued = head.len();
         self.flushed = false;
         self.refused = None;
@@ -540,6 +539,7 @@ impl Outgoing {
     /// Takes the next body frame once the socket has taken the previous ones, and writes what is
     /// queued; `Ok(true)` if anything moved. A failed write is remembered in `refused`, not
     /// returned: the upstream may have answered already. The error is the client's body failing.
+    #[inline(always)]
     fn step(
         &mut self,
         io: &mut TokioIo<UpstreamStream>,
@@ -633,6 +633,26 @@ const REST_STALL: Duration = Duration::from_secs(30);
 /// takes is read and dropped (nginx's `lingering_time` and `lingering_timeout`).
 const DISCARD_FOR: Duration = Duration::from_secs(30);
 const DISCARD_STALL: Duration = Duration::from_secs(5);
+
+// The early-answer paths are rare; kept out of line so that the common path stays as compact as
+// it was without them.
+#[cold]
+#[inline(never)]
+fn boxed(out: Outgoing) -> Box<Outgoing> {
+    Box::new(out)
+}
+
+#[cold]
+#[inline(never)]
+fn spawn_completion(lease: Lease, rest: Box<Outgoing>) {
+    tokio::spawn(complete_request(lease, rest));
+}
+
+#[cold]
+#[inline(never)]
+fn spawn_discard(body: Option<Incoming>) {
+    tokio::spawn(discard(body));
+}
 
 /// The upstream answered before it had the whole request, and the answer has ended: the rest of
 /// the request is forwarded (so the client finishes its upload and keeps its connection, and the
@@ -751,10 +771,27 @@ impl PooledBody {
         lease.reusable &= reusable;
         match self.rest.take() {
             None => lease.release(),
-            Some(rest) => {
-                tokio::spawn(complete_request(lease, rest));
+            Some(rest) => spawn_completion(lease, rest),
+        }
+    }
+
+    /// Writes what it can of the rest of a request answered early.
+    #[cold]
+    #[inline(never)]
+    fn drive_rest(rest: &mut Option<Box<Outgoing>>, lease: &mut Lease, cx: &mut Context<'_>) {
+        let Some(out) = rest else { return };
+        let Poll::Ready(sent) = out.poll_send(&mut lease.conn.io, cx) else {
+            return;
+        };
+        if !sent {
+            // The upstream no longer takes the request (or the client's body broke): the
+            // connection is not reused, and what the client still sends is dropped.
+            lease.reusable = false;
+            if out.refused.is_some() {
+                spawn_discard(out.body.take());
             }
         }
+        *rest = None;
     }
 
     fn fail(&mut self, e: impl Into<BoxError>) -> Poll<FrameResult> {
@@ -769,18 +806,8 @@ impl PooledBody {
             let Some(lease) = &mut self.lease else {
                 return Poll::Ready(None);
             };
-            if let Some(rest) = &mut self.rest
-                && let Poll::Ready(sent) = rest.poll_send(&mut lease.conn.io, cx)
-            {
-                if !sent {
-                    // The upstream no longer takes the request (or the client's body broke):
-                    // the connection is not reused, and what the client still sends is dropped.
-                    lease.reusable = false;
-                    if rest.refused.is_some() {
-                        tokio::spawn(discard(rest.body.take()));
-                    }
-                }
-                self.rest = None;
+            if self.rest.is_some() {
+                Self::drive_rest(&mut self.rest, lease, cx);
             }
             let conn = &mut lease.conn;
             match &mut self.state {
