@@ -23,6 +23,7 @@ for bin in "${bins[@]}"; do
   result=$("$gen" load "$(spec "$http_port" 0 8000)" | sed -n 's/^result //p')
   callgrind_control -i off "$vpid" >/dev/null
   kill -TERM "$vpid"; wait "$vpid" || true
+  [ -z "${GATEHOUSE_CALLGRIND_KEEP:-}" ] || cp "$out".* "$GATEHOUSE_CALLGRIND_KEEP"/
   requests=$(echo "$result" | sed 's/.*"completed":\([0-9]*\).*/\1/')
   instructions=$(grep -h '^summary:\|^totals:' "$out".* | awk '{s += $2} END {print s}')
   [ "${requests:-0}" -gt 0 ] || { echo "$bin: no request completed" >&2; exit 1; }

@@ -5,6 +5,8 @@
 # (a temporary directory), up_port, proxy_port, http_port, debug_port.
 # GATEHOUSE_ROUTE=share measures a cached public share instead: a password-less link whose share
 # service is a fixed answer of the upstream nginx (asked once, then answered from the node's cache).
+# GATEHOUSE_ROUTE=upload measures 1 MiB uploads (PUT, unprotected) to a WebDAV store of the upstream
+# nginx, which answers once it has the whole body.
 
 cargo build --release --locked -p gatehouse-chaos
 gen=${CARGO_TARGET_DIR:-target}/release/gatehouse-chaos
@@ -39,7 +41,9 @@ share_token=benchsharetoken
 share_answer='{"share":{"id":"s-bench","token":"'$share_token'","role":"viewer","owner":{"id":"u-1","username":"einstein"}}}'
 nginx_conf upstream "" \
   "server { listen 127.0.0.1:$up_port; location / { default_type text/plain; return 200 \"hello from upstream\\n\"; }
-    location = /v1/public-shares/authenticate { default_type application/json; return 200 '$share_answer'; } }"
+    location = /v1/public-shares/authenticate { default_type application/json; return 200 '$share_answer'; }
+    location ~ /upload\$ { client_max_body_size 0; root $work/store; client_body_temp_path $work/store-in;
+      dav_methods PUT; create_full_put_path on; } }"
 
 cat >"$work/proxy.yaml" <<CONF
 http:
@@ -58,14 +62,16 @@ public_shares:
   url: http://127.0.0.1:$up_port
 CONF
 
+method=GET body_bytes=0
 case $route in
   unprotected) path=/bench/hello; headers='[]' ;;
   share) path=/dav/public-files/$share_token/hello; headers="[[\"public-token\",\"$share_token\"]]" ;;
-  *) echo "GATEHOUSE_ROUTE: unknown route $route (unprotected, share)" >&2; exit 1 ;;
+  upload) path=/bench/upload; headers='[]'; method=PUT; body_bytes=1048576 ;;
+  *) echo "GATEHOUSE_ROUTE: unknown route $route (unprotected, share, upload)" >&2; exit 1 ;;
 esac
 
-# spec <port> <warm-up ms> <measured ms>: 8 connections, closed loop, GET $path.
-spec() { echo "{\"addr\":\"127.0.0.1:$1\",\"paths\":[\"$path\"],\"method\":\"GET\",\"headers\":$headers,\"body_bytes\":0,\"connections\":8,\"rate\":null,\"warmup_ms\":$2,\"measure_ms\":$3}"; }
+# spec <port> <warm-up ms> <measured ms>: 8 connections, closed loop, $method $path.
+spec() { echo "{\"addr\":\"127.0.0.1:$1\",\"paths\":[\"$path\"],\"method\":\"$method\",\"headers\":$headers,\"body_bytes\":$body_bytes,\"connections\":8,\"rate\":null,\"warmup_ms\":$2,\"measure_ms\":$3}"; }
 
 # start_node <command…>: starts a node (the command may be a wrapper such as valgrind) on http_port/debug_port; sets node_pid; waits until ready.
 start_node() {

@@ -6,6 +6,8 @@
 # when strace has attached and ends when the load ends, so a few idle epoll_wait calls are counted
 # too.
 # Usage: chaos/syscalls.sh [node binary ...]     (default: target/release/gatehouse)
+# GATEHOUSE_ROUTE=upload counts per 1 MiB upload instead (chaos/small-route.sh); nginx streams
+# bodies unbuffered with 64 KiB buffers, as in the fair benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v strace >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null; }
@@ -14,6 +16,8 @@ source chaos/small-route.sh
 nginx_conf proxy "master_process off;" "upstream up { server 127.0.0.1:$up_port; keepalive 64; }
   server {
     listen 127.0.0.1:$proxy_port;
+    client_max_body_size 0; proxy_request_buffering off; proxy_buffering off; proxy_buffer_size 64k;
+    proxy_buffers 4 64k; proxy_busy_buffers_size 128k; client_body_buffer_size 64k;
     location / { proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_pass http://up; }
   }"
 pids=()

@@ -610,8 +610,8 @@ impl Outgoing {
         Ok(progress)
     }
 
-    /// Writes on until the request is sent (`Ready(Ok(true))`), the upstream refuses it or the
-    /// client's body fails (`Ready(Ok(false))`), or nothing can move (`Pending`).
+    /// Writes on until the request is sent (`Ready(true)`), the upstream refuses it or the
+    /// client's body fails (`Ready(false)`), or nothing can move (`Pending`).
     fn poll_send(&mut self, io: &mut TokioIo<UpstreamStream>, cx: &mut Context<'_>) -> Poll<bool> {
         loop {
             if self.sent() {
