@@ -1122,26 +1122,10 @@ async fn an_answer_before_the_upload_ended_does_not_leave_a_busy_connection_in_t
     })
     .await;
     let gw = one_worker_gateway(up.addr).await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     // Announces a megabyte and sends only the start of it.
-    tcp.write_all(b"PUT /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 1048576\r\n\r\n")
-        .await
-        .unwrap();
-    tcp.write_all(&[b'x'; 4096]).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(DEADLINE, tcp.read_exact(&mut byte))
-            .await
-            .expect("no answer to the refused upload")
-            .unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 413"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    let mut tcp = start_upload(gw.addr, 4096).await;
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     // The upload is still unfinished; other requests get a connection that is free.
     for _ in 0..3 {
         assert_eq!(
@@ -1232,14 +1216,31 @@ async fn early_answering_upstream(refuse: bool) -> (Counted, mpsc::UnboundedRece
 
 const UPLOAD: usize = 1024 * 1024;
 
+/// A connection to `gw` with a `PUT /upload` of [`UPLOAD`] bytes begun: its head and `sent` bytes.
+async fn start_upload(gw: SocketAddr, sent: usize) -> TcpStream {
+    let mut tcp = TcpStream::connect(gw).await.unwrap();
+    let head = format!("PUT /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {UPLOAD}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&vec![b'x'; sent]).await.unwrap();
+    tcp
+}
+
+/// The connection serves another request after the upload.
+async fn next_request_is_answered(tcp: &mut TcpStream) {
+    tcp.write_all(b"GET /other HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_response(tcp).await,
+        ("HTTP/1.1 200 OK".to_owned(), "fine".to_owned())
+    );
+}
+
 #[tokio::test]
 async fn an_answer_before_the_upload_ended_is_followed_by_the_rest_of_the_body() {
     let (up, mut uploaded) = early_answering_upstream(false).await;
     let gw = one_worker_gateway(up.addr).await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let head = format!("PUT /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {UPLOAD}\r\n\r\n");
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    let mut tcp = start_upload(gw.addr, 64 * 1024).await;
     // The answer comes while most of the upload is still to be sent.
     assert_eq!(
         read_response(&mut tcp).await,
@@ -1253,13 +1254,7 @@ async fn an_answer_before_the_upload_ended_is_followed_by_the_rest_of_the_body()
         .unwrap();
     assert_eq!(got, Some(UPLOAD), "the upstream got the whole upload");
     // The client's connection and the upstream's both serve the next request.
-    tcp.write_all(b"GET /other HTTP/1.1\r\nHost: gw\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        read_response(&mut tcp).await,
-        ("HTTP/1.1 200 OK".to_owned(), "fine".to_owned())
-    );
+    next_request_is_answered(&mut tcp).await;
     assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
@@ -1267,22 +1262,13 @@ async fn an_answer_before_the_upload_ended_is_followed_by_the_rest_of_the_body()
 async fn an_upstream_that_refuses_an_upload_unread_leaves_the_client_its_answer_and_connection() {
     let (up, _uploaded) = early_answering_upstream(true).await;
     let gw = one_worker_gateway(up.addr).await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let head = format!("PUT /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: {UPLOAD}\r\n\r\n");
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&[b'x'; 4096]).await.unwrap();
+    let mut tcp = start_upload(gw.addr, 4096).await;
     let (status, body) = read_response(&mut tcp).await;
     assert!(status.starts_with("HTTP/1.1 413"), "{status}");
     assert_eq!(body, "too big");
     // The rest of the upload is read and dropped by the gateway, not reset.
     tcp.write_all(&vec![b'x'; UPLOAD - 4096]).await.unwrap();
-    tcp.write_all(b"GET /other HTTP/1.1\r\nHost: gw\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(
-        read_response(&mut tcp).await,
-        ("HTTP/1.1 200 OK".to_owned(), "fine".to_owned())
-    );
+    next_request_is_answered(&mut tcp).await;
     // The refusing connection was closed; the next request had a new one.
     assert_eq!(up.accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
