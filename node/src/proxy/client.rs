@@ -611,15 +611,21 @@ impl Outgoing {
     }
 
     /// Writes on until the request is sent (`Ready(true)`), the upstream refuses it or the
-    /// client's body fails (`Ready(false)`), or nothing can move (`Pending`).
-    fn poll_send(&mut self, io: &mut TokioIo<UpstreamStream>, cx: &mut Context<'_>) -> Poll<bool> {
+    /// client's body fails (`Ready(false)`), or nothing can move (`Pending`); `moved` is set if
+    /// anything did.
+    fn poll_send(
+        &mut self,
+        io: &mut TokioIo<UpstreamStream>,
+        cx: &mut Context<'_>,
+        moved: &mut bool,
+    ) -> Poll<bool> {
         loop {
             if self.sent() {
                 return Poll::Ready(true);
             }
             match self.step(io, cx) {
                 Ok(_) if self.refused.is_some() => return Poll::Ready(false),
-                Ok(true) => {}
+                Ok(true) => *moved = true,
                 Ok(false) => return Poll::Pending,
                 Err(_) => return Poll::Ready(false),
             }
@@ -662,18 +668,16 @@ async fn complete_request(mut lease: Lease, mut out: Box<Outgoing>) {
     let io = &mut lease.conn.io;
     let mut stall = std::pin::pin!(tokio::time::sleep(REST_STALL));
     let sent = poll_fn(|cx| {
-        loop {
-            if out.sent() {
-                return Poll::Ready(true);
-            }
-            match out.step(io, cx) {
-                Ok(_) if out.refused.is_some() => return Poll::Ready(false),
-                Ok(true) => stall
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + REST_STALL),
-                Ok(false) => return stall.as_mut().poll(cx).map(|()| false),
-                Err(_) => return Poll::Ready(false),
-            }
+        let mut moved = false;
+        let done = out.poll_send(io, cx, &mut moved);
+        if done.is_pending() && moved {
+            stall
+                .as_mut()
+                .reset(tokio::time::Instant::now() + REST_STALL);
+        }
+        match done {
+            Poll::Ready(sent) => Poll::Ready(sent),
+            Poll::Pending => stall.as_mut().poll(cx).map(|()| false),
         }
     })
     .await;
@@ -780,7 +784,7 @@ impl PooledBody {
     #[inline(never)]
     fn drive_rest(rest: &mut Option<Box<Outgoing>>, lease: &mut Lease, cx: &mut Context<'_>) {
         let Some(out) = rest else { return };
-        let Poll::Ready(sent) = out.poll_send(&mut lease.conn.io, cx) else {
+        let Poll::Ready(sent) = out.poll_send(&mut lease.conn.io, cx, &mut false) else {
             return;
         };
         if !sent {
